@@ -1,0 +1,39 @@
+"""Mix-and-Match pruning: architecture-aware sparsity ranges, ten strategies per signal, one-shot
+masks, fine-tuning and the accuracy-vs-sparsity Pareto front; plus FlexHiNM-GP hybrid 2:4 sparsity.
+
+The verbs, one per stage::
+
+    plan = mm_plugin.plan(model, example_inputs, signal="magnitude")
+    mm_plugin.prune(model, plan.strategy("balanced"), signal="magnitude")
+    mm_plugin.bake_masks_(model)  # plain zeros, ready for export
+"""
+
+from .allocations import list_allocations, register_allocation
+from .errors import (
+    CalibrationRequiredError,
+    ConfigError,
+    MMError,
+    NoPrunableLayersError,
+    RuleError,
+    UnknownNameError,
+    UnsupportedModelError,
+    ValidationError,
+)
+from .inventory import Inventory, LayerInfo, inventory
+from .masks import apply_masks_, bake_masks_, current_masks, global_sparsity, measure_sparsity
+from .plan import Plan, plan
+from .pruning import compute_masks, prune
+from .rules import DEFAULT_RULES, Rule, load_rules
+from .scope import IgnoredScope
+from .signals import list_signals, register_signal
+from .strategies import Strategy
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CalibrationRequiredError", "ConfigError", "DEFAULT_RULES", "IgnoredScope", "Inventory", "LayerInfo",
+    "MMError", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "Strategy", "UnknownNameError",
+    "UnsupportedModelError", "ValidationError", "apply_masks_", "bake_masks_", "compute_masks",
+    "current_masks", "global_sparsity", "inventory", "list_allocations", "list_signals", "load_rules",
+    "measure_sparsity", "plan", "prune", "register_allocation", "register_signal",
+]

@@ -1,0 +1,211 @@
+"""Layer-wise sparsity allocations for a global target: the range inputs and the baselines.
+
+An allocation is a registered callable ``(inputs, target) -> np.ndarray`` of per-layer sparsities
+(in ``inputs.layers`` order) whose weighted mean equals ``target`` to within one weight per layer.
+Two families cover the classics:
+
+* threshold allocations (global magnitude, LAMP, |w g|): one global threshold over per-weight
+  scores, with a minimum-density guard against layer collapse (Gupta et al. 2022);
+* proportional allocations (uniform, uniform+, ERK): density_l = eps * f_l clipped to [0, 1], with
+  eps solved for the target.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from .errors import CalibrationRequiredError, ValidationError, check_fraction
+from .inventory import LayerInfo
+from .registry import Registry
+
+Allocation = Callable[["AllocationInputs", float], np.ndarray]
+ALLOCATIONS: Registry[Allocation] = Registry("allocation")
+register_allocation = ALLOCATIONS.register
+
+
+def list_allocations(pattern: str = "*") -> list[str]:
+    return ALLOCATIONS.names(pattern)
+
+
+@dataclass
+class AllocationInputs:
+    """What allocations look at: layers, their weights and (optionally) mean |gradients|.
+
+    Sorted per-layer scores are memoized, so running several targets costs one sort per criterion.
+    """
+
+    layers: list[LayerInfo]
+    weights: dict[str, torch.Tensor]
+    gradients: dict[str, torch.Tensor] | None = None
+    min_density: float = 0.01
+    _sorted: dict[str, list[torch.Tensor]] = field(default_factory=dict, repr=False)
+
+    @property
+    def sizes(self) -> np.ndarray:
+        return np.array([layer.params for layer in self.layers], dtype=np.int64)
+
+    def sorted_scores(self, criterion: str, fn: Callable[[str], torch.Tensor]) -> list[torch.Tensor]:
+        if criterion not in self._sorted:
+            self._sorted[criterion] = [torch.sort(fn(layer.name).flatten()).values for layer in self.layers]
+        return self._sorted[criterion]
+
+    def require_gradients(self, who: str) -> dict[str, torch.Tensor]:
+        if self.gradients is None:
+            raise CalibrationRequiredError(
+                f"allocation {who!r} needs gradients: pass calibration data, or choose data-free "
+                "allocations (global_magnitude, lamp, erk, uniform, uniform_plus)"
+            )
+        return self.gradients
+
+
+def _target_count(sizes: np.ndarray, target: float) -> int:
+    check_fraction(target, "target sparsity")
+    return int(round(target * int(sizes.sum())))
+
+
+def _threshold_counts(sorted_scores: list[torch.Tensor], k: int, caps: np.ndarray) -> np.ndarray:
+    """Per-layer counts of the lowest scores under one global threshold, summing exactly to ``k``."""
+    if k > int(caps.sum()):
+        raise ValidationError(
+            f"global sparsity needs {k} pruned weights but the minimum-density guard allows at most "
+            f"{int(caps.sum())}; lower the target or the guard (min_density)"
+        )
+    caps_t = torch.as_tensor(caps)
+
+    def below(tau: float, right: bool) -> torch.Tensor:
+        t = torch.tensor([tau], dtype=sorted_scores[0].dtype)
+        c = torch.stack([torch.searchsorted(s, t, right=right)[0] for s in sorted_scores])
+        return torch.minimum(c, caps_t)
+
+    lo = min(float(s[0]) for s in sorted_scores)
+    hi = max(float(s[-1]) for s in sorted_scores)
+    if int(below(lo, True).sum()) >= k:
+        hi = lo
+    for _ in range(100):  # smallest tau with count(score <= tau) >= k
+        mid = (lo + hi) / 2
+        if mid in (lo, hi):
+            break
+        if int(below(mid, True).sum()) >= k:
+            hi = mid
+        else:
+            lo = mid
+    strictly, upto = below(hi, False), below(hi, True)
+    counts = strictly.clone()
+    remainder = k - int(counts.sum())
+    for i in range(len(counts)):  # ties at the threshold: fill layer by layer
+        if remainder <= 0:
+            break
+        take = min(remainder, int(upto[i] - strictly[i]))
+        counts[i] += take
+        remainder -= take
+    return counts.numpy().astype(np.int64)
+
+
+def threshold_allocation(
+    inputs: AllocationInputs, target: float, criterion: str, fn: Callable[[str], torch.Tensor]
+) -> np.ndarray:
+    """One global threshold over ``fn(layer)`` scores; ``criterion`` names the memoized sort."""
+    sizes = inputs.sizes
+    caps = np.maximum(sizes - np.maximum(np.ceil(inputs.min_density * sizes), 1), 0).astype(np.int64)
+    k = _target_count(sizes, target)
+    counts = _threshold_counts(inputs.sorted_scores(criterion, fn), k, caps)
+    return counts / sizes
+
+
+def round_to_total(ideal: np.ndarray, sizes: np.ndarray, k: int, hi: np.ndarray) -> np.ndarray:
+    """Integer counts within one weight of ``ideal * sizes`` per layer that sum to ``k``."""
+    exact = ideal * sizes
+    counts = np.floor(exact).astype(np.int64)
+    cap = np.floor(hi * sizes).astype(np.int64)
+    remainder = k - int(counts.sum())
+    for i in np.argsort(-(exact - counts)):  # largest fractional parts first
+        if remainder <= 0:
+            break
+        if counts[i] < cap[i]:
+            counts[i] += 1
+            remainder -= 1
+    return counts
+
+
+def proportional_allocation(
+    sizes: np.ndarray, factors: np.ndarray, target: float, hi: np.ndarray | None = None
+) -> np.ndarray:
+    """Sparsity_l = clip(1 - eps * f_l, 0, hi_l) with eps solved so the total meets ``target``."""
+    hi = np.ones(len(sizes)) if hi is None else np.asarray(hi, dtype=float)
+    k = _target_count(sizes, target)
+    if k > int(np.floor(hi * sizes).sum()):
+        raise ValidationError(
+            f"target {target} is not reachable: the layer caps allow at most "
+            f"{np.floor(hi * sizes).sum() / sizes.sum():.4f} global sparsity"
+        )
+
+    def sparsity(eps: float) -> np.ndarray:
+        return np.clip(1.0 - eps * factors, 0.0, hi)
+
+    lo_eps, hi_eps = 0.0, 1.0 / float(factors.min())
+    for _ in range(200):
+        mid = (lo_eps + hi_eps) / 2
+        if (sparsity(mid) * sizes).sum() > k:
+            lo_eps = mid
+        else:
+            hi_eps = mid
+    counts = round_to_total(sparsity(hi_eps), sizes, k, hi)
+    return counts / sizes
+
+
+@register_allocation("global_magnitude")
+def global_magnitude(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """One |w| threshold over all layers (GMP), with the minimum-density guard."""
+    return threshold_allocation(inputs, target, "magnitude", lambda n: inputs.weights[n].abs().float())
+
+
+@register_allocation("lamp")
+def lamp(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """LAMP (Lee et al. 2021): w_u^2 / sum_{v >= u} w_v^2 within a layer, one global threshold."""
+
+    def lamp_sorted(name: str) -> torch.Tensor:
+        sq = torch.sort(inputs.weights[name].detach().flatten().double() ** 2).values
+        tail = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0])
+        scores = sq / tail.clamp_min(torch.finfo(torch.float64).tiny)
+        return torch.cummax(scores, 0).values  # already ascending in theory; enforce against rounding
+
+    return threshold_allocation(inputs, target, "lamp", lamp_sorted)
+
+
+@register_allocation("snip")
+def snip(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """Global |w g| threshold (SNIP-like first-order saliency); needs calibration gradients."""
+    grads = inputs.require_gradients("snip")
+    return threshold_allocation(
+        inputs, target, "snip", lambda n: (inputs.weights[n].abs().float() * grads[n].float())
+    )
+
+
+@register_allocation("uniform")
+def uniform(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """The same sparsity in every layer."""
+    return proportional_allocation(inputs.sizes, np.ones(len(inputs.layers)), target)
+
+
+@register_allocation("uniform_plus")
+def uniform_plus(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """Uniform+ (Gale et al. 2019): first layer dense, the last at most 0.8, the rest share the target."""
+    hi = np.ones(len(inputs.layers))
+    hi[0] = 0.0
+    hi[-1] = min(hi[-1], 0.8)
+    return proportional_allocation(inputs.sizes, np.ones(len(inputs.layers)), target, hi)
+
+
+@register_allocation("erk")
+def erk(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """Erdos-Renyi-Kernel (Evci et al. 2020): density proportional to sum(dims) / prod(dims)."""
+    factors = np.array([sum(layer.shape) / np.prod(layer.shape) for layer in inputs.layers], dtype=float)
+    return proportional_allocation(inputs.sizes, factors, target)
+
+
+def allocate(name: str, inputs: AllocationInputs, target: float) -> np.ndarray:
+    return ALLOCATIONS.get(name)(inputs, target)
