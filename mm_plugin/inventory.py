@@ -28,6 +28,7 @@ KINDS = (
     "head",
 )
 
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
 _NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
 _ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
 _MLP_NAME = re.compile(r"mlp|feedforward|ffn", re.IGNORECASE)
@@ -175,7 +176,7 @@ def inventory(model: nn.Module, example_inputs: Any = None) -> Inventory:
     skipped: list[SkippedParam] = []
     for mname, module in modules.items():
         weight = _weight_of(module)
-        if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)) and weight is not None:
+        if isinstance(module, PRUNABLE_TYPES) and weight is not None:
             candidates[mname] = module
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname

@@ -142,7 +142,7 @@ def write_json_atomic(path: str | os.PathLike, data: Any) -> Path:
     return path
 
 
-def _effective_weights(model: nn.Module, layers: Sequence[LayerInfo]) -> dict[str, torch.Tensor]:
+def effective_weights(model: nn.Module, layers: Sequence[LayerInfo]) -> dict[str, torch.Tensor]:
     return {layer.name: getattr(model.get_submodule(layer.module), "weight").detach() for layer in layers}
 
 
@@ -191,7 +191,7 @@ def plan(
         signal in GRADIENT_SIGNALS or "snip" in (allocations or default_allocations(True))
     )
     grads = mean_abs_gradients(model, [layer.name for layer in layers], calibration, loss_fn) if need_grads else None
-    inputs = AllocationInputs(layers, _effective_weights(model, layers), grads, min_density)
+    inputs = AllocationInputs(layers, effective_weights(model, layers), grads, min_density)
     signal_scores = None
     if range_mode == "signal":
         signal_scores = get_signal(signal)(model, [layer.name for layer in layers], calibration, loss_fn)

@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from .errors import ValidationError
+from .inventory import PRUNABLE_TYPES
 from .masks import apply_masks_
 from .signals import Scores, compute_scores
 from .strategies import Strategy
@@ -55,6 +56,13 @@ def compute_masks(
 ) -> dict[str, torch.Tensor]:
     """Masks for ``strategy`` under ``signal``, not yet attached (adapters translate these)."""
     sparsity = resolve_strategy(strategy, plan)
+    for name in sparsity:
+        module = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if not isinstance(module, PRUNABLE_TYPES) or not name.endswith(".weight"):
+            raise ValidationError(
+                f"{name!r} is not a prunable weight (only Conv, Linear and Embedding weights are; norms and "
+                "biases stay dense); list the prunable ones with mm_plugin.inventory(model)"
+            )
     scores = compute_scores(model, list(sparsity), signal, calibration, loss_fn)
     return masks_from_scores(scores, sparsity)
 

@@ -1,0 +1,202 @@
+"""``mm-prune``: plan, run, demo, select (and the adapters' subcommands).
+
+User mistakes end with one line naming the problem and the fix, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import importlib
+import logging
+import shlex
+import sys
+from collections.abc import Sequence
+from pathlib import Path
+
+import torch
+
+from .errors import MMError
+
+log = logging.getLogger("mm_plugin")
+
+#: Adapter modules that add their own subcommands through ``add_cli(subparsers)``.
+ADAPTER_CLIS = ("mm_plugin.adapters.nncf",)
+
+
+def _csv(text: str) -> tuple[str, ...]:
+    return tuple(x.strip() for x in text.split(",") if x.strip())
+
+
+def _floats(text: str) -> tuple[float, ...]:
+    try:
+        return tuple(float(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated numbers, got {text!r}") from None
+
+
+def _ints(text: str) -> tuple[int, ...]:
+    try:
+        return tuple(int(x) for x in _csv(text))
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def example_input(model: torch.nn.Module, input_size: tuple[int, ...] | None) -> torch.Tensor:
+    """One example batch: ``--input-size`` or the timm model's own default input size."""
+    if input_size is None:
+        cfg = getattr(model, "pretrained_cfg", None) or getattr(model, "default_cfg", None) or {}
+        input_size = tuple(cfg.get("input_size", ()))
+    if not input_size:
+        raise MMError("cannot tell the model's input size: pass --input-size C,H,W (e.g. 3,224,224)")
+    return torch.randn(1, *input_size)
+
+
+def _cmd_plan(args: argparse.Namespace) -> int:
+    from .data import load_data
+    from .plan import plan
+    from .zoo import create_model
+
+    model = create_model(args.model)
+    calibration = None
+    if args.data:
+        data = load_data(args.data, batch_size=args.batch_size)
+        calibration = data.calibration(args.calibration_batches)
+        x = next(iter(data.val))[0][:1]
+    else:
+        x = example_input(model, args.input_size)
+    p = plan(model, x, signal=args.signal, calibration=calibration, rules=args.rules,
+             targets=args.range_targets, allocations=args.allocations, range_mode=args.range_mode,
+             samples=args.samples, seed=args.seed)
+    print(p.table(max_rows=args.max_rows))
+    if args.out:
+        print(f"\nplan written to {p.save(args.out)}")
+    return 0
+
+
+def _run_config(args: argparse.Namespace):
+    from .runner import RunConfig
+
+    return RunConfig(
+        model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
+        baselines=args.baselines, targets=args.targets, epochs=args.epochs, lr=args.lr, seeds=args.seeds,
+        batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs,
+    )
+
+
+def _print_result(result) -> None:
+    print(f"\n{len(result.records)} runs, {len(result.front)} on the Pareto front")
+    print(f"report: {result.report}\nplot:   {result.plot}")
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .runner import run
+
+    result = run(_run_config(args), args.out, cache_dir=args.cache_dir, keep_checkpoints=args.keep_checkpoints,
+                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+    _print_result(result)
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    for result in run_demo(Path(args.out), quick=args.quick, cache_dir=args.cache_dir, seeds=args.seeds):
+        _print_result(result)
+    return 0
+
+
+def _cmd_select(args: argparse.Namespace) -> int:
+    from .runner import export_selected, select
+
+    pick, record = select(args.run_dir, min_accuracy=args.min_accuracy, max_nonzeros=args.max_nonzeros)
+    print(f"selected {pick.method} {pick.signal}/{pick.name}: sparsity {100 * pick.sparsity:.2f} %, "
+          f"{pick.nonzeros:,.0f} non-zeros, val {100 * pick.val:.2f} %, test {100 * pick.test:.2f} % "
+          f"(mean of {pick.n} seeds; exporting seed {record['seed']})")
+    dest = export_selected(args.run_dir, record, args.export or Path(args.run_dir) / "selected.pt")
+    print(f"exported to {dest}")
+    return 0
+
+
+def _add_run_args(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--signals", type=_csv, default=("magnitude",), help="comma-separated: magnitude,gradient,product")
+    p.add_argument("--strategies", type=_csv, default=(), help="comma-separated strategy names (default: all ten)")
+    p.add_argument("--baselines", type=_csv, default=("global_magnitude", "lamp", "erk"))
+    p.add_argument("--targets", type=_floats, default=(),
+                   help="global sparsities to rescale every strategy to (default: each at its own sparsity)")
+    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs, the same for every method")
+    p.add_argument("--lr", type=float, default=5e-4)
+    p.add_argument("--seeds", type=_ints, default=(0,))
+    p.add_argument("--batch-size", type=int, default=128)
+    p.add_argument("--rules", help="rules file (.json/.yaml) added to the defaults")
+    p.add_argument("--dense-epochs", type=int, default=None, help="train the model first (models not built in)")
+    p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
+    p.add_argument("--cache-dir", help="where trained demo models are cached (default $MM_PLUGIN_CACHE or ~/.cache)")
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mm-prune", description=__doc__.splitlines()[0])
+    parser.add_argument("-v", "--verbose", action="store_true")
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("plan", help="derive ranges and the ten strategies; print and save them")
+    p.add_argument("--model", required=True, help="timm:<name>, package.module:function or a built-in name")
+    p.add_argument("--signal", default="magnitude")
+    p.add_argument("--out", help="plan JSON to write")
+    p.add_argument("--input-size", type=_ints, help="C,H,W of one input (default: the timm model's own)")
+    p.add_argument("--data", help="dataset for gradient signals (built-in name or package.module:function)")
+    p.add_argument("--batch-size", type=int, default=64)
+    p.add_argument("--calibration-batches", type=int, default=4)
+    p.add_argument("--rules", help="rules file (.json/.yaml) added to the defaults")
+    p.add_argument("--range-targets", type=_floats, default=(0.7, 0.8, 0.9))
+    p.add_argument("--allocations", type=_csv, default=None)
+    p.add_argument("--range-mode", choices=("allocations", "signal"), default="allocations")
+    p.add_argument("--samples", type=int, default=0, help="add K strategies sampled uniformly in the ranges")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--max-rows", type=int, default=40)
+    p.set_defaults(func=_cmd_plan)
+
+    p = sub.add_parser("run", help="prune, fine-tune and evaluate every strategy and baseline")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", default="mnist")
+    p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
+    _add_run_args(p)
+    p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("demo", help="the whole pipeline on bundled MNIST digits with a ResNet-8 and a tiny Swin")
+    p.add_argument("--out", default="runs/demo")
+    p.add_argument("--quick", action="store_true", help="fewer strategies and epochs (about 2 minutes)")
+    p.add_argument("--seeds", type=_ints, default=(0,))
+    p.add_argument("--cache-dir")
+    p.set_defaults(func=_cmd_demo)
+
+    p = sub.add_parser("select", help="pick the front member that meets a budget and export it")
+    p.add_argument("run_dir")
+    g = p.add_mutually_exclusive_group(required=True)
+    g.add_argument("--min-accuracy", type=float, help="validation accuracy in [0, 1]")
+    g.add_argument("--max-nonzeros", type=int)
+    p.add_argument("--export", help="where to copy the checkpoint (default RUN_DIR/selected.pt)")
+    p.set_defaults(func=_cmd_select)
+
+    for module in ADAPTER_CLIS:
+        try:
+            importlib.import_module(module).add_cli(sub)
+        except ImportError as e:  # the toolkit is an optional extra
+            log.debug("%s unavailable: %s", module, e)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    args = build_parser().parse_args(argv)
+    logging.basicConfig(level=logging.DEBUG if args.verbose else logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    try:
+        return args.func(args)
+    except MMError as e:
+        print(f"mm-prune: error: {e}", file=sys.stderr)
+        return 2
+    except KeyboardInterrupt:
+        print("mm-prune: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

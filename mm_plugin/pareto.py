@@ -1,0 +1,76 @@
+"""Pareto fronts and aggregation over seeds (pure functions on result records)."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+
+def pareto_front(points: Sequence[tuple[float, float]]) -> list[int]:
+    """Indices of the points no other point dominates, both coordinates maximized.
+
+    A point dominates another when it is at least as good in both and better in one; exact
+    duplicates are all kept. Returned in order of increasing first coordinate.
+    """
+    front = []
+    for i, (x, y) in enumerate(points):
+        dominated = any(
+            (a >= x and b >= y) and (a > x or b > y) for j, (a, b) in enumerate(points) if j != i
+        )
+        if not dominated:
+            front.append(i)
+    return sorted(front, key=lambda i: (points[i][0], points[i][1]))
+
+
+@dataclass(frozen=True)
+class Aggregate:
+    """One method configuration averaged over seeds."""
+
+    key: str  # the run key without the seed
+    method: str
+    signal: str
+    name: str  # strategy or allocation
+    target: float | None
+    n: int
+    sparsity: float
+    nonzeros: float
+    val: float
+    val_std: float
+    test: float
+    test_std: float
+    oneshot_test: float
+    dense_test: float
+
+    @property
+    def drop(self) -> float:
+        return self.dense_test - self.test
+
+
+def aggregate(records: Iterable[dict]) -> list[Aggregate]:
+    """Group finished runs by configuration (everything but the seed) and average them."""
+    groups: dict[str, list[dict]] = defaultdict(list)
+    for r in records:
+        groups[r["config_key"]].append(r)
+    out = []
+    for key, rs in groups.items():
+        def col(field: str) -> np.ndarray:
+            return np.array([r[field] for r in rs], dtype=float)
+
+        first = rs[0]
+        out.append(Aggregate(
+            key=key, method=first["method"], signal=first["signal"], name=first["name"], target=first["target"],
+            n=len(rs), sparsity=float(col("sparsity").mean()), nonzeros=float(col("nonzeros").mean()),
+            val=float(col("val_accuracy").mean()), val_std=float(col("val_accuracy").std()),
+            test=float(col("test_accuracy").mean()), test_std=float(col("test_accuracy").std()),
+            oneshot_test=float(col("oneshot_test_accuracy").mean()), dense_test=float(col("dense_test_accuracy").mean()),
+        ))
+    return sorted(out, key=lambda a: (a.sparsity, a.method, a.name))
+
+
+def front_of(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
+    """The accuracy-vs-sparsity front, chosen on VALIDATION accuracy so the test split stays unused."""
+    idx = pareto_front([(a.sparsity, a.val) for a in aggregates])
+    return [aggregates[i] for i in idx]

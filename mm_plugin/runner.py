@@ -1,0 +1,344 @@
+"""Run the portfolio: every signal x strategy and every baseline, pruned one-shot, fine-tuned with
+fixed masks on the same budget, evaluated, and gathered into a Pareto front and a report.
+
+A run folder holds ``config.json`` (what was asked), ``plan.json`` (and ``plan-<signal>.json`` for
+further signals), ``results.jsonl`` (one line per finished run, rewritten atomically),
+``checkpoints/`` (masks baked in), ``report.md`` and ``pareto.png``. Rerunning the same command
+resumes: finished runs are skipped, and a folder made with other settings is refused.
+"""
+
+from __future__ import annotations
+
+import copy
+import json
+import logging
+import os
+import re
+import shutil
+import tempfile
+import time
+from collections.abc import Callable
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+from tqdm import tqdm
+
+from .allocations import ALLOCATIONS, AllocationInputs, allocate
+from .data import DataSplits, load_data
+from .errors import ConfigError, ValidationError, check_fraction
+from .masks import apply_masks_, bake_masks_, global_sparsity, measure_sparsity
+from .pareto import Aggregate, aggregate, front_of
+from .plan import Plan, effective_weights, plan, write_json_atomic
+from .pruning import compute_masks
+from .report import plot_pareto, write_report
+from .signals import SIGNALS, mean_abs_gradients
+from .training import evaluate, finetune
+from .zoo import MODELS, create_model, pretrained_demo_model
+
+log = logging.getLogger(__name__)
+
+#: Each baseline allocation is paired with the scores its authors rank weights by.
+BASELINE_SIGNAL = {"snip": "product"}
+
+
+@dataclass(frozen=True)
+class RunConfig:
+    """Everything that decides a run's numbers; a run folder belongs to exactly one of these."""
+
+    model: str
+    data: str = "mnist"
+    signals: tuple[str, ...] = ("magnitude",)
+    strategies: tuple[str, ...] | None = None  # None: every planned strategy
+    baselines: tuple[str, ...] = ("global_magnitude", "lamp", "erk")
+    targets: tuple[float, ...] = ()  # empty: strategies at their own sparsity, baselines matched to them
+    epochs: int = 2
+    lr: float = 5e-4
+    patience: int | None = 3
+    seeds: tuple[int, ...] = (0,)
+    batch_size: int = 128
+    calibration_batches: int = 4
+    range_targets: tuple[float, ...] = (0.7, 0.8, 0.9)
+    rules: Any = None  # list of rule dicts or a path
+    dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
+
+    def __post_init__(self) -> None:
+        for name in self.signals:
+            SIGNALS.get(name, where="signals")
+        for name in self.baselines:
+            ALLOCATIONS.get(name, where="baselines")
+        for t in self.targets:
+            check_fraction(t, "target sparsity")
+        if self.epochs < 0:
+            raise ValidationError(f"epochs must be >= 0, got {self.epochs}")
+        if not self.seeds:
+            raise ValidationError("give at least one seed")
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in d.items()}
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str  # "mix_and_match" or "baseline"
+    signal: str
+    name: str  # strategy or allocation
+    target: float | None
+    seed: int
+    sparsity: dict[str, float] = field(compare=False, hash=False)
+
+    @property
+    def config_key(self) -> str:
+        t = "natural" if self.target is None else f"{self.target:.4f}"
+        return f"{self.method}/{self.signal}/{self.name}/{t}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.config_key}/seed{self.seed}"
+
+
+@dataclass
+class RunResult:
+    out: Path
+    records: list[dict]
+    aggregates: list[Aggregate]
+    front: list[Aggregate]
+    report: Path | None
+    plot: Path | None
+
+
+# --- the run folder --------------------------------------------------------------------------
+
+def _check_folder(out: Path, config: RunConfig) -> None:
+    """Refuse a folder made for other settings: its results would be silently mixed with ours."""
+    path = out / "config.json"
+    if path.exists():
+        old = json.loads(path.read_text())
+        new = config.to_dict()
+        diff = [f"{k}: {old.get(k)!r} -> {new.get(k)!r}" for k in new if old.get(k) != new.get(k)]
+        if diff:
+            raise ConfigError(
+                f"run folder {out} was made with a different configuration ({'; '.join(diff)}); "
+                "use another --out folder, or rerun with the original settings to resume"
+            )
+    else:
+        write_json_atomic(path, config.to_dict())
+
+
+def load_records(out: Path) -> list[dict]:
+    path = Path(out) / "results.jsonl"
+    if not path.exists():
+        return []
+    return [json.loads(line) for line in path.read_text().splitlines() if line.strip()]
+
+
+def _append_record(out: Path, record: dict) -> None:
+    """Rewrite results.jsonl through a temporary file: a crash leaves the old or the new file, never half."""
+    path = out / "results.jsonl"
+    old = path.read_text() if path.exists() else ""
+    fd, tmp = tempfile.mkstemp(dir=out, prefix=".results.", suffix=".tmp")
+    with os.fdopen(fd, "w") as f:
+        f.write(old + json.dumps(record) + "\n")
+        f.flush()
+        os.fsync(f.fileno())
+    os.replace(tmp, path)
+
+
+def _checkpoint_path(out: Path, key: str) -> Path:
+    return out / "checkpoints" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", key) + ".pt")
+
+
+# --- the pieces of one run -------------------------------------------------------------------
+
+def _dense_model(config: RunConfig, data: DataSplits, out: Path, cache_dir: str | Path | None) -> nn.Module:
+    if config.model in MODELS:
+        model, _ = pretrained_demo_model(config.model, data, cache_dir=cache_dir, epochs=config.dense_epochs)
+        return model
+    h, w = data.input_shape[-2:]
+    model = create_model(config.model, num_classes=data.num_classes, in_chans=data.input_shape[0],
+                         img_size=h if h == w else (h, w))
+    if config.dense_epochs:
+        path = out / "dense.pt"
+        if path.exists():
+            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
+        else:
+            finetune(model, data.train, data.val, epochs=config.dense_epochs, lr=1e-3, patience=None, desc="dense")
+            tmp = path.with_suffix(".tmp")
+            torch.save(model.state_dict(), tmp)
+            tmp.replace(path)
+    return model
+
+
+def _check_model_fits_data(model: nn.Module, data: DataSplits, spec: str) -> torch.Tensor:
+    x, _ = next(iter(data.val))
+    try:
+        with torch.no_grad():
+            y = model.eval()(x[:2])
+    except Exception as e:  # noqa: BLE001 - any failure here means model and data disagree
+        raise ConfigError(f"model {spec!r} cannot run on {data.name!r} inputs of shape {tuple(x.shape[1:])}: {e}") from None
+    if y.dim() != 2 or y.shape[-1] != data.num_classes:
+        raise ConfigError(
+            f"model {spec!r} outputs shape {tuple(y.shape)} but {data.name!r} has {data.num_classes} classes; "
+            f"build the model with num_classes={data.num_classes}"
+        )
+    return x[:1]
+
+
+def _jobs(config: RunConfig, plans: dict[str, Plan], dense: nn.Module, calibration) -> list[Job]:
+    jobs = []
+    for signal, p in plans.items():
+        chosen = [p.strategy(n) for n in config.strategies] if config.strategies else p.strategies
+        for s in chosen:
+            if config.targets:
+                for t in config.targets:
+                    try:
+                        scaled = p.rescale(s, t)
+                    except ValidationError as e:
+                        raise ConfigError(f"strategy {s.name!r} cannot reach target {t}: {e}") from None
+                    jobs += [Job("mix_and_match", signal, s.name, t, seed, scaled.sparsity) for seed in config.seeds]
+            else:
+                t = round(p.global_sparsity(s), 4)
+                jobs += [Job("mix_and_match", signal, s.name, t, seed, s.sparsity) for seed in config.seeds]
+    first = next(iter(plans.values()))
+    targets = sorted(config.targets or {j.target for j in jobs})
+    names = [layer.name for layer in first.layers]
+    grads = mean_abs_gradients(dense, names, calibration) if "snip" in config.baselines else None
+    inputs = AllocationInputs(first.layers, effective_weights(dense, first.layers), grads)
+    for name in config.baselines:
+        for t in targets:
+            sparsity = {n: float(s) for n, s in zip(names, allocate(name, inputs, t))}
+            signal = BASELINE_SIGNAL.get(name, "magnitude")
+            jobs += [Job("baseline", signal, name, t, seed, sparsity) for seed in config.seeds]
+    return jobs
+
+
+def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, calibration,
+             dense_acc: tuple[float, float], out: Path, progress: bool) -> dict:
+    start = time.perf_counter()
+    model = copy.deepcopy(dense)
+    masks = compute_masks(model, job.sparsity, signal=job.signal, calibration=calibration)
+    apply_masks_(model, masks)
+    oneshot_val, oneshot_test = evaluate(model, data.val), evaluate(model, data.test)
+    ft = finetune(model, data.train, data.val, epochs=config.epochs, lr=config.lr, patience=config.patience,
+                  seed=job.seed, progress=progress, desc=job.key)
+    test = evaluate(model, data.test)
+    report = measure_sparsity(model)
+    bake_masks_(model)
+    record = {
+        "key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
+        "name": job.name, "target": job.target, "seed": job.seed,
+        "sparsity": global_sparsity(report),
+        "layer_sparsity": {r.name: r.sparsity for r in report},
+        "planned_sparsity": job.sparsity,
+        "params": sum(r.numel for r in report),
+        "nonzeros": sum(r.numel - r.zeros for r in report),
+        "dense_val_accuracy": dense_acc[0], "dense_test_accuracy": dense_acc[1],
+        "oneshot_val_accuracy": oneshot_val, "oneshot_test_accuracy": oneshot_test,
+        "val_accuracy": ft.best_val_accuracy, "test_accuracy": test,
+        "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run,
+        "wall_seconds": round(time.perf_counter() - start, 2),
+    }
+    ckpt = _checkpoint_path(out, job.key)
+    ckpt.parent.mkdir(exist_ok=True)
+    tmp = ckpt.with_suffix(".tmp")
+    torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
+    tmp.replace(ckpt)
+    record["checkpoint"] = str(ckpt.relative_to(out))
+    return record
+
+
+def run(
+    config: RunConfig,
+    out: str | Path,
+    *,
+    cache_dir: str | Path | None = None,
+    progress: bool = True,
+    keep_checkpoints: str = "front",
+    command: str = "",
+    on_record: Callable[[dict], None] | None = None,
+) -> RunResult:
+    """Run (or resume) the whole portfolio in ``out``; see the module docstring for the files."""
+    if keep_checkpoints not in ("front", "all"):
+        raise ValidationError(f"keep_checkpoints must be 'front' or 'all', got {keep_checkpoints!r}")
+    out = Path(out)
+    out.mkdir(parents=True, exist_ok=True)
+    _check_folder(out, config)
+    data = load_data(config.data, batch_size=config.batch_size, seed=0)
+    dense = _dense_model(config, data, out, cache_dir)
+    example = _check_model_fits_data(dense, data, config.model)
+    dense_acc = (evaluate(dense, data.val), evaluate(dense, data.test))
+    log.info("dense %s: val %.4f, test %.4f", config.model, *dense_acc)
+
+    needs_grads = any(s in ("gradient", "product") for s in config.signals) or "snip" in config.baselines
+    calibration = data.calibration(config.calibration_batches) if needs_grads else None
+    plans = {}
+    for i, signal in enumerate(config.signals):
+        p = plan(dense, example, signal=signal, calibration=calibration, rules=config.rules,
+                 targets=config.range_targets)
+        p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
+        plans[signal] = p
+
+    done = {r["key"] for r in load_records(out)}
+    todo = [j for j in _jobs(config, plans, dense, calibration) if j.key not in done]
+    if done:
+        log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
+    for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
+        record = _run_job(job, dense, data, config, calibration, dense_acc, out, progress=False)
+        _append_record(out, record)
+        if on_record is not None:
+            on_record(record)
+
+    records = load_records(out)
+    aggs = aggregate(records)
+    front = front_of(aggs)
+    title = f"{config.model} on {config.data}"
+    report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}")
+    plot = plot_pareto(aggs, out / "pareto.png", title)
+    if keep_checkpoints == "front":
+        keep = {a.key for a in front}
+        for r in records:
+            if r["config_key"] not in keep:
+                (out / r["checkpoint"]).unlink(missing_ok=True)
+    write_json_atomic(out / "front.json", [
+        {**asdict(a), "checkpoints": [r["checkpoint"] for r in records if r["config_key"] == a.key]} for a in front
+    ])
+    return RunResult(out, records, aggs, front, report, plot)
+
+
+def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: int | None = None) -> tuple[Aggregate, dict]:
+    """The front member meeting the budget: the sparsest with val accuracy >= ``min_accuracy``, or the
+    most accurate (val) with at most ``max_nonzeros`` non-zero weights. Returns it and its best seed's record."""
+    if (min_accuracy is None) == (max_nonzeros is None):
+        raise ValidationError("give exactly one of --min-accuracy or --max-nonzeros")
+    out = Path(out)
+    records = load_records(out)
+    if not records:
+        raise ConfigError(f"{out} has no finished runs (results.jsonl missing or empty); run `mm-prune run` first")
+    front = front_of(aggregate(records))
+    if min_accuracy is not None:
+        ok = [a for a in front if a.val >= min_accuracy]
+        pick = max(ok, key=lambda a: a.sparsity) if ok else None
+        budget = f"validation accuracy >= {min_accuracy}"
+    else:
+        ok = [a for a in front if a.nonzeros <= max_nonzeros]
+        pick = max(ok, key=lambda a: a.val) if ok else None
+        budget = f"at most {max_nonzeros} non-zeros"
+    if pick is None:
+        best = ", ".join(f"{100 * a.sparsity:.1f} % / val {100 * a.val:.2f} / {a.nonzeros:,.0f} nz" for a in front)
+        raise ValidationError(f"no front member meets {budget}; the front is: {best}")
+    record = max((r for r in records if r["config_key"] == pick.key), key=lambda r: r["val_accuracy"])
+    return pick, record
+
+
+def export_selected(out: str | Path, record: dict, dest: str | Path) -> Path:
+    src = Path(out) / record["checkpoint"]
+    if not src.exists():
+        raise ConfigError(f"checkpoint {src} is missing; rerun with keep_checkpoints='all' or rerun the run")
+    dest = Path(dest)
+    dest.parent.mkdir(parents=True, exist_ok=True)
+    shutil.copyfile(src, dest)
+    return dest
+
