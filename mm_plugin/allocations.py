@@ -48,9 +48,17 @@ class AllocationInputs:
     def sizes(self) -> np.ndarray:
         return np.array([layer.params for layer in self.layers], dtype=np.int64)
 
-    def sorted_scores(self, criterion: str, fn: Callable[[str], torch.Tensor]) -> list[torch.Tensor]:
+    def sorted_scores(
+        self, criterion: str, fn: Callable[[str], torch.Tensor], presorted: bool = False
+    ) -> list[torch.Tensor]:
+        """Each layer's ``fn`` scores in ascending order (``presorted``: ``fn`` already sorts)."""
         if criterion not in self._sorted:
-            self._sorted[criterion] = [torch.sort(fn(layer.name).flatten()).values for layer in self.layers]
+            # numpy's vectorized sort is about 3x faster than torch.sort on CPU for large layers
+            self._sorted[criterion] = [
+                fn(layer.name).flatten() if presorted
+                else torch.from_numpy(np.sort(fn(layer.name).flatten().cpu().numpy()))
+                for layer in self.layers
+            ]
         return self._sorted[criterion]
 
     def require_gradients(self, who: str) -> dict[str, torch.Tensor]:
@@ -106,13 +114,17 @@ def _threshold_counts(sorted_scores: list[torch.Tensor], k: int, caps: np.ndarra
 
 
 def threshold_allocation(
-    inputs: AllocationInputs, target: float, criterion: str, fn: Callable[[str], torch.Tensor]
+    inputs: AllocationInputs,
+    target: float,
+    criterion: str,
+    fn: Callable[[str], torch.Tensor],
+    presorted: bool = False,
 ) -> np.ndarray:
     """One global threshold over ``fn(layer)`` scores; ``criterion`` names the memoized sort."""
     sizes = inputs.sizes
     caps = np.maximum(sizes - np.maximum(np.ceil(inputs.min_density * sizes), 1), 0).astype(np.int64)
     k = _target_count(sizes, target)
-    counts = _threshold_counts(inputs.sorted_scores(criterion, fn), k, caps)
+    counts = _threshold_counts(inputs.sorted_scores(criterion, fn, presorted), k, caps)
     return counts / sizes
 
 
@@ -157,23 +169,33 @@ def proportional_allocation(
     return counts / sizes
 
 
+def _magnitude(inputs: AllocationInputs) -> Callable[[str], torch.Tensor]:
+    return lambda name: inputs.weights[name].detach().abs().float()
+
+
+def _sorted_magnitudes(inputs: AllocationInputs) -> list[torch.Tensor]:
+    return inputs.sorted_scores("magnitude", _magnitude(inputs))
+
+
 @register_allocation("global_magnitude")
 def global_magnitude(inputs: AllocationInputs, target: float) -> np.ndarray:
     """One |w| threshold over all layers (GMP), with the minimum-density guard."""
-    return threshold_allocation(inputs, target, "magnitude", lambda n: inputs.weights[n].abs().float())
+    return threshold_allocation(inputs, target, "magnitude", _magnitude(inputs))
 
 
 @register_allocation("lamp")
 def lamp(inputs: AllocationInputs, target: float) -> np.ndarray:
     """LAMP (Lee et al. 2021): w_u^2 / sum_{v >= u} w_v^2 within a layer, one global threshold."""
 
-    def lamp_sorted(name: str) -> torch.Tensor:
-        sq = torch.sort(inputs.weights[name].detach().flatten().double() ** 2).values
-        tail = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0])
-        scores = sq / tail.clamp_min(torch.finfo(torch.float64).tiny)
-        return torch.cummax(scores, 0).values  # already ascending in theory; enforce against rounding
+    magnitudes = dict(zip((layer.name for layer in inputs.layers), _sorted_magnitudes(inputs)))
 
-    return threshold_allocation(inputs, target, "lamp", lamp_sorted)
+    def lamp_sorted(name: str) -> torch.Tensor:
+        sq = magnitudes[name].double() ** 2  # LAMP keeps the |w| order inside a layer: reuse that sort
+        tail = torch.flip(torch.cumsum(torch.flip(sq, [0]), 0), [0])
+        scores = (sq / tail.clamp_min(torch.finfo(torch.float64).tiny)).float()
+        return torch.cummax(scores, 0).values  # ascending in theory; enforce it against rounding
+
+    return threshold_allocation(inputs, target, "lamp", lamp_sorted, presorted=True)
 
 
 @register_allocation("snip")
