@@ -9,6 +9,8 @@ Defaults and why they are there (norms and biases are never in the inventory, so
 
 * ``classifier-head`` widens the head's maximum to 0.90: heads are wide and redundant, and the
   paper's v1 prunes them harder; applied first, so the size rules below still bind a small head.
+* ``large-mlp`` widens the maximum of MLP layers with 1 M weights or more to 0.95: the wide
+  expansion layers of transformers hold most of the weights and tolerate the most pruning.
 * ``first-layer`` caps the first layer at 0.10: it sees raw pixels and every later layer depends on
   it (Gale et al. keep it dense in uniform+).
 * ``patch-embedding`` caps patch embeddings at 0.30 (the draft's [0.15, 0.30] without forcing a
@@ -89,6 +91,7 @@ class Rule:
 
 DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("classifier-head", kinds=("head",), widen_max=0.90),
+    Rule("large-mlp", kinds=("mlp",), min_params=1_000_000, widen_max=0.95),
     Rule("first-layer", position="first", max=0.10),
     Rule("patch-embedding", kinds=("patch_embedding",), max=0.30),
     Rule("embedding", kinds=("embedding",), max=0.30),
