@@ -108,3 +108,20 @@ def test_select(finished, tmp_path):
         select(out, max_nonzeros=1)
     with pytest.raises(ConfigError, match="no finished runs"):
         select(tmp_path, min_accuracy=0.5)
+
+
+def test_comparison_picks_best_on_validation():
+    from mm_plugin.pareto import Aggregate
+    from mm_plugin.report import comparison
+
+    def agg(method, name, val, test):
+        return Aggregate(key=f"{method}/{name}", method=method, signal="magnitude", name=name, target=0.9, n=3,
+                         sparsity=0.9, nonzeros=10, val=val, val_std=0, test=test, test_std=0,
+                         oneshot_test=0.5, dense_test=0.98)
+
+    rows = comparison([agg("mix_and_match", "balanced", 0.95, 0.96), agg("mix_and_match", "aggressive", 0.97, 0.93),
+                       agg("baseline", "global_magnitude", 0.9, 0.93), agg("baseline", "lamp", 0.92, 0.95)])
+    (row,) = rows
+    assert row["best"].name == "aggressive"  # best on validation, even though its test is worse
+    assert row["best_vs_gmp"] == pytest.approx(0.0)
+    assert row["balanced_vs_gmp"] == pytest.approx(1 - 0.02 / 0.05)
