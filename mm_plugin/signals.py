@@ -40,7 +40,7 @@ def _weights(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _first(batch: Any) -> tuple[Any, Any]:
+def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, dict):
         return batch["x"] if "x" in batch else batch["input"], batch.get("y", batch.get("label"))
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
@@ -71,7 +71,7 @@ def mean_abs_gradients(
     batches = 0
     try:
         for batch in calibration:
-            x, y = _first(batch)
+            x, y = split_batch(batch)
             with parametrize.cached():  # forward and autograd.grad then share one masked weight
                 retained = _weights(model, names)
                 loss = loss_fn(model(x), y)
