@@ -102,6 +102,10 @@ def bake_masks_(model: nn.Module) -> nn.Module:
     """Fold every mask into its weight and drop the parametrizations: a plain model for export."""
     for name in list(masked_weights(model)):
         module, attr = _split(model, name)
+        # parametrize gives each module a generated class that deep copies share; removal edits that
+        # class, so give this module a private one first or its copies lose their weights too.
+        cls = module.__class__
+        module.__class__ = type(cls.__name__, cls.__bases__, dict(cls.__dict__))
         parametrize.remove_parametrizations(module, attr, leave_parametrized=True)
     return model
 

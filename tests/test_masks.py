@@ -64,3 +64,14 @@ def test_bad_masks(mlp):
         apply_masks_(mlp, {"nope.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValidationError, match="not a prunable weight"):
         mm_plugin.prune(mlp, {"body.1.weight": 0.5})
+
+
+def test_baking_a_deep_copy_leaves_the_original_masked(mlp):
+    import copy
+
+    mm_plugin.prune(mlp, {"body.0.weight": 0.5})
+    x = torch.randn(2, 64)
+    before = mlp(x)
+    twin = bake_masks_(copy.deepcopy(mlp))
+    assert torch.allclose(mlp(x), before) and torch.allclose(twin(x), before)
+    assert "body.0.weight" in current_masks(mlp) and not current_masks(twin)
