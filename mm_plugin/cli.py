@@ -79,7 +79,7 @@ def _run_config(args: argparse.Namespace):
     return RunConfig(
         model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
         baselines=args.baselines, targets=args.targets, epochs=args.epochs, lr=args.lr, seeds=args.seeds,
-        batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs,
+        batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs, sparsity=args.sparsity,
     )
 
 
@@ -129,6 +129,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rules", help="rules file (.json/.yaml) added to the defaults")
     p.add_argument("--dense-epochs", type=int, default=None, help="train the model first (models not built in)")
+    p.add_argument("--sparsity", choices=("unstructured", "flexhinm"), default="unstructured",
+                   help="mask pattern: unstructured, or FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned regions")
     p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
     p.add_argument("--cache-dir", help="where trained demo models are cached (default $MM_PLUGIN_CACHE or ~/.cache)")
 

@@ -28,17 +28,19 @@ from tqdm import tqdm
 
 from .allocations import ALLOCATIONS, AllocationInputs, allocate
 from .data import DataSplits, load_data
-from .errors import ConfigError, ValidationError, check_fraction
+from .errors import ConfigError, UnknownNameError, ValidationError, check_fraction
 from .masks import apply_masks_, bake_masks_, global_sparsity, measure_sparsity
 from .pareto import Aggregate, aggregate, front_of
 from .plan import Plan, effective_weights, plan, write_json_atomic
 from .pruning import compute_masks
 from .report import plot_pareto, write_report
-from .signals import SIGNALS, mean_abs_gradients
+from .signals import SIGNALS, compute_scores, mean_abs_gradients
 from .training import evaluate, finetune
 from .zoo import MODELS, create_model, pretrained_demo_model
 
 log = logging.getLogger(__name__)
+
+SPARSITY_KINDS = ("unstructured", "flexhinm")
 
 #: Each baseline allocation is paired with the scores its authors rank weights by.
 BASELINE_SIGNAL = {"snip": "product"}
@@ -63,6 +65,7 @@ class RunConfig:
     range_targets: tuple[float, ...] = (0.7, 0.8, 0.9)
     rules: Any = None  # list of rule dicts or a path
     dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
+    sparsity: str = "unstructured"  # or "flexhinm": Gyro-Permutation + hybrid dense / 2:4 / vector masks
 
     def __post_init__(self) -> None:
         for name in self.signals:
@@ -75,6 +78,8 @@ class RunConfig:
             raise ValidationError(f"epochs must be >= 0, got {self.epochs}")
         if not self.seeds:
             raise ValidationError("give at least one seed")
+        if self.sparsity not in SPARSITY_KINDS:
+            raise UnknownNameError("sparsity", self.sparsity, SPARSITY_KINDS, where="sparsity")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -216,11 +221,19 @@ def _jobs(config: RunConfig, plans: dict[str, Plan], dense: nn.Module, calibrati
 
 
 def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, calibration,
-             dense_acc: tuple[float, float], out: Path, progress: bool) -> dict:
+             dense_acc: tuple[float, float], out: Path, progress: bool, example: torch.Tensor) -> dict:
     start = time.perf_counter()
     model = copy.deepcopy(dense)
-    masks = compute_masks(model, job.sparsity, signal=job.signal, calibration=calibration)
-    apply_masks_(model, masks)
+    extra = {}
+    if config.sparsity == "flexhinm":  # the strategy's per-layer targets, as hybrid N:M-friendly masks
+        from .flexhinm import FlexHiNMConfig, flexhinm_sparsify_
+
+        scores = compute_scores(model, list(job.sparsity), job.signal, calibration)
+        result = flexhinm_sparsify_(model, job.sparsity, FlexHiNMConfig(seed=job.seed),
+                                    example_inputs=(example,), scores=scores)
+        extra["nm_regions"] = result.nm_regions  # where the 2:4 pattern must hold, for validate_nm
+    else:
+        apply_masks_(model, compute_masks(model, job.sparsity, signal=job.signal, calibration=calibration))
     oneshot_val, oneshot_test = evaluate(model, data.val), evaluate(model, data.test)
     ft = finetune(model, data.train, data.val, epochs=config.epochs, lr=config.lr, patience=config.patience,
                   seed=job.seed, progress=progress, desc=job.key)
@@ -229,7 +242,7 @@ def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, ca
     bake_masks_(model)
     record = {
         "key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
-        "name": job.name, "target": job.target, "seed": job.seed,
+        "name": job.name, "target": job.target, "seed": job.seed, "pattern": config.sparsity,
         "sparsity": global_sparsity(report),
         "layer_sparsity": {r.name: r.sparsity for r in report},
         "planned_sparsity": job.sparsity,
@@ -244,7 +257,7 @@ def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, ca
     ckpt = _checkpoint_path(out, job.key)
     ckpt.parent.mkdir(exist_ok=True)
     tmp = ckpt.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "record": record}, tmp)
+    torch.save({"state_dict": model.state_dict(), "record": record, **extra}, tmp)
     tmp.replace(ckpt)
     record["checkpoint"] = str(ckpt.relative_to(out))
     return record
@@ -286,7 +299,7 @@ def run(
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
     for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
-        record = _run_job(job, dense, data, config, calibration, dense_acc, out, progress=False)
+        record = _run_job(job, dense, data, config, calibration, dense_acc, out, progress=False, example=example)
         _append_record(out, record)
         if on_record is not None:
             on_record(record)

@@ -125,3 +125,21 @@ def test_comparison_picks_best_on_validation():
     assert row["best"].name == "aggressive"  # best on validation, even though its test is worse
     assert row["best_vs_gmp"] == pytest.approx(0.0)
     assert row["balanced_vs_gmp"] == pytest.approx(1 - 0.02 / 0.05)
+
+
+def test_flexhinm_sparsity_gives_nm_friendly_masks(tmp_path):
+    import dataclasses
+
+    from mm_plugin.flexhinm import validate_nm
+    config = dataclasses.replace(CONFIG, sparsity="flexhinm", targets=(0.5,), strategies=("balanced",), baselines=())
+    result = run(config, tmp_path, progress=False, keep_checkpoints="all")
+    (record,) = result.records
+    assert record["pattern"] == "flexhinm" and abs(record["sparsity"] - 0.5) < 0.05
+    model = factories.trained_mlp()
+    ckpt = torch.load(tmp_path / record["checkpoint"], weights_only=True)
+    model.load_state_dict(ckpt["state_dict"])
+    assert validate_nm(model, regions=ckpt["nm_regions"]).ok
+    assert any(r.any() for r in ckpt["nm_regions"].values())
+    assert not validate_nm(model).ok  # dense regions are not 2:4: the regions matter
+    with pytest.raises(ValidationError, match="unknown sparsity 'nm'"):
+        dataclasses.replace(CONFIG, sparsity="nm")
