@@ -173,7 +173,7 @@ class TrainRecipe:
 #: Chosen so each demo model trains in 2-3 minutes on two CPU cores.
 DEMO_RECIPES: dict[str, TrainRecipe] = {
     "resnet8": TrainRecipe(epochs=10, lr=5e-3, weight_decay=1e-4, batch_size=32),
-    "swin_tiny_mnist": TrainRecipe(epochs=20, lr=1e-3, weight_decay=0.05, batch_size=32),
+    "swin_tiny_mnist": TrainRecipe(epochs=20, lr=2e-3, weight_decay=0.05, batch_size=32),
 }
 DEFAULT_RECIPE = TrainRecipe(epochs=10)
 
