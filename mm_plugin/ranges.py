@@ -53,7 +53,9 @@ def derive_ranges(
         if signal_scores is None:
             raise ValidationError("range mode 'signal' needs the signal's scores")
         sources = {
-            f"signal@{t:g}": threshold_allocation(inputs, t, "signal", lambda n: signal_scores[n])
+            f"signal@{t:g}": threshold_allocation(
+                inputs, t, inputs.sorted_scores("signal", lambda n: signal_scores[n].clone())
+            )
             for t in targets
         }
     else:
