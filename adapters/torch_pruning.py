@@ -57,7 +57,7 @@ from mm_plugin.errors import (
     ValidationError,
     check_fraction,
 )
-from mm_plugin.inventory import LayerInfo, inventory
+from mm_plugin.inventory import LayerInfo, forward_eval, inventory
 from mm_plugin.plan import Plan
 from mm_plugin.ranges import derive_ranges
 from mm_plugin.rules import apply_rules, explain, resolve_rules
@@ -954,18 +954,8 @@ def _check_forward(model: nn.Module, example_inputs: Any, expected_shape: torch.
 
 
 def _output_shape(model: nn.Module, example_inputs: Any) -> torch.Size | None:
-    was_training = model.training
-    model.eval()
-    try:
-        with torch.no_grad():
-            out = (
-                model(*example_inputs) if isinstance(example_inputs, (tuple, list)) else model(example_inputs)
-            )
-    finally:
-        model.train(was_training)
-    if isinstance(out, (tuple, list)):
-        out = out[0]
-    return out.shape if isinstance(out, torch.Tensor) else None
+    out = forward_eval(model, example_inputs)
+    return None if out is None else out.shape
 
 
 # --------------------------------------------------------------------------------------------------

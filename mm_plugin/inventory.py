@@ -100,6 +100,16 @@ def _execution_order(model: nn.Module, example_inputs: Any) -> tuple[list[str], 
                 order.append(name)
 
         handles.append(module.register_forward_hook(hook))
+    try:
+        output = forward_eval(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return order, output
+
+
+def forward_eval(model: nn.Module, example_inputs: Any) -> torch.Tensor | None:
+    """One eval-mode, no-grad forward pass; the (first) output tensor. The train/eval flag is restored."""
     was_training = model.training
     try:
         model.eval()
@@ -108,11 +118,9 @@ def _execution_order(model: nn.Module, example_inputs: Any) -> tuple[list[str], 
             output = model(*inputs)
     finally:
         model.train(was_training)
-        for h in handles:
-            h.remove()
     if isinstance(output, (tuple, list)):
         output = output[0]
-    return order, output if isinstance(output, torch.Tensor) else None
+    return output if isinstance(output, torch.Tensor) else None
 
 
 def _ancestors(name: str) -> list[str]:

@@ -1,0 +1,36 @@
+import json
+
+import pytest
+
+from mm_plugin.cli import main
+
+
+def test_plan_prints_table_and_writes_json(tmp_path, capsys):
+    out = tmp_path / "plan.json"
+    assert main(["plan", "--model", "timm:resnet18", "--input-size", "3,32,32", "--out", str(out)]) == 0
+    text = capsys.readouterr().out
+    assert "conservative" in text and "GLOBAL" in text and "layer4.1.conv2" in text
+    data = json.loads(out.read_text())
+    assert [s["name"] for s in data["strategies"]][:3] == ["conservative", "aggressive", "balanced"]
+    assert {"name", "kind", "params", "min", "max"} <= set(data["layers"][0])
+    assert set(data["strategies"][0]["sparsity"]) == {layer["name"] for layer in data["layers"]}
+
+
+def test_factory_model_and_gradient_signal(capsys):
+    assert main(["plan", "--model", "factories:trained_mlp", "--signal", "product", "--data", "factories:small_digits",
+                 "--max-rows", "4"]) == 0
+    assert "..." not in capsys.readouterr().out  # 3 layers fit in 4 rows
+
+
+@pytest.mark.parametrize("argv,message", [
+    (["plan", "--model", "timm:resnet18", "--signal", "magnitud", "--input-size", "3,32,32"], "unknown signal 'magnitud'"),
+    (["plan", "--model", "timm:resnett18"], "unknown timm model 'resnett18'"),
+    (["plan", "--model", "nope.module:fn"], "nope.module"),
+    (["plan", "--model", "factories:tiny_cnn"], "--input-size"),
+    (["plan", "--model", "factories:tiny_cnn", "--input-size", "1,8,8", "--signal", "gradient"], "needs calibration data"),
+    (["select", "/nonexistent", "--min-accuracy", "0.9"], "no finished runs"),
+])
+def test_bad_input_is_one_line(argv, message, capsys):
+    assert main(argv) == 2
+    err = capsys.readouterr().err
+    assert message in err and "Traceback" not in err and err.startswith("mm-prune: error:")
