@@ -149,6 +149,7 @@ def _append_record(out: Path, record: dict) -> None:
         f.write(old + json.dumps(record) + "\n")
         f.flush()
         os.fsync(f.fileno())
+    os.chmod(tmp, 0o644)  # mkstemp makes owner-only files; results are meant to be shared
     os.replace(tmp, path)
 
 
