@@ -12,6 +12,7 @@ import json
 import logging
 import os
 import re
+import shutil
 import tempfile
 import time
 from collections.abc import Callable
@@ -32,6 +33,10 @@ logger = logging.getLogger(__name__)
 
 #: Built-in models: ``name -> fn(num_classes, in_chans[, img_size]) -> nn.Module``.
 MODELS: Registry = Registry("model")
+
+#: Demo models trained by :func:`pretrained_demo_model` with the recipes below and shipped with the
+#: package, so the demo need not train them; a recipe change changes the key and retrains.
+BUNDLED = Path(__file__).parent / "assets"
 
 #: Bump when the cache layout or a built-in architecture changes, so stale weights are not reused.
 CACHE_FORMAT = 1
@@ -229,6 +234,10 @@ def pretrained_demo_model(
         raise ConfigError(f"cannot create model cache {directory}: {exc}; set MM_PLUGIN_CACHE") from None
     stem = f"{_safe(name)}-{_safe(data.name)}-{key}"
     weights_path, record_path = directory / f"{stem}.pt", directory / f"{stem}.json"
+    for bundled in (BUNDLED / f"{stem}.pt", BUNDLED / f"{stem}.json"):
+        target = directory / bundled.name
+        if bundled.exists() and not target.exists():  # shipped weights seed the cache: no training
+            shutil.copyfile(bundled, target)
 
     seed_everything(seed)  # deterministic initialisation
     h, w = data.input_shape[-2:]

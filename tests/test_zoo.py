@@ -121,3 +121,20 @@ def test_cache_dir_defaults_to_environment(tmp_path, monkeypatch):
     assert zoo.default_cache_dir() == tmp_path / "c"
     pretrained_demo_model("resnet8", _tiny_data(), epochs=1)
     assert len(list((tmp_path / "c").glob("resnet8-tiny-*.pt"))) == 1
+
+
+def test_bundled_demo_weights_seed_an_empty_cache(tmp_path, monkeypatch):
+    """The shipped ResNet-8 loads into a fresh cache without training, with its recorded accuracy."""
+    import json
+
+    import mm_plugin.zoo as zoo
+    from mm_plugin.data import load_data
+
+    def no_training(*args, **kwargs):
+        raise AssertionError("the bundled weights should have been used")
+
+    monkeypatch.setattr(zoo, "finetune", no_training)
+    data = load_data("mnist")
+    model, val = zoo.pretrained_demo_model("resnet8", data, cache_dir=tmp_path)
+    (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("resnet8-*.json")]
+    assert val == record["val_accuracy"] > 0.95
