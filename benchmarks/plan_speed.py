@@ -63,7 +63,6 @@ def bench(name: str, repeats: int) -> dict:
         fresh = copy.deepcopy(model)
         nncf_runs.append(measure(lambda: nncf.prune(
             fresh, nncf.PruneMode.UNSTRUCTURED_MAGNITUDE_GLOBAL, ratio=0.5, examples_inputs=x)))
-        del fresh
         plan_runs.append(measure(lambda: mm_plugin.plan(model, x, signal="magnitude")))
     n_s = statistics.median(r[0] for r in nncf_runs)
     p_s = statistics.median(r[0] for r in plan_runs)

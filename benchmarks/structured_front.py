@@ -19,7 +19,6 @@ import statistics
 from pathlib import Path
 
 import numpy as np
-import torch
 
 from mm_plugin.adapters.torch_pruning import baseline_front, latency_front, plan_groups
 from mm_plugin.data import load_data

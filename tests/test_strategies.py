@@ -4,7 +4,7 @@ import torch
 
 import mm_plugin
 from mm_plugin.errors import ValidationError
-from mm_plugin.strategies import NAMED_STRATEGIES, build_strategies, rescale, sample_strategies
+from mm_plugin.strategies import NAMED_STRATEGIES, build_strategies
 
 
 @pytest.fixture(scope="module")
