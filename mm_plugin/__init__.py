@@ -5,7 +5,10 @@ The verbs, one per stage::
 
     plan = mm_plugin.plan(model, example_inputs, signal="magnitude")
     mm_plugin.prune(model, plan.strategy("balanced"), signal="magnitude")
+    mm_plugin.finetune(model, train_loader, val_loader, epochs=2)  # masks stay fixed
     mm_plugin.bake_masks_(model)  # plain zeros, ready for export
+
+    mm_plugin.run(mm_plugin.RunConfig(model="resnet8", targets=(0.9,)), "runs/r8")  # the whole portfolio
 """
 
 from .allocations import list_allocations, register_allocation
@@ -24,16 +27,18 @@ from .masks import apply_masks_, bake_masks_, current_masks, global_sparsity, me
 from .plan import Plan, plan
 from .pruning import compute_masks, prune
 from .rules import DEFAULT_RULES, Rule, load_rules
+from .runner import RunConfig, run, select
 from .scope import IgnoredScope
 from .signals import list_signals, register_signal
 from .strategies import Strategy
+from .training import evaluate, finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
     "CalibrationRequiredError", "ConfigError", "DEFAULT_RULES", "IgnoredScope", "Inventory", "LayerInfo",
-    "MMError", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "Strategy", "UnknownNameError",
+    "MMError", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "RunConfig", "Strategy", "UnknownNameError",
     "UnsupportedModelError", "ValidationError", "apply_masks_", "bake_masks_", "compute_masks",
-    "current_masks", "global_sparsity", "inventory", "list_allocations", "list_signals", "load_rules",
-    "measure_sparsity", "plan", "prune", "register_allocation", "register_signal",
+    "current_masks", "evaluate", "finetune", "global_sparsity", "inventory", "list_allocations", "list_signals", "load_rules",
+    "measure_sparsity", "plan", "prune", "register_allocation", "register_signal", "run", "select",
 ]
