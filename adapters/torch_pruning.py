@@ -1457,6 +1457,19 @@ def measure_against_dense(
     )
 
 
+def _timed_point(
+    dense_compiled: Any, pruned: nn.Module, example_inputs: Any, timing: dict[str, int], keep_model: bool,
+    **fields: Any,
+) -> LatencyPoint:
+    """Time ``pruned`` in alternating blocks with the compiled dense model; one point of a front."""
+    dense_ms, pruned_ms = _interleaved_latency(
+        dense_compiled, _compile(pruned, example_inputs, timing["threads"]), example_inputs, **timing
+    )
+    log.info("%s: %.3f ms vs dense %.3f ms (%.3fx)", fields["strategy"], pruned_ms, dense_ms, pruned_ms / dense_ms)
+    return LatencyPoint(latency_ms=pruned_ms, dense_latency_ms=dense_ms, latency_ratio=pruned_ms / dense_ms,
+                        model=pruned if keep_model else None, **fields)
+
+
 def latency_front(
     model: nn.Module,
     example_inputs: Any,
@@ -1486,6 +1499,7 @@ def latency_front(
         plan = plan_groups(model, example_inputs, _resolve_names(model, ignored_names), **plan_kwargs)
     chosen = list(strategies) if strategies is not None else list(plan.strategies)
     dense_compiled = _compile(model, example_inputs, threads)
+    timing = {"threads": threads, "warmup": warmup, "rounds": rounds, "runs": runs}
     points = []
     for s in chosen:
         pruned, report = prune_structured(
@@ -1497,28 +1511,12 @@ def latency_front(
             round_to=round_to,
             importance=importance,
         )
-        compiled = _compile(pruned, example_inputs, threads)
-        dense_ms, pruned_ms = _interleaved_latency(
-            dense_compiled, compiled, example_inputs, threads=threads, warmup=warmup, rounds=rounds, runs=runs
-        )
         points.append(
-            LatencyPoint(
-                strategy=report.strategy,
-                latency_ms=pruned_ms,
-                dense_latency_ms=dense_ms,
-                latency_ratio=pruned_ms / dense_ms,
-                params_ratio=report.params_ratio,
-                channel_ratio=report.channel_ratio,
-                report=report,
-                model=pruned if keep_models else None,
+            _timed_point(
+                dense_compiled, pruned, example_inputs, timing, keep_models,
+                strategy=report.strategy, params_ratio=report.params_ratio,
+                channel_ratio=report.channel_ratio, report=report,
             )
-        )
-        log.info(
-            "strategy %s: %.3f ms vs dense %.3f ms (%.3fx)",
-            report.strategy,
-            pruned_ms,
-            dense_ms,
-            pruned_ms / dense_ms,
         )
     return points
 
@@ -1543,6 +1541,7 @@ def baseline_front(
     curves to read the baselines off at the strategies' measured latencies. With ``plan``, the
     points also carry the fraction of the planned groups' channels removed."""
     dense_compiled = _compile(model, example_inputs, threads)
+    timing = {"threads": threads, "warmup": warmup, "rounds": rounds, "runs": runs}
     points = []
     for method in methods:
         for ratio in ratios:
@@ -1555,30 +1554,16 @@ def baseline_front(
                 round_to=round_to,
                 importance=importance,
             )
-            dense_ms, pruned_ms = _interleaved_latency(
-                dense_compiled,
-                _compile(pruned, example_inputs, threads),
-                example_inputs,
-                threads=threads,
-                warmup=warmup,
-                rounds=rounds,
-                runs=runs,
-            )
             channel_ratio = float("nan")
             if plan is not None:
                 before = sum(u.total_channels for u in plan.layers)
                 after = sum(_channels_of(_submodule(pruned, u.probe[0]), u.probe[1]) for u in plan.layers)
                 channel_ratio = 1.0 - after / before
             points.append(
-                LatencyPoint(
-                    strategy=f"tp-{method}@{ratio:g}",
-                    latency_ms=pruned_ms,
-                    dense_latency_ms=dense_ms,
-                    latency_ratio=pruned_ms / dense_ms,
-                    params_ratio=info["params_after"] / info["params_before"],
-                    channel_ratio=channel_ratio,
-                    report=None,
-                    model=pruned if keep_models else None,
+                _timed_point(
+                    dense_compiled, pruned, example_inputs, timing, keep_models,
+                    strategy=f"tp-{method}@{ratio:g}", params_ratio=info["params_after"] / info["params_before"],
+                    channel_ratio=channel_ratio, report=None,
                 )
             )
     return points
