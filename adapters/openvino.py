@@ -21,6 +21,7 @@ from __future__ import annotations
 import os
 import statistics as stats
 import time
+import warnings
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
@@ -66,7 +67,9 @@ def convert(model: nn.Module, example_input: Any, **kwargs: Any):
     was_training = model.training
     model.eval()
     try:
-        with torch.no_grad():
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's PyTorch frontend traces with torch.jit, which torch 2.x flags as deprecated
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
             return ov.convert_model(model, example_input=_as_tuple(example_input), **kwargs)
     finally:
         model.train(was_training)

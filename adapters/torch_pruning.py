@@ -51,6 +51,7 @@ from mm_plugin import strategies as strat
 from mm_plugin.allocations import AllocationInputs
 from mm_plugin.errors import (
     CalibrationRequiredError,
+    ConfigError,
     NoPrunableLayersError,
     UnknownNameError,
     UnsupportedModelError,
@@ -58,6 +59,7 @@ from mm_plugin.errors import (
     check_fraction,
 )
 from mm_plugin.inventory import LayerInfo, forward_eval, inventory
+from mm_plugin.patterns import BaselineJob, Pattern, RunContext
 from mm_plugin.plan import Plan
 from mm_plugin.ranges import derive_ranges
 from mm_plugin.rules import apply_rules, explain, resolve_rules
@@ -321,6 +323,7 @@ class GroupUnit:
     probe: tuple[str, str]  # (module, "out" | "in") whose channel count measures the group
     stage: str = ""
     block: str = ""
+    macs: int = 0  # multiply-adds per inference of the coupled weights (latency follows these)
 
     @property
     def total_channels(self) -> int:
@@ -415,6 +418,35 @@ def _coupled_params(item: Any, dg: Any) -> int:
     return 0
 
 
+def _positions(model: nn.Module, example_inputs: Any) -> dict[nn.Module, int]:
+    """Output positions per sample of every Conv / Linear (pixels, tokens): a weight's multiply-adds
+    per inference are its size times these."""
+    seen: dict[nn.Module, int] = {}
+
+    def hook(m: nn.Module, _inputs: Any, out: Any) -> None:
+        if isinstance(out, torch.Tensor) and out.dim() >= 2:
+            channels = out.shape[1] if isinstance(m, nn.modules.conv._ConvNd) else out.shape[-1]
+            seen[m] = seen.get(m, 0) + out.numel() // (out.shape[0] * max(channels, 1))
+
+    handles = [m.register_forward_hook(hook) for m in model.modules()
+               if isinstance(m, (nn.modules.conv._ConvNd, nn.Linear))]
+    try:
+        forward_eval(model, example_inputs)
+    finally:
+        for h in handles:
+            h.remove()
+    return seen
+
+
+def _coupled_macs(item: Any, dg: Any, positions: dict[nn.Module, int]) -> int:
+    """Multiply-adds per inference of the weights :func:`_coupled_params` counts (norms, biases and
+    free parameters add no multiply-adds; attention's own matmuls are left out)."""
+    module = item.dep.target.module
+    if isinstance(module, PatchMergingPruner.TARGET_MODULES or ()):
+        module = module.reduction
+    return _coupled_params(item, dg) * positions.get(module, 0) if isinstance(module, nn.Module) else 0
+
+
 def _analysis_pruner(
     model: nn.Module, example_inputs: Any, support: dict[str, Any], tp_kwargs: dict[str, Any]
 ):
@@ -459,6 +491,7 @@ def _build_groups(
     names = {m: n for n, m in model.named_modules()}
     types = _registered_types(dg)
     inv = {layer.module: layer for layer in inventory(model, example_inputs).layers}
+    positions = _positions(model, example_inputs)
     model.train(was_training)
 
     importances = {c: GROUP_CRITERIA[c]() for c in criteria}
@@ -524,6 +557,7 @@ def _build_groups(
                 "members": tuple(members),
                 "out_members": out_members,
                 "params": sum(_coupled_params(item, dg) for item in group),
+                "macs": sum(_coupled_macs(item, dg, positions) for item in group),
                 "probe": probe,
                 "is_attn": is_attn,
             }
@@ -552,6 +586,7 @@ def _build_groups(
                 module=r["key"],
                 kind=r["kind"],
                 params=max(int(r["params"]), 1),
+                macs=int(r["macs"]),
                 order=i,
                 depth=i / (n - 1) if n > 1 else 0.0,
                 channels=r["total"] // r["ch_groups"],
@@ -1556,9 +1591,9 @@ def baseline_front(
             )
             channel_ratio = float("nan")
             if plan is not None:
-                before = sum(u.total_channels for u in plan.layers)
-                after = sum(_channels_of(_submodule(pruned, u.probe[0]), u.probe[1]) for u in plan.layers)
-                channel_ratio = 1.0 - after / before
+                ratios = _group_channel_ratios(pruned, plan)
+                total = sum(u.total_channels for u in plan.layers)
+                channel_ratio = sum(ratios[u.name] * u.total_channels for u in plan.layers) / total
             points.append(
                 _timed_point(
                     dense_compiled, pruned, example_inputs, timing, keep_models,
@@ -1567,3 +1602,145 @@ def baseline_front(
                 )
             )
     return points
+
+
+# --------------------------------------------------------------------------------------------------
+# The runner's "structured" pattern: mm-prune run --sparsity structured
+# --------------------------------------------------------------------------------------------------
+def macs_of(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-adds of one inference, as Torch-Pruning counts them."""
+    was_training = model.training
+    model.eval()
+    try:
+        return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    finally:
+        model.train(was_training)
+
+
+def _bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float, what: str,
+            tol: float = 0.005, steps: int = 14) -> float:
+    """The knob in [lo, hi] whose ``measure`` (increasing in the knob) is closest to ``goal``."""
+    m_lo, m_hi = measure(lo), measure(hi)
+    if not m_lo - tol <= goal <= m_hi + tol:
+        raise ConfigError(
+            f"{what} cannot remove {goal:g} of the model's multiply-adds: it spans {m_lo:.3f} to {m_hi:.3f}; "
+            "pick targets inside that range (or widen the ranges with rules)"
+        )
+    best = min(((abs(m_lo - goal), lo), (abs(m_hi - goal), hi)))
+    for _ in range(steps):
+        if best[0] <= tol:
+            break
+        mid = (lo + hi) / 2
+        m = measure(mid)
+        best = min(best, (abs(m - goal), mid))
+        lo, hi = (mid, hi) if m < goal else (lo, mid)
+    return best[1]
+
+
+def _group_channel_ratios(model: nn.Module, plan: Plan) -> dict[str, float]:
+    """Fraction of each planned group's channels that ``model`` (pruned) has lost."""
+    return {u.name: 1.0 - _channels_of(_submodule(model, u.probe[0]), u.probe[1]) / u.total_channels
+            for u in plan.layers}
+
+
+class StructuredPattern(Pattern):
+    """Whole channels removed with Torch-Pruning, every method brought to the same multiply-adds.
+
+    A target is the fraction of the model's multiply-adds removed, as Torch-Pruning counts them. Each
+    Mix-and-Match strategy is rescaled inside its ranges (weighted by the groups' multiply-adds) and
+    Torch-Pruning's uniform and global pruning get their ``pruning_ratio``, each found by bisection on the
+    measured count, so every method is compared at the same compute. Each pruned model is then timed
+    with OpenVINO on the CPU against the dense one (:func:`measure_against_dense`) before fine-tuning.
+    """
+
+    name = "structured"
+    default_baselines = ("tp_uniform", "tp_global")
+    default_targets = (0.2, 0.4)
+    default_range_targets = DEFAULT_GROUP_TARGETS
+    cost = "macs"
+    SIGNAL_OF = {"magnitude": "magnitude", "taylor": "taylor", "product": "taylor"}  # |w g| is Taylor
+    TIMING = {"threads": 1, "warmup": 10, "rounds": 7, "runs": 20}
+
+    def __init__(self) -> None:
+        self._knobs: dict[str, tuple[float, dict[str, float]]] = {}  # config key -> knob, group ratios
+        self._latency: dict[str, tuple[float, float]] = {}  # config key -> (dense ms, pruned ms)
+        self._dense: tuple[Any, int, int] | None = None  # compiled dense model, its MACs and params
+
+    def check(self, config: Any) -> None:
+        for name in config.signals:
+            if name not in self.SIGNAL_OF:
+                raise UnknownNameError("structured signal", name, self.SIGNAL_OF, where="signals")
+        for name in config.baselines:
+            if name not in self.default_baselines:
+                raise UnknownNameError("structured baseline", name, self.default_baselines, where="baselines")
+        if not config.targets:
+            raise ConfigError("structured runs need targets (fractions of multiply-adds to remove), e.g. 0.2,0.4")
+
+    def needs_calibration(self, config: Any) -> bool:
+        return any(self.SIGNAL_OF[s] in GRADIENT_CRITERIA for s in config.signals)
+
+    def plan(self, ctx: RunContext, signal: str) -> Plan:
+        c = ctx.config
+        return plan_groups(ctx.dense, ctx.example, signal=self.SIGNAL_OF[signal], calibration=ctx.calibration,
+                           rules=c.rules, targets=c.range_targets)
+
+    def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
+        return strategy.sparsity  # brought to the target when pruned (that needs measured counts)
+
+    def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
+        return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
+
+    def _dense_info(self, ctx: RunContext) -> tuple[Any, int, int]:
+        if self._dense is None:
+            self._dense = (_compile(ctx.dense, ctx.example, self.TIMING["threads"]),
+                           macs_of(ctx.dense, ctx.example), _count_params(ctx.dense))
+        return self._dense
+
+    def _pruned(self, model: nn.Module, job: Any, ctx: RunContext, knob: float, inplace: bool) -> nn.Module:
+        plan = ctx.plans[job.signal]
+        fixed = plan.config.get("fixed_groups", [])
+        if job.method == "baseline":
+            method = job.name.removeprefix("tp_")
+            return prune_baseline(model, ctx.example, method, knob, ignored_layers=fixed, inplace=inplace,
+                                  importance=_importance(plan.signal, None))[0]
+        strategy = plan.rescale(Strategy(job.name, job.sparsity), knob, "macs")
+        return prune_structured(model, ctx.example, strategy, plan=plan, ignored_layers=fixed, inplace=inplace)[0]
+
+    def prune_(self, model: nn.Module, job: Any, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+        key = job.config_key
+        if key not in self._knobs:
+            _, dense_macs, _ = self._dense_info(ctx)
+
+            def removed(knob: float) -> float:
+                return 1.0 - macs_of(self._pruned(ctx.dense, job, ctx, knob, False), ctx.example) / dense_macs
+
+            if job.method == "baseline":
+                lo, hi = 0.0, 0.85
+            else:
+                costs = strat.unit_costs(ctx.plans[job.signal].layers, "macs")
+                lo, hi = float(ctx.plans[job.signal].lo @ costs / costs.sum()), float(
+                    ctx.plans[job.signal].hi @ costs / costs.sum())
+            knob = _bisect(removed, job.target, lo, hi, f"{job.method} {job.name!r}")
+            self._knobs[key] = (knob, {})
+        knob = self._knobs[key][0]
+        pruned = self._pruned(model, job, ctx, knob, True)
+        self._knobs[key] = (knob, _group_channel_ratios(pruned, ctx.plans[job.signal]))
+        return pruned, {}
+
+    def measure(self, model: nn.Module, job: Any, ctx: RunContext) -> dict[str, Any]:
+        compiled, dense_macs, dense_params = self._dense_info(ctx)
+        key = job.config_key
+        if key not in self._latency:  # fine-tuning changes no shape: one timing serves every seed
+            self._latency[key] = _interleaved_latency(compiled, _compile(model, ctx.example, self.TIMING["threads"]),
+                                                      ctx.example, **self.TIMING)
+        dense_ms, pruned_ms = self._latency[key]
+        knob, ratios = self._knobs[key]
+        params = _count_params(model)
+        macs = macs_of(model, ctx.example)
+        return {"sparsity": 1.0 - params / dense_params, "layer_sparsity": ratios, "params": params,
+                "nonzeros": params, "knob": knob, "macs": macs, "macs_ratio": macs / dense_macs,
+                "latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
+
+    def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""
+        return {"mm_format": "state_dict", "data": tp.state_dict(model), "record": record, **extra}

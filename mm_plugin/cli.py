@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import MMError
+from .patterns import pattern_names
 
 log = logging.getLogger("mm_plugin")
 
@@ -120,17 +121,20 @@ def _cmd_select(args: argparse.Namespace) -> int:
 def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--signals", type=_csv, default=("magnitude",), help="comma-separated: magnitude,gradient,product")
     p.add_argument("--strategies", type=_csv, default=(), help="comma-separated strategy names (default: all ten)")
-    p.add_argument("--baselines", type=_csv, default=("global_magnitude", "lamp", "erk"))
-    p.add_argument("--targets", type=_floats, default=(),
-                   help="global sparsities to rescale every strategy to (default: each at its own sparsity)")
+    p.add_argument("--baselines", type=_csv, default=None,
+                   help="default: global_magnitude,lamp,erk (structured: tp_uniform,tp_global)")
+    p.add_argument("--targets", type=_floats, default=None,
+                   help="global sparsities to rescale every strategy to (default: each at its own sparsity); "
+                        "structured: fractions of multiply-adds removed (default 0.2,0.4)")
     p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs, the same for every method")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=_ints, default=(0,))
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--rules", help="rules file (.json/.yaml) added to the defaults")
     p.add_argument("--dense-epochs", type=int, default=None, help="train the model first (models not built in)")
-    p.add_argument("--sparsity", choices=("unstructured", "flexhinm"), default="unstructured",
-                   help="mask pattern: unstructured, or FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned regions")
+    p.add_argument("--sparsity", choices=pattern_names(), default="unstructured",
+                   help="unstructured masks; flexhinm: FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned masks; "
+                        "structured: Torch-Pruning removes channels, timed with OpenVINO on the CPU")
     p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
     p.add_argument("--cache-dir", help="where trained demo models are cached (default $MM_PLUGIN_CACHE or ~/.cache)")
 

@@ -43,6 +43,12 @@ class Aggregate:
     test_std: float
     oneshot_test: float
     dense_test: float
+    latency_ratio: float | None = None  # measured latency / dense (structured runs)
+    macs_ratio: float | None = None
+
+    @property
+    def timed(self) -> bool:
+        return self.latency_ratio is not None
 
     @property
     def drop(self) -> float:
@@ -66,6 +72,7 @@ def aggregate(records: Iterable[dict]) -> list[Aggregate]:
             val=float(col("val_accuracy").mean()), val_std=float(col("val_accuracy").std()),
             test=float(col("test_accuracy").mean()), test_std=float(col("test_accuracy").std()),
             oneshot_test=float(col("oneshot_test_accuracy").mean()), dense_test=float(col("dense_test_accuracy").mean()),
+            **{f: float(col(f).mean()) for f in ("latency_ratio", "macs_ratio") if all(f in r for r in rs)},
         ))
     return sorted(out, key=lambda a: (a.sparsity, a.method, a.name))
 
@@ -74,3 +81,20 @@ def front_of(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
     """The accuracy-vs-sparsity front, chosen on VALIDATION accuracy so the test split stays unused."""
     idx = pareto_front([(a.sparsity, a.val) for a in aggregates])
     return [aggregates[i] for i in idx]
+
+
+def latency_front_of(aggregates: Sequence[Aggregate]) -> list[Aggregate]:
+    """The accuracy-vs-measured-latency front (lower latency is better), chosen on validation."""
+    timed = [a for a in aggregates if a.timed]
+    idx = pareto_front([(-a.latency_ratio, a.val) for a in timed])
+    return sorted((timed[i] for i in idx), key=lambda a: a.latency_ratio)
+
+
+def interpolate(points: Sequence[tuple[float, float]], x: float) -> float | None:
+    """y at ``x`` on the piecewise-linear curve through ``points``; None outside their x span (a
+    baseline is never extrapolated)."""
+    pts = sorted(points)
+    if len(pts) < 2 or not pts[0][0] <= x <= pts[-1][0]:
+        return None
+    xs, ys = zip(*pts)
+    return float(np.interp(x, xs, ys))

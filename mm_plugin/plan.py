@@ -53,14 +53,17 @@ class Plan:
                 return s
         raise UnknownNameError("strategy", name, [s.name for s in self.strategies])
 
-    def global_sparsity(self, strategy: Strategy | str) -> float:
+    def global_sparsity(self, strategy: Strategy | str, cost: str = "params") -> float:
+        """The fraction of all weights (or of another ``cost``, e.g. ``macs``) the strategy removes."""
         s = self.strategy(strategy) if isinstance(strategy, str) else strategy
-        return s.global_sparsity(self.sizes)
+        costs = strat.unit_costs(self.layers, cost)
+        return s.global_sparsity({layer.name: c for layer, c in zip(self.layers, costs)})
 
-    def rescale(self, strategy: Strategy | str, target: float) -> Strategy:
-        """The strategy moved inside the ranges until its global sparsity is exactly ``target``."""
+    def rescale(self, strategy: Strategy | str, target: float, cost: str = "params") -> Strategy:
+        """The strategy moved inside the ranges until its global sparsity (weighted by ``cost``) is
+        exactly ``target``."""
         s = self.strategy(strategy) if isinstance(strategy, str) else strategy
-        return strat.rescale(s, self.layers, self.lo, self.hi, target)
+        return strat.rescale(s, self.layers, self.lo, self.hi, target, cost)
 
     def sample(self, k: int, seed: int = 0) -> list[Strategy]:
         return strat.sample_strategies(self.layers, self.lo, self.hi, k, seed)

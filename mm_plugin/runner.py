@@ -1,5 +1,6 @@
 """Run the portfolio: every signal x strategy and every baseline, pruned one-shot, fine-tuned with
-fixed masks on the same budget, evaluated, and gathered into a Pareto front and a report.
+fixed masks (or removed channels) on the same budget, evaluated, and gathered into a Pareto front and
+a report. What depends on the sparsity pattern lives in :mod:`mm_plugin.patterns`.
 
 A run folder holds ``config.json`` (what was asked), ``plan.json`` (and ``plan-<signal>.json`` for
 further signals), ``results.jsonl`` (one line per finished run, rewritten atomically),
@@ -26,25 +27,16 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from .allocations import ALLOCATIONS, AllocationInputs, allocate
 from .data import DataSplits, load_data
-from .errors import ConfigError, UnknownNameError, ValidationError, check_fraction
-from .masks import apply_masks_, bake_masks_, global_sparsity, measure_sparsity
+from .errors import ConfigError, ValidationError, check_fraction
 from .pareto import Aggregate, aggregate, front_of
-from .plan import Plan, effective_weights, plan, write_json_atomic
-from .pruning import compute_masks
+from .patterns import Pattern, RunContext, get_pattern
+from .plan import write_json_atomic
 from .report import plot_pareto, write_report
-from .signals import SIGNALS, compute_scores, mean_abs_gradients
 from .training import evaluate, finetune
 from .zoo import MODELS, create_model, pretrained_demo_model
 
 log = logging.getLogger(__name__)
-
-SPARSITY_KINDS = ("unstructured", "flexhinm")
-
-#: Each baseline allocation is paired with the scores its authors rank weights by.
-BASELINE_SIGNAL = {"snip": "product"}
-
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -54,32 +46,31 @@ class RunConfig:
     data: str = "mnist"
     signals: tuple[str, ...] = ("magnitude",)
     strategies: tuple[str, ...] | None = None  # None: every planned strategy
-    baselines: tuple[str, ...] = ("global_magnitude", "lamp", "erk")
-    targets: tuple[float, ...] = ()  # empty: strategies at their own sparsity, baselines matched to them
+    baselines: tuple[str, ...] | None = None  # None: the pattern's (GMP, LAMP, ERK; TP uniform and global)
+    targets: tuple[float, ...] | None = None  # None: the pattern's; empty: strategies at their own sparsity
     epochs: int = 2
     lr: float = 5e-4
     patience: int | None = 3
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 128
     calibration_batches: int = 4
-    range_targets: tuple[float, ...] = (0.7, 0.8, 0.9)
+    range_targets: tuple[float, ...] | None = None  # None: the pattern's
     rules: Any = None  # list of rule dicts or a path
     dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
-    sparsity: str = "unstructured"  # or "flexhinm": Gyro-Permutation + hybrid dense / 2:4 / vector masks
+    sparsity: str = "unstructured"  # a pattern name: "flexhinm", or "structured" (Torch-Pruning channels)
 
     def __post_init__(self) -> None:
-        for name in self.signals:
-            SIGNALS.get(name, where="signals")
-        for name in self.baselines:
-            ALLOCATIONS.get(name, where="baselines")
+        pattern = get_pattern(self.sparsity)
+        for name in ("baselines", "targets", "range_targets"):  # fill defaults, so config.json says them
+            if getattr(self, name) is None:
+                object.__setattr__(self, name, tuple(getattr(pattern, f"default_{name}")))
+        pattern().check(self)
         for t in self.targets:
             check_fraction(t, "target sparsity")
         if self.epochs < 0:
             raise ValidationError(f"epochs must be >= 0, got {self.epochs}")
         if not self.seeds:
             raise ValidationError("give at least one seed")
-        if self.sparsity not in SPARSITY_KINDS:
-            raise UnknownNameError("sparsity", self.sparsity, SPARSITY_KINDS, where="sparsity")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)
@@ -193,62 +184,38 @@ def _check_model_fits_data(model: nn.Module, data: DataSplits, spec: str) -> tor
     return x[:1]
 
 
-def _jobs(config: RunConfig, plans: dict[str, Plan], dense: nn.Module, calibration) -> list[Job]:
+def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> list[Job]:
     jobs = []
-    for signal, p in plans.items():
+    for signal, p in ctx.plans.items():
         chosen = [p.strategy(n) for n in config.strategies] if config.strategies else p.strategies
         for s in chosen:
             if config.targets:
                 for t in config.targets:
-                    try:
-                        scaled = p.rescale(s, t)
-                    except ValidationError as e:
-                        raise ConfigError(f"strategy {s.name!r} cannot reach target {t}: {e}") from None
-                    jobs += [Job("mix_and_match", signal, s.name, t, seed, scaled.sparsity) for seed in config.seeds]
+                    sparsity = pattern.scaled(p, s, t)
+                    jobs += [Job("mix_and_match", signal, s.name, t, seed, sparsity) for seed in config.seeds]
             else:
-                t = round(p.global_sparsity(s), 4)
+                t = round(p.global_sparsity(s, pattern.cost), 4)
                 jobs += [Job("mix_and_match", signal, s.name, t, seed, s.sparsity) for seed in config.seeds]
-    first = next(iter(plans.values()))
-    targets = sorted(config.targets or {j.target for j in jobs})
-    names = [layer.name for layer in first.layers]
-    grads = mean_abs_gradients(dense, names, calibration) if "snip" in config.baselines else None
-    inputs = AllocationInputs(first.layers, effective_weights(dense, first.layers), grads)
-    for name in config.baselines:
-        for t in targets:
-            sparsity = {n: float(s) for n, s in zip(names, allocate(name, inputs, t))}
-            signal = BASELINE_SIGNAL.get(name, "magnitude")
-            jobs += [Job("baseline", signal, name, t, seed, sparsity) for seed in config.seeds]
+    for t in sorted(config.targets or {j.target for j in jobs}):
+        for b in pattern.baselines(ctx, t):
+            jobs += [Job("baseline", b.signal, b.name, t, seed, b.sparsity) for seed in config.seeds]
     return jobs
 
 
-def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, calibration,
-             dense_acc: tuple[float, float], out: Path, progress: bool, example: torch.Tensor) -> dict:
+def _run_job(job: Job, pattern: Pattern, ctx: RunContext, data: DataSplits, dense_acc: tuple[float, float],
+             out: Path, progress: bool) -> dict:
     start = time.perf_counter()
-    model = copy.deepcopy(dense)
-    extra = {}
-    if config.sparsity == "flexhinm":  # the strategy's per-layer targets, as hybrid N:M-friendly masks
-        from .flexhinm import FlexHiNMConfig, flexhinm_sparsify_
-
-        scores = compute_scores(model, list(job.sparsity), job.signal, calibration)
-        result = flexhinm_sparsify_(model, job.sparsity, FlexHiNMConfig(seed=job.seed),
-                                    example_inputs=(example,), scores=scores)
-        extra["nm_regions"] = result.nm_regions  # where the 2:4 pattern must hold, for validate_nm
-    else:
-        apply_masks_(model, compute_masks(model, job.sparsity, signal=job.signal, calibration=calibration))
+    config = ctx.config
+    model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
     oneshot_val, oneshot_test = evaluate(model, data.val), evaluate(model, data.test)
     ft = finetune(model, data.train, data.val, epochs=config.epochs, lr=config.lr, patience=config.patience,
                   seed=job.seed, progress=progress, desc=job.key)
     test = evaluate(model, data.test)
-    report = measure_sparsity(model)
-    bake_masks_(model)
     record = {
         "key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
         "name": job.name, "target": job.target, "seed": job.seed, "pattern": config.sparsity,
-        "sparsity": global_sparsity(report),
-        "layer_sparsity": {r.name: r.sparsity for r in report},
         "planned_sparsity": job.sparsity,
-        "params": sum(r.numel for r in report),
-        "nonzeros": sum(r.numel - r.zeros for r in report),
+        **pattern.measure(model, job, ctx),
         "dense_val_accuracy": dense_acc[0], "dense_test_accuracy": dense_acc[1],
         "oneshot_val_accuracy": oneshot_val, "oneshot_test_accuracy": oneshot_test,
         "val_accuracy": ft.best_val_accuracy, "test_accuracy": test,
@@ -258,7 +225,7 @@ def _run_job(job: Job, dense: nn.Module, data: DataSplits, config: RunConfig, ca
     ckpt = _checkpoint_path(out, job.key)
     ckpt.parent.mkdir(exist_ok=True)
     tmp = ckpt.with_suffix(".tmp")
-    torch.save({"state_dict": model.state_dict(), "record": record, **extra}, tmp)
+    torch.save(pattern.checkpoint(model, record, extra), tmp)
     tmp.replace(ckpt)
     record["checkpoint"] = str(ckpt.relative_to(out))
     return record
@@ -286,21 +253,20 @@ def run(
     dense_acc = (evaluate(dense, data.val), evaluate(dense, data.test))
     log.info("dense %s: val %.4f, test %.4f", config.model, *dense_acc)
 
-    needs_grads = any(s in ("gradient", "product") for s in config.signals) or "snip" in config.baselines
-    calibration = data.calibration(config.calibration_batches) if needs_grads else None
-    plans = {}
+    pattern = get_pattern(config.sparsity)()
+    calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
+    ctx = RunContext(config, dense, example, calibration, plans={})
     for i, signal in enumerate(config.signals):
-        p = plan(dense, example, signal=signal, calibration=calibration, rules=config.rules,
-                 targets=config.range_targets)
+        p = pattern.plan(ctx, signal)
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
-        plans[signal] = p
+        ctx.plans[signal] = p
 
     done = {r["key"] for r in load_records(out)}
-    todo = [j for j in _jobs(config, plans, dense, calibration) if j.key not in done]
+    todo = [j for j in _jobs(config, pattern, ctx) if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
     for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
-        record = _run_job(job, dense, data, config, calibration, dense_acc, out, progress=False, example=example)
+        record = _run_job(job, pattern, ctx, data, dense_acc, out, progress=False)
         _append_record(out, record)
         if on_record is not None:
             on_record(record)

@@ -116,14 +116,30 @@ def sample_strategies(
     return [_strategy(f"sample-{i:02d}", units, rng.uniform(lo, hi)) for i in range(k)]
 
 
+def unit_costs(units: Sequence[Unit], cost: str = "params") -> np.ndarray:
+    """Each unit's weight in a global figure: ``params`` (sparsity) or another integer field such as
+    ``macs`` (Torch-Pruning groups carry the multiply-adds their channels take part in)."""
+    values = [getattr(u, cost, None) for u in units]
+    if any(not isinstance(v, (int, np.integer)) for v in values) or sum(values) <= 0:
+        raise ValidationError(
+            f"these layers carry no positive {cost!r} counts to weigh a target by; use cost='params'"
+        )
+    return np.array(values, dtype=float)
+
+
 def rescale(
-    strategy: Strategy, units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, target: float
+    strategy: Strategy, units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, target: float,
+    cost: str = "params",
 ) -> Strategy:
     """Move every layer toward its max (or min) by the same fraction until the global sparsity is
-    ``target``; the shape of the strategy is kept and every layer stays inside its range."""
+    ``target``; the shape of the strategy is kept and every layer stays inside its range.
+
+    ``cost`` weighs the layers: ``params`` makes ``target`` a fraction of weights; ``macs`` a fraction
+    of multiply-adds, which is what latency follows when whole channels are removed.
+    """
     check_fraction(target, "target sparsity")
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    sizes = np.array([u.params for u in units], dtype=float)
+    sizes = unit_costs(units, cost)
     rho = np.array([strategy.sparsity[u.name] for u in units])
     k = target * sizes.sum()
     reach = (float(lo @ sizes / sizes.sum()), float(hi @ sizes / sizes.sum()))
@@ -144,4 +160,5 @@ def rescale(
         else:
             b = mid
     counts = round_to_total(moved(b), sizes.astype(np.int64), int(round(k)), hi)
-    return _strategy(f"{strategy.name}@{target:g}", units, counts / sizes)
+    suffix = "" if cost == "params" else f" {cost}"
+    return _strategy(f"{strategy.name}@{target:g}{suffix}", units, counts / sizes)

@@ -139,5 +139,29 @@ def test_flexhinm_sparsity_gives_nm_friendly_masks(tmp_path):
     assert validate_nm(model, regions=ckpt["nm_regions"]).ok
     assert any(r.any() for r in ckpt["nm_regions"].values())
     assert not validate_nm(model).ok  # dense regions are not 2:4: the regions matter
-    with pytest.raises(ValidationError, match="unknown sparsity 'nm'"):
+    with pytest.raises(ValidationError, match="unknown sparsity pattern 'nm'.*structured"):
         dataclasses.replace(CONFIG, sparsity="nm")
+
+
+def test_latency_front_interpolation_and_report_section(tmp_path):
+    from mm_plugin.pareto import Aggregate, interpolate, latency_front_of
+    from mm_plugin.report import baseline_at_latency, write_report
+
+    assert interpolate([(0.5, 0.8), (1.0, 1.0)], 0.75) == pytest.approx(0.9)
+    assert interpolate([(0.5, 0.8), (1.0, 1.0)], 0.4) is None  # never extrapolated
+    assert interpolate([(0.5, 0.8)], 0.5) is None
+
+    def agg(method, name, latency, val, test):
+        return Aggregate(key=f"{method}/{name}/{latency}", method=method, signal="magnitude", name=name, target=0.3,
+                         n=1, sparsity=0.5, nonzeros=10, val=val, val_std=0, test=test, test_std=0, oneshot_test=0.5,
+                         dense_test=0.98, latency_ratio=latency, macs_ratio=0.7)
+
+    aggs = [agg("mix_and_match", "balanced", 0.6, 0.95, 0.94), agg("mix_and_match", "aggressive", 0.7, 0.90, 0.91),
+            agg("baseline", "tp_uniform", 0.5, 0.80, 0.78), agg("baseline", "tp_uniform", 0.8, 0.96, 0.95)]
+    assert [a.name for a in latency_front_of(aggs)] == ["tp_uniform", "balanced", "tp_uniform"]
+    assert baseline_at_latency(aggs, "tp_uniform", 0.6) == pytest.approx(0.78 + (0.95 - 0.78) / 3)
+    assert baseline_at_latency(aggs, "tp_uniform", 0.9) == pytest.approx((0.95 + 0.98) / 2)  # toward dense
+    assert baseline_at_latency(aggs, "tp_uniform", 0.4) is None
+    text = write_report(aggs, tmp_path, "t", "cmd").read_text()
+    assert "## Accuracy vs measured latency" in text
+    assert "| ◆ | mix_and_match | magnitude/balanced | 0.30 | 0.700 | 0.600 | 50.0 % | 94.00 | 83.67 |" in text

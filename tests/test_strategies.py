@@ -86,3 +86,28 @@ def test_narrow_ranges_give_fewer_distinct(swin_plan):
     flat = build_strategies(p.layers, p.lo, p.lo)
     assert len(flat) == 1 and flat[0].name == "conservative"
     assert len(NAMED_STRATEGIES) == 10
+
+
+def test_rescale_by_another_cost_weighs_units_by_it():
+    from dataclasses import dataclass
+
+    from mm_plugin.strategies import Strategy, rescale, unit_costs
+
+    @dataclass(frozen=True)
+    class Unit:
+        name: str
+        kind: str
+        params: int
+        depth: float
+        macs: int
+
+    units = [Unit("a", "conv", 100, 0.0, 9000), Unit("b", "conv", 900, 1.0, 1000)]
+    s = Strategy("shaped", {"a": 0.1, "b": 0.4})
+    lo, hi = np.zeros(2), np.full(2, 0.9)
+    by_params, by_macs = rescale(s, units, lo, hi, 0.5), rescale(s, units, lo, hi, 0.5, cost="macs")
+    costs = unit_costs(units, "macs")
+    assert sum(by_macs.sparsity[u.name] * c for u, c in zip(units, costs)) / costs.sum() == pytest.approx(0.5, abs=1e-3)
+    assert sum(by_params.sparsity[u.name] * u.params for u in units) / 1000 == pytest.approx(0.5, abs=1e-3)
+    assert by_macs.sparsity != by_params.sparsity and by_macs.name.endswith("macs")
+    with pytest.raises(ValidationError, match="no positive 'flops'"):
+        rescale(s, units, lo, hi, 0.5, cost="flops")

@@ -1,0 +1,84 @@
+"""``mm-prune run --sparsity structured``: the runner through Torch-Pruning and OpenVINO, end to end."""
+
+from __future__ import annotations
+
+import sys
+from pathlib import Path
+
+import pytest
+import torch
+
+from mm_plugin.adapters.torch_pruning import StructuredPattern, load_pruned, macs_of
+from mm_plugin.errors import ConfigError, UnknownNameError
+from mm_plugin.runner import RunConfig, run
+
+sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+import factories  # noqa: E402
+
+CONFIG = RunConfig(model="factories:tiny_cnn", data="factories:small_digits", sparsity="structured",
+                   strategies=("balanced", "feature-heavy"), targets=(0.3,), epochs=1, dense_epochs=2)
+
+
+@pytest.fixture(scope="module")
+def finished(tmp_path_factory):
+    out = tmp_path_factory.mktemp("structured")
+    with pytest.MonkeyPatch.context() as mp:  # short timing: these tests check the plumbing, not speed
+        mp.setattr(StructuredPattern, "TIMING", {"threads": 1, "warmup": 2, "rounds": 3, "runs": 5})
+        yield out, run(CONFIG, out, progress=False, keep_checkpoints="all")
+
+
+def test_every_method_removes_the_same_multiply_adds(finished):
+    _, result = finished
+    assert CONFIG.baselines == ("tp_uniform", "tp_global")
+    assert {(r["method"], r["name"]) for r in result.records} == {
+        ("mix_and_match", "balanced"), ("mix_and_match", "feature-heavy"),
+        ("baseline", "tp_uniform"), ("baseline", "tp_global")}
+    for r in result.records:
+        assert r["pattern"] == "structured"
+        assert abs((1 - r["macs_ratio"]) - 0.3) < 0.03, r["key"]  # matched compute, within channel steps
+        assert r["latency_ratio"] > 0 and r["dense_latency_ms"] > 0
+        assert 0 < r["sparsity"] < 1 and r["nonzeros"] == r["params"]
+        assert set(r["layer_sparsity"]) == {"0", "3", "8"}  # the three channel groups; the logits stay
+
+
+def test_checkpoints_reload_as_pruned_models(finished):
+    out, result = finished
+    for r in result.records:
+        model = load_pruned(out / r["checkpoint"], factories.tiny_cnn())
+        assert sum(p.numel() for p in model.parameters()) == r["params"]
+        x = torch.randn(2, 1, 8, 8)
+        assert model.eval()(x).shape == (2, 10)
+        assert macs_of(model, x[:1]) == r["macs"]
+
+
+def test_report_and_plot_show_latency(finished):
+    out, result = finished
+    text = result.report.read_text()
+    assert "## Accuracy vs measured latency" in text
+    assert "tp_uniform at this latency" in text and "tp_global at this latency" in text
+    assert text.count("| mix_and_match | magnitude/") == 2
+    assert (out / "pareto.png").stat().st_size > 10_000
+    assert all(a.timed for a in result.aggregates)
+
+
+def test_rerun_resumes_without_new_runs(finished):
+    out, result = finished
+    again = run(CONFIG, out, progress=False, keep_checkpoints="all")
+    assert [r["key"] for r in again.records] == [r["key"] for r in result.records]
+
+
+def test_clear_errors():
+    with pytest.raises(UnknownNameError, match="structured signal 'gradient'.*magnitude, product, taylor"):
+        RunConfig(model="resnet8", sparsity="structured", signals=("gradient",))
+    with pytest.raises(UnknownNameError, match="structured baseline 'lamp'.*tp_global, tp_uniform"):
+        RunConfig(model="resnet8", sparsity="structured", baselines=("lamp",))
+    with pytest.raises(ConfigError, match="need targets"):
+        RunConfig(model="resnet8", sparsity="structured", targets=())
+
+
+def test_unreachable_target_names_the_method(tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, targets=(0.99,), strategies=("balanced",), baselines=())
+    with pytest.raises(ConfigError, match=r"mix_and_match 'balanced' cannot remove 0.99 .* spans"):
+        run(config, tmp_path, progress=False)
