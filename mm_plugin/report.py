@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 from collections import defaultdict
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
 from .pareto import Aggregate, front_of, interpolate, latency_front_of
@@ -40,7 +40,10 @@ def comparison(aggregates: Sequence[Aggregate]) -> list[dict]:
     return rows
 
 
-def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command: str) -> Path:
+def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command: str,
+                 merged: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """``out/report.md``; ``merged`` names, per run configuration, the strategies that rescaled to the
+    same per-layer sparsities and were therefore run only once."""
     front = {a.key for a in front_of(aggregates)}
     dense = aggregates[0].dense_test if aggregates else float("nan")
     lines = [f"# {title}", "", f"Reproduce: `{command}`", "",
@@ -83,6 +86,11 @@ def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command
             )
         lines += ["", "*vs GMP*: the share of global magnitude's accuracy drop that is avoided "
                   "(1 - drop / GMP drop; 40 % is the paper's Swin-T headline)."]
+    if merged:
+        lines += ["", "Strategies that differ only by a constant position inside the ranges rescale to the same "
+                  "per-layer sparsities at a target, so each such set was run once: "
+                  + "; ".join(f"`{key}` stands also for {', '.join(names)}" for key, names in sorted(merged.items()))
+                  + "."]
     lines += _latency_section(aggregates)
     path = out / "report.md"
     tmp = path.with_suffix(".md.tmp")

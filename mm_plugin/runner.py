@@ -11,6 +11,7 @@ resumes: finished runs are skipped, and a folder made with other settings is ref
 from __future__ import annotations
 
 import copy
+import dataclasses
 import json
 import logging
 import os
@@ -31,7 +32,8 @@ from .data import DataSplits, load_data
 from .errors import ConfigError, ValidationError, check_fraction
 from .pareto import Aggregate, aggregate, front_of
 from .patterns import Pattern, RunContext, get_pattern
-from .plan import write_json_atomic
+from .plan import Plan, write_json_atomic
+from .strategies import Strategy
 from .report import plot_pareto, write_report
 from .training import evaluate, finetune
 from .zoo import MODELS, create_model, pretrained_demo_model
@@ -184,22 +186,38 @@ def _check_model_fits_data(model: nn.Module, data: DataSplits, spec: str) -> tor
     return x[:1]
 
 
-def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> list[Job]:
-    jobs = []
+def _same_at(plan: Plan, strategy: Strategy, target: float, cost: str) -> tuple:
+    """What a strategy becomes at ``target``: strategies that only differ by a constant position in
+    the ranges (conservative, balanced, aggressive, interp-*) all rescale to the same vector."""
+    try:
+        return tuple(round(v, 6) for v in plan.rescale(strategy, target, cost).sparsity.values())
+    except ValidationError:
+        return (strategy.name,)
+
+
+def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Job], dict[str, list[str]]]:
+    """Every run to make, and the strategies merged into another one's runs (config key -> names)."""
+    jobs: list[Job] = []
+    merged: dict[str, list[str]] = {}
     for signal, p in ctx.plans.items():
         chosen = [p.strategy(n) for n in config.strategies] if config.strategies else p.strategies
-        for s in chosen:
-            if config.targets:
-                for t in config.targets:
-                    sparsity = pattern.scaled(p, s, t)
-                    jobs += [Job("mix_and_match", signal, s.name, t, seed, sparsity) for seed in config.seeds]
-            else:
-                t = round(p.global_sparsity(s, pattern.cost), 4)
-                jobs += [Job("mix_and_match", signal, s.name, t, seed, s.sparsity) for seed in config.seeds]
+        for t in config.targets:
+            first: dict[tuple, Job] = {}
+            for s in chosen:
+                job = first.setdefault(_same_at(p, s, t, pattern.cost),
+                                       Job("mix_and_match", signal, s.name, t, 0, pattern.scaled(p, s, t)))
+                if job.name != s.name:
+                    log.info("%s at target %g rescales to the same sparsities as %s: run once", s.name, t, job.name)
+                    merged.setdefault(job.config_key, []).append(s.name)
+                    continue
+                jobs += [dataclasses.replace(job, seed=seed) for seed in config.seeds]
+        for s in () if config.targets else chosen:  # each strategy at its own sparsity
+            t = round(p.global_sparsity(s, pattern.cost), 4)
+            jobs += [Job("mix_and_match", signal, s.name, t, seed, s.sparsity) for seed in config.seeds]
     for t in sorted(config.targets or {j.target for j in jobs}):
         for b in pattern.baselines(ctx, t):
             jobs += [Job("baseline", b.signal, b.name, t, seed, b.sparsity) for seed in config.seeds]
-    return jobs
+    return jobs, merged
 
 
 def _run_job(job: Job, pattern: Pattern, ctx: RunContext, data: DataSplits, dense_acc: tuple[float, float],
@@ -262,7 +280,8 @@ def run(
         ctx.plans[signal] = p
 
     done = {r["key"] for r in load_records(out)}
-    todo = [j for j in _jobs(config, pattern, ctx) if j.key not in done]
+    jobs, merged = _jobs(config, pattern, ctx)
+    todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
     for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
@@ -275,7 +294,8 @@ def run(
     aggs = aggregate(records)
     front = front_of(aggs)
     title = f"{config.model} on {config.data}"
-    report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}")
+    report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}",
+                          merged=merged)
     plot = plot_pareto(aggs, out / "pareto.png", title)
     if keep_checkpoints == "front":
         keep = {a.key for a in front}

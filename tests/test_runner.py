@@ -165,3 +165,13 @@ def test_latency_front_interpolation_and_report_section(tmp_path):
     text = write_report(aggs, tmp_path, "t", "cmd").read_text()
     assert "## Accuracy vs measured latency" in text
     assert "| ◆ | mix_and_match | magnitude/balanced | 0.30 | 0.700 | 0.600 | 50.0 % | 94.00 | 83.67 |" in text
+
+
+def test_strategies_that_rescale_alike_run_once(tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, targets=(0.5,), strategies=("balanced", "aggressive", "classifier-heavy"),
+                                 baselines=())
+    result = run(config, tmp_path, progress=False)
+    assert sorted(r["name"] for r in result.records) == ["balanced", "classifier-heavy"]
+    assert "`mix_and_match/magnitude/balanced/0.5000` stands also for aggressive" in result.report.read_text()
