@@ -1649,8 +1649,8 @@ class StructuredPattern(Pattern):
     A target is the fraction of the model's multiply-adds removed, as Torch-Pruning counts them. Each
     Mix-and-Match strategy is rescaled inside its ranges (weighted by the groups' multiply-adds) and
     Torch-Pruning's uniform and global pruning get their ``pruning_ratio``, each found by bisection on the
-    measured count, so every method is compared at the same compute. Each pruned model is then timed
-    with OpenVINO on the CPU against the dense one (:func:`measure_against_dense`) before fine-tuning.
+    measured count, so every method is compared at the same compute. Each pruned model is timed with
+    OpenVINO on the CPU in alternating blocks with the dense one, once per configuration.
     """
 
     name = "structured"
@@ -1662,7 +1662,9 @@ class StructuredPattern(Pattern):
     TIMING = {"threads": 1, "warmup": 10, "rounds": 7, "runs": 20}
 
     def __init__(self) -> None:
-        self._knobs: dict[str, tuple[float, dict[str, float]]] = {}  # config key -> knob, group ratios
+        super().__init__()
+        self._knobs: dict[str, float] = {}  # config key -> the knob that meets its target
+        self._ratios: dict[str, dict[str, float]] = {}  # config key -> channels removed per group
         self._latency: dict[str, tuple[float, float]] = {}  # config key -> (dense ms, pruned ms)
         self._dense: tuple[Any, int, int] | None = None  # compiled dense model, its MACs and params
 
@@ -1715,16 +1717,14 @@ class StructuredPattern(Pattern):
                 return 1.0 - macs_of(self._pruned(ctx.dense, job, ctx, knob, False), ctx.example) / dense_macs
 
             if job.method == "baseline":
-                lo, hi = 0.0, 0.85
-            else:
-                costs = strat.unit_costs(ctx.plans[job.signal].layers, "macs")
-                lo, hi = float(ctx.plans[job.signal].lo @ costs / costs.sum()), float(
-                    ctx.plans[job.signal].hi @ costs / costs.sum())
-            knob = _bisect(removed, job.target, lo, hi, f"{job.method} {job.name!r}")
-            self._knobs[key] = (knob, {})
-        knob = self._knobs[key][0]
-        pruned = self._pruned(model, job, ctx, knob, True)
-        self._knobs[key] = (knob, _group_channel_ratios(pruned, ctx.plans[job.signal]))
+                lo, hi = 0.0, 0.85  # TP's pruning_ratio; its max_pruning_ratio is 0.9
+            else:  # the strategy's reach inside the ranges, in the same units as plan.rescale(cost="macs")
+                plan = ctx.plans[job.signal]
+                costs = strat.unit_costs(plan.layers, "macs")
+                lo, hi = float(plan.lo @ costs / costs.sum()), float(plan.hi @ costs / costs.sum())
+            self._knobs[key] = _bisect(removed, job.target, lo, hi, f"{job.method} {job.name!r}")
+        pruned = self._pruned(model, job, ctx, self._knobs[key], True)
+        self._ratios[key] = _group_channel_ratios(pruned, ctx.plans[job.signal])
         return pruned, {}
 
     def measure(self, model: nn.Module, job: Any, ctx: RunContext) -> dict[str, Any]:
@@ -1734,11 +1734,10 @@ class StructuredPattern(Pattern):
             self._latency[key] = _interleaved_latency(compiled, _compile(model, ctx.example, self.TIMING["threads"]),
                                                       ctx.example, **self.TIMING)
         dense_ms, pruned_ms = self._latency[key]
-        knob, ratios = self._knobs[key]
         params = _count_params(model)
         macs = macs_of(model, ctx.example)
-        return {"sparsity": 1.0 - params / dense_params, "layer_sparsity": ratios, "params": params,
-                "nonzeros": params, "knob": knob, "macs": macs, "macs_ratio": macs / dense_macs,
+        return {"sparsity": 1.0 - params / dense_params, "layer_sparsity": self._ratios[key], "params": params,
+                "nonzeros": params, "knob": self._knobs[key], "macs": macs, "macs_ratio": macs / dense_macs,
                 "latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
 
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:

@@ -82,3 +82,28 @@ def test_unreachable_target_names_the_method(tmp_path):
     config = dataclasses.replace(CONFIG, targets=(0.99,), strategies=("balanced",), baselines=())
     with pytest.raises(ConfigError, match=r"mix_and_match 'balanced' cannot remove 0.99 .* spans"):
         run(config, tmp_path, progress=False)
+
+
+def test_select_by_latency_exports_a_front_checkpoint(finished, tmp_path):
+    from mm_plugin.errors import ValidationError
+    from mm_plugin.runner import export_selected, select
+
+    out, result = finished
+    slowest = max(a.latency_ratio for a in result.aggregates)
+    pick, record = select(out, max_latency=slowest)
+    assert pick.latency_ratio <= slowest and record["config_key"] == pick.key
+    model = load_pruned(export_selected(out, record, tmp_path / "best.pt"), factories.tiny_cnn())
+    assert sum(p.numel() for p in model.parameters()) == record["params"]
+    with pytest.raises(ValidationError, match="no front member meets latency <= 0.01"):
+        select(out, max_latency=0.01)
+
+
+def test_demo_includes_a_structured_run_in_its_own_folder():
+    from mm_plugin.demo import demo_configs, folder_name
+
+    for quick in (False, True):
+        configs = demo_configs(quick=quick, seeds=(0, 1))
+        structured = [c for c in configs if c.sparsity == "structured"]
+        assert len(structured) == 1 and structured[0].baselines == ("tp_uniform", "tp_global")
+        assert structured[0].seeds == (0, 1)
+        assert len({folder_name(c) for c in configs}) == len(configs) == 3

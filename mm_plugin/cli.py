@@ -109,9 +109,11 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     from .runner import export_selected, select
 
-    pick, record = select(args.run_dir, min_accuracy=args.min_accuracy, max_nonzeros=args.max_nonzeros)
+    pick, record = select(args.run_dir, min_accuracy=args.min_accuracy, max_nonzeros=args.max_nonzeros,
+                          max_latency=args.max_latency)
     print(f"selected {pick.method} {pick.signal}/{pick.name}: sparsity {100 * pick.sparsity:.2f} %, "
-          f"{pick.nonzeros:,.0f} non-zeros, val {100 * pick.val:.2f} %, test {100 * pick.test:.2f} % "
+          f"{pick.nonzeros:,.0f} non-zeros, " + (f"latency {pick.latency_ratio:.2f}x dense, " if pick.timed else "")
+          + f"val {100 * pick.val:.2f} %, test {100 * pick.test:.2f} % "
           f"(mean of {pick.n} seeds; exporting seed {record['seed']})")
     dest = export_selected(args.run_dir, record, args.export or Path(args.run_dir) / "selected.pt")
     print(f"exported to {dest}")
@@ -180,6 +182,7 @@ def build_parser() -> argparse.ArgumentParser:
     g = p.add_mutually_exclusive_group(required=True)
     g.add_argument("--min-accuracy", type=float, help="validation accuracy in [0, 1]")
     g.add_argument("--max-nonzeros", type=int)
+    g.add_argument("--max-latency", type=float, help="structured runs: measured latency as a fraction of dense")
     p.add_argument("--export", help="where to copy the checkpoint (default RUN_DIR/selected.pt)")
     p.set_defaults(func=_cmd_select)
 

@@ -66,6 +66,9 @@ class Pattern:
     #: What a target measures: ``params`` (fraction of weights) or ``macs`` (fraction of multiply-adds).
     cost = "params"
 
+    def __init__(self) -> None:
+        self._inputs: AllocationInputs | None = None  # the baselines' weights (and gradients), read once
+
     def check(self, config: RunConfig) -> None:
         """Refuse names this pattern cannot run, before anything is computed."""
         for name in config.signals:
@@ -93,7 +96,7 @@ class Pattern:
         """Every configured baseline at ``target``, as per-layer sparsities of the first plan."""
         first = next(iter(ctx.plans.values()))
         names = [layer.name for layer in first.layers]
-        if not hasattr(self, "_inputs"):  # weights (and gradients for SNIP) are read once per run
+        if self._inputs is None:
             grads = mean_abs_gradients(ctx.dense, names, ctx.calibration) if "snip" in ctx.config.baselines else None
             self._inputs = AllocationInputs(first.layers, effective_weights(ctx.dense, first.layers), grads)
         return [

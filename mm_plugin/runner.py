@@ -30,7 +30,7 @@ from tqdm import tqdm
 
 from .data import DataSplits, load_data
 from .errors import ConfigError, ValidationError, check_fraction
-from .pareto import Aggregate, aggregate, front_of
+from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, RunContext, get_pattern
 from .plan import Plan, write_json_atomic
 from .strategies import Strategy
@@ -297,8 +297,8 @@ def run(
     report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}",
                           merged=merged)
     plot = plot_pareto(aggs, out / "pareto.png", title)
-    if keep_checkpoints == "front":
-        keep = {a.key for a in front}
+    if keep_checkpoints == "front":  # both fronts: select picks from either
+        keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}
         for r in records:
             if r["config_key"] not in keep:
                 (out / r["checkpoint"]).unlink(missing_ok=True)
@@ -308,26 +308,37 @@ def run(
     return RunResult(out, records, aggs, front, report, plot)
 
 
-def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: int | None = None) -> tuple[Aggregate, dict]:
-    """The front member meeting the budget: the sparsest with val accuracy >= ``min_accuracy``, or the
-    most accurate (val) with at most ``max_nonzeros`` non-zero weights. Returns it and its best seed's record."""
-    if (min_accuracy is None) == (max_nonzeros is None):
-        raise ValidationError("give exactly one of --min-accuracy or --max-nonzeros")
+def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: int | None = None,
+           max_latency: float | None = None) -> tuple[Aggregate, dict]:
+    """The front member meeting the budget: the sparsest with val accuracy >= ``min_accuracy``, the
+    most accurate (val) with at most ``max_nonzeros`` non-zero weights, or (structured runs) the most
+    accurate with a measured latency <= ``max_latency`` x dense. Returns it and its best seed's record."""
+    if sum(x is not None for x in (min_accuracy, max_nonzeros, max_latency)) != 1:
+        raise ValidationError("give exactly one of --min-accuracy, --max-nonzeros or --max-latency")
     out = Path(out)
     records = load_records(out)
     if not records:
         raise ConfigError(f"{out} has no finished runs (results.jsonl missing or empty); run `mm-prune run` first")
-    front = front_of(aggregate(records))
+    aggs = aggregate(records)
+    front = front_of(aggs)
     if min_accuracy is not None:
         ok = [a for a in front if a.val >= min_accuracy]
         pick = max(ok, key=lambda a: a.sparsity) if ok else None
         budget = f"validation accuracy >= {min_accuracy}"
-    else:
+    elif max_nonzeros is not None:
         ok = [a for a in front if a.nonzeros <= max_nonzeros]
         pick = max(ok, key=lambda a: a.val) if ok else None
         budget = f"at most {max_nonzeros} non-zeros"
+    else:
+        front = latency_front_of(aggs)
+        if not front:
+            raise ConfigError(f"{out} has no measured latencies: --max-latency needs a run with --sparsity structured")
+        ok = [a for a in front if a.latency_ratio <= max_latency]
+        pick = max(ok, key=lambda a: a.val) if ok else None
+        budget = f"latency <= {max_latency} x dense"
     if pick is None:
-        best = ", ".join(f"{100 * a.sparsity:.1f} % / val {100 * a.val:.2f} / {a.nonzeros:,.0f} nz" for a in front)
+        best = ", ".join(f"{100 * a.sparsity:.1f} % / val {100 * a.val:.2f} / {a.nonzeros:,.0f} nz"
+                         + (f" / {a.latency_ratio:.2f}x latency" if a.timed else "") for a in front)
         raise ValidationError(f"no front member meets {budget}; the front is: {best}")
     record = max((r for r in records if r["config_key"] == pick.key), key=lambda r: r["val_accuracy"])
     return pick, record
