@@ -293,7 +293,7 @@ def run(
     records = load_records(out)
     aggs = aggregate(records)
     front = front_of(aggs)
-    title = f"{config.model} on {config.data}"
+    title = f"{config.model} on {config.data}" + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
     report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}",
                           merged=merged)
     plot = plot_pareto(aggs, out / "pareto.png", title)
