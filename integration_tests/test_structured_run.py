@@ -107,3 +107,11 @@ def test_demo_includes_a_structured_run_in_its_own_folder():
         assert len(structured) == 1 and structured[0].baselines == ("tp_uniform", "tp_global")
         assert structured[0].seeds == (0, 1)
         assert len({folder_name(c) for c in configs}) == len(configs) == 3
+
+
+def test_cli_structured_errors_are_one_line(capsys):
+    from mm_plugin.cli import main
+
+    assert main(["run", "--model", "resnet8", "--sparsity", "structured", "--baselines", "lamp", "--out", "x"]) == 2
+    err = capsys.readouterr().err.strip()
+    assert err.count("\n") == 0 and "unknown structured baseline 'lamp' at baselines" in err
