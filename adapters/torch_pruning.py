@@ -723,10 +723,10 @@ def plan_groups(
     )
 
 
-def _resolve_strategy(plan: Plan, strategy: Strategy | str, pruning_ratio: float | None) -> Strategy:
+def _resolve_strategy(plan: Plan, strategy: Strategy | str, pruning_ratio: float | None, cost: str) -> Strategy:
     s = plan.strategy(strategy) if isinstance(strategy, str) else strategy
     if pruning_ratio is not None:
-        s = plan.rescale(s, pruning_ratio)
+        s = plan.rescale(s, pruning_ratio, cost)
     return s
 
 
@@ -1016,7 +1016,8 @@ class MixAndMatchScheduler:
     ``strategy`` is one of the ten names (``conservative``, ``aggressive``, ``balanced``,
     ``interp-0.30`` ... ``interp-0.90``, ``parameter-proportional``, ``classifier-heavy``,
     ``feature-heavy``); ``pruning_ratio`` rescales it to that parameter-weighted mean channel ratio
-    inside the ranges. ``round_to`` belongs here, not in BasePruner. For ViT / Swin, also pass
+    inside the ranges (``cost="macs"``: weighted by the multiply-adds each group's channels take part
+    in, so the budget follows compute, which is what CPU latency follows). ``round_to`` belongs here, not in BasePruner. For ViT / Swin, also pass
     ``**tp_support(model, ignored)`` to BasePruner and call :func:`update_attention_` after ``step()``.
     The last plan is kept in ``self.plan_``.
     """
@@ -1026,6 +1027,7 @@ class MixAndMatchScheduler:
         strategy: Strategy | str = "balanced",
         *,
         pruning_ratio: float | None = None,
+        cost: str = "params",
         round_to: int | None = None,
         signal: str = "magnitude",
         criteria: Sequence[str] | None = None,
@@ -1039,7 +1041,7 @@ class MixAndMatchScheduler:
     ) -> None:
         if pruning_ratio is not None:
             check_fraction(pruning_ratio, "pruning_ratio")
-        self.strategy, self.pruning_ratio, self.round_to = strategy, pruning_ratio, round_to
+        self.strategy, self.pruning_ratio, self.cost, self.round_to = strategy, pruning_ratio, cost, round_to
         self.plan_kwargs = dict(
             signal=signal,
             criteria=criteria,
@@ -1064,7 +1066,7 @@ class MixAndMatchScheduler:
         self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[Any] | None = None
     ) -> dict[nn.Module, float]:
         plan = self.plan(model, example_inputs, ignored_layers)
-        self.strategy_ = _resolve_strategy(plan, self.strategy, self.pruning_ratio)
+        self.strategy_ = _resolve_strategy(plan, self.strategy, self.pruning_ratio, self.cost)
         return ratio_dict(model, plan, self.strategy_, self.round_to)
 
     def report(self, model: nn.Module) -> ChannelReport:
@@ -1084,7 +1086,7 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         print(pruner.report.table())
 
     ``pruning_ratio`` (default ``None``: the strategy as planned) rescales the strategy to that
-    parameter-weighted mean channel ratio; ``round_to`` rounds each group's kept channels (per head for
+    mean channel ratio, weighted by parameters or, with ``cost="macs"``, by multiply-adds; ``round_to`` rounds each group's kept channels (per head for
     attention). ``importance`` defaults to the ``signal``'s TP importance; with ``calibration`` and a
     Taylor importance, gradients are computed before ``step()``. Timm attention heads, PatchMerging and
     relative position bias tables are set up automatically (:func:`tp_support`). ``global_pruning``,
@@ -1098,6 +1100,7 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         importance: Callable | None = None,
         *,
         pruning_ratio: float | None = None,
+        cost: str = "params",
         ignored_layers: Iterable[Any] | None = None,
         round_to: int | None = None,
         strategy: Strategy | str = "balanced",
@@ -1160,7 +1163,7 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         for k in ("in_channel_groups", "out_channel_groups"):
             support[k] = dict(kwargs.pop(k, None) or {})
         self.mm_plan = plan
-        self.mm_strategy = _resolve_strategy(plan, strategy, pruning_ratio)
+        self.mm_strategy = _resolve_strategy(plan, strategy, pruning_ratio, cost)
         self.mm_round_to = round_to
         self.mm_calibration, self.mm_loss_fn = calibration, loss_fn
         self.report: ChannelReport | None = None
@@ -1260,6 +1263,7 @@ def prune_structured(
     *,
     plan: Plan | None = None,
     pruning_ratio: float | None = None,
+    cost: str = "params",
     ignored_layers: Iterable[str | nn.Module] | None = None,
     round_to: int | None = None,
     signal: str = "magnitude",
@@ -1293,6 +1297,7 @@ def prune_structured(
         example_inputs,
         _importance(plan.signal, importance),
         pruning_ratio=pruning_ratio,
+        cost=cost,
         ignored_layers=ignored,
         round_to=round_to,
         strategy=strategy,

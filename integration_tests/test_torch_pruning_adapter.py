@@ -164,6 +164,23 @@ def test_mixandmatch_pruner_round_to_and_rescale():
     assert model.fc.out_features == 10 and model(x).shape == (1, 10)
 
 
+def test_scheduler_rescales_to_a_multiply_add_budget():
+    model, x = make_resnet()
+    by_macs = mtp.MixAndMatchScheduler("feature-heavy", pruning_ratio=0.3, cost="macs")
+    by_macs.ratio_dict(model, x, [model.fc])
+    plan = by_macs.plan_
+    assert all(u.macs > 0 for u in plan.layers)
+    assert plan.global_sparsity(by_macs.strategy_, "macs") == pytest.approx(0.3, abs=1e-3)
+    assert by_macs.strategy_.name == "feature-heavy@0.3 macs"
+    by_params = mtp.MixAndMatchScheduler("feature-heavy", pruning_ratio=0.3)
+    by_params.ratio_dict(model, x, [model.fc])
+    assert by_params.strategy_.sparsity != by_macs.strategy_.sparsity
+    pruned, _ = mtp.prune_structured(model, x, "feature-heavy", plan=plan, pruning_ratio=0.3, cost="macs",
+                                     ignored_layers=[model.fc])
+    removed = 1 - mtp.macs_of(pruned, x) / mtp.macs_of(model, x)
+    assert 0.3 <= removed < 0.6  # the linear count is a lower bound: a conv loses inputs and outputs
+
+
 def test_pruner_rejects_conflicting_arguments():
     model, x = make_vit()
     with pytest.raises(ValidationError, match="global_pruning"):
