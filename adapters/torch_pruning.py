@@ -1596,9 +1596,8 @@ def baseline_front(
             )
             channel_ratio = float("nan")
             if plan is not None:
-                ratios = _group_channel_ratios(pruned, plan)
-                total = sum(u.total_channels for u in plan.layers)
-                channel_ratio = sum(ratios[u.name] * u.total_channels for u in plan.layers) / total
+                kept = _kept_channels(pruned, plan)
+                channel_ratio = 1.0 - sum(kept.values()) / sum(u.total_channels for u in plan.layers)
             points.append(
                 _timed_point(
                     dense_compiled, pruned, example_inputs, timing, keep_models,
@@ -1642,10 +1641,9 @@ def _bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float
     return best[1]
 
 
-def _group_channel_ratios(model: nn.Module, plan: Plan) -> dict[str, float]:
-    """Fraction of each planned group's channels that ``model`` (pruned) has lost."""
-    return {u.name: 1.0 - _channels_of(_submodule(model, u.probe[0]), u.probe[1]) / u.total_channels
-            for u in plan.layers}
+def _kept_channels(model: nn.Module, plan: Plan) -> dict[str, int]:
+    """Channels each planned group has left in ``model`` (pruned)."""
+    return {u.name: _channels_of(_submodule(model, u.probe[0]), u.probe[1]) for u in plan.layers}
 
 
 class StructuredPattern(Pattern):
@@ -1658,7 +1656,6 @@ class StructuredPattern(Pattern):
     OpenVINO on the CPU in alternating blocks with the dense one, once per configuration.
     """
 
-    name = "structured"
     default_baselines = ("tp_uniform", "tp_global")
     default_targets = (0.2, 0.4)
     default_range_targets = DEFAULT_GROUP_TARGETS
@@ -1729,7 +1726,9 @@ class StructuredPattern(Pattern):
                 lo, hi = float(plan.lo @ costs / costs.sum()), float(plan.hi @ costs / costs.sum())
             self._knobs[key] = _bisect(removed, job.target, lo, hi, f"{job.method} {job.name!r}")
         pruned = self._pruned(model, job, ctx, self._knobs[key], True)
-        self._ratios[key] = _group_channel_ratios(pruned, ctx.plans[job.signal])
+        plan = ctx.plans[job.signal]
+        kept = _kept_channels(pruned, plan)
+        self._ratios[key] = {u.name: 1.0 - kept[u.name] / u.total_channels for u in plan.layers}
         return pruned, {}
 
     def measure(self, model: nn.Module, job: Any, ctx: RunContext) -> dict[str, Any]:

@@ -35,7 +35,6 @@ STRUCTURED_DEMO = {"model": "resnet8", "data": "mnist", "sparsity": "structured"
                    "rules": DEMO_RULES, "epochs": 2}
 
 QUICK = {"strategies": ("balanced", "parameter-proportional", "classifier-heavy"), "epochs": 1}
-QUICK_BASELINES = {"unstructured": ("global_magnitude", "lamp"), "structured": ("tp_uniform", "tp_global")}
 
 
 def demo_configs(quick: bool = False, seeds: tuple[int, ...] = (0,)) -> list[RunConfig]:
@@ -45,7 +44,7 @@ def demo_configs(quick: bool = False, seeds: tuple[int, ...] = (0,)) -> list[Run
     else:
         log.warning("the structured demo needs the torch-pruning and openvino extras; skipping it")
     if quick:
-        configs = [dataclasses.replace(c, targets=c.targets[-1:], baselines=QUICK_BASELINES[c.sparsity], **QUICK)
+        configs = [dataclasses.replace(c, targets=c.targets[-1:], baselines=c.baselines[:2], **QUICK)
                    for c in configs]
     return configs
 

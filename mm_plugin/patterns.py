@@ -59,7 +59,6 @@ class BaselineJob:
 class Pattern:
     """Unstructured masks: the base every pattern refines. One instance serves one run."""
 
-    name = "unstructured"
     default_baselines: tuple[str, ...] = ("global_magnitude", "lamp", "erk")
     default_targets: tuple[float, ...] = ()  # each strategy at its own sparsity, baselines matched to it
     default_range_targets: tuple[float, ...] = (0.7, 0.8, 0.9)
@@ -124,8 +123,6 @@ class Pattern:
 
 class FlexHiNMPattern(Pattern):
     """The strategy's per-layer targets as hybrid dense / 2:4 / vector-pruned masks (Gyro-Permutation)."""
-
-    name = "flexhinm"
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         from .flexhinm import FlexHiNMConfig, flexhinm_sparsify_

@@ -591,8 +591,3 @@ def permute_layer(
         "layer", score.index_select(0, rows).index_select(1, cols), "consumer", counts, tile_rows
     )
     return rows, cols, final.value(torch.arange(score.shape[1]))
-
-
-def permute_score(score: torch.Tensor, perm: torch.Tensor, role: str) -> torch.Tensor:
-    """Apply a channel permutation to a weight-shaped tensor the way folding applies it."""
-    return score.index_select(1 if role == "consumer" else 0, perm)
