@@ -25,13 +25,13 @@ from pathlib import Path
 
 import torch
 
-from mm_plugin.data import load_data
 from mm_plugin.flexhinm import FlexHiNMConfig, GradualFlexHiNM, flexhinm_sparsify_
-from mm_plugin.inventory import inventory
 from mm_plugin.masks import apply_masks_, global_sparsity, measure_sparsity
-from mm_plugin.pruning import compute_masks
+from mm_plugin.masks.pruning import compute_masks
+from mm_plugin.model.inventory import inventory
 from mm_plugin.training import evaluate, finetune
-from mm_plugin.zoo import pretrained_demo_model
+from mm_plugin.training.data import load_data
+from mm_plugin.training.zoo import pretrained_demo_model
 
 METHODS = ("unstructured", "hybrid-oneshot", "flexhinm-gp")
 

@@ -122,7 +122,7 @@ def test_pruning_statistic_equals_plan_per_tensor(compressed):
         numel = int(np.prod(t.shape))
         assert tuple(t.shape) == tuple(model.get_parameter(name).shape)
         assert abs(t.pruned_ratio * numel - ratio * numel) <= 1.0, name  # to one weight
-    target = ctrl.spec.target_sparsity
+    target = ctrl.step.get("target_sparsity")
     total = sum(ctrl.plan.sizes.values())
     assert abs(stat.pruning_ratio - target) <= 1.0 / total * len(by_name)
 
@@ -145,16 +145,16 @@ def test_ratios_are_the_core_plan_rescaled():
 
 def test_masks_are_nncf_hooks_and_ignored_weights_stay_dense(swin):
     ctrl, model, _, _ = swin
-    hooks = mnncf._mask_hooks(model)
+    hooks = mnncf.algorithm._mask_hooks(model)
     assert set(hooks) == set(ctrl.strategy.sparsity)
     assert all(type(h).__name__ == "UnstructuredPruningMask" for h in hooks.values())
     assert set(ctrl.ignored) == SWIN_IGNORED
     assert not SWIN_IGNORED & set(hooks)
     # the rule from the config bounds every MLP weight
-    mlp = [i for i, layer in enumerate(ctrl.plan.layers) if layer.kind == "mlp"]
+    mlp = [i for i, layer in enumerate(ctrl.plan.units) if layer.kind == "mlp"]
     assert mlp and all(ctrl.plan.hi[i] <= 0.45 for i in mlp)
-    assert all("mlp-cap" in ctrl.plan.rules[ctrl.plan.layers[i].name] for i in mlp)
-    assert all(ctrl.strategy.sparsity[ctrl.plan.layers[i].name] <= 0.45 + 1e-9 for i in mlp)
+    assert all("mlp-cap" in ctrl.plan.rules[ctrl.plan.units[i].name] for i in mlp)
+    assert all(ctrl.strategy.sparsity[ctrl.plan.units[i].name] <= 0.45 + 1e-9 for i in mlp)
     # the weights themselves are untouched until strip (NNCF's convention)
     fresh = make_swin()
     for name in hooks:
@@ -170,7 +170,7 @@ def test_controller_statistics_report_the_plan(compressed):
     for s in st.layers:
         assert s.zeros == planned[s.name], s.name
         assert s.metatype.startswith("PT")
-    assert st.pruning_ratio == pytest.approx(ctrl.spec.target_sparsity, abs=1e-4)
+    assert st.pruning_ratio == pytest.approx(ctrl.step.get("target_sparsity"), abs=1e-4)
     text = st.to_str()
     assert "PLANNED WEIGHTS" in text and ctrl.strategy.name in text
     json.dumps(st.to_dict())
@@ -181,8 +181,8 @@ def test_nncf_strip_bakes_the_planned_zeros(compressed):
     with torch.no_grad():
         expected = model(x)
     stripped = nncf.strip(model, do_copy=True, strip_format=nncf.StripFormat.IN_PLACE)
-    assert not mnncf._mask_hooks(stripped)
-    hooks = mnncf._mask_hooks(model)
+    assert not mnncf.algorithm._mask_hooks(stripped)
+    hooks = mnncf.algorithm._mask_hooks(model)
     for name, zeros in _planned_zeros(ctrl).items():
         w = stripped.get_parameter(name)
         assert int((w == 0).sum()) == zeros, name
@@ -209,7 +209,7 @@ def test_export_ir_zero_counts_match_plan(compressed, tmp_path):
     with torch.no_grad():
         expected = model(x).numpy()
     assert np.allclose(ovh.infer(report.xml, x)[0], expected, atol=1e-4, rtol=1e-4)
-    assert mnncf._mask_hooks(model)
+    assert mnncf.algorithm._mask_hooks(model)
 
 
 def test_get_config_load_from_config_roundtrip(compressed):
@@ -248,14 +248,14 @@ def test_int8_quantization_after_pruning_keeps_the_zeros(tmp_path):
     config["compression"].append({"algorithm": "quantization", "subset_size": 4, "model_type": "transformer"})
     calibration = [_x((1, 3, 32, 32), seed=s) for s in range(4)]
     ctrl, model = mnncf.create_compressed_model(make_swin(), config, calibration=calibration)
-    kinds = {type(h).__name__ for _, h in mnncf._hook_storage(model).named_hooks()}
+    kinds = {type(h).__name__ for _, h in mnncf.algorithm._hook_storage(model).named_hooks()}
     assert {"UnstructuredPruningMask", "SymmetricQuantizer"} <= kinds
     planned = _planned_zeros(ctrl)
     st = ctrl.statistics()
     assert st.quantized and {s.name: s.zeros for s in st.layers} == planned
     stripped = ctrl.strip()  # masks baked, NNCF quantizers -> torch FakeQuantize (StripFormat.NATIVE)
-    assert not mnncf._mask_hooks(stripped) and mnncf._mask_hooks(model)
-    assert {type(h).__name__ for _, h in mnncf._hook_storage(stripped).named_hooks()} <= {
+    assert not mnncf.algorithm._mask_hooks(stripped) and mnncf.algorithm._mask_hooks(model)
+    assert {type(h).__name__ for _, h in mnncf.algorithm._hook_storage(stripped).named_hooks()} <= {
         "FakeQuantize", "SQMultiply"}
     assert {n: int((stripped.get_parameter(n) == 0).sum()) for n in planned} == planned
     report = ctrl.export(tmp_path / "int8.xml")
@@ -370,14 +370,6 @@ def _search(pattern: str, text: str) -> bool:
     return re.search(pattern, text) is not None
 
 
-def test_flexhinm_is_refused_with_a_message_when_its_verb_is_missing(monkeypatch):
-    monkeypatch.setattr(mnncf, "flexhinm_verb", lambda: None)
-    config = {"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": {"algorithm": "flexhinm"}}
-    with pytest.raises(ConfigError, match=r"compression\.algorithm: 'flexhinm' is not available yet.*"
-                                          r"mm_plugin\.flexhinm.*allowed values: mix_and_match, quantization"):
-        mnncf.load_config(config)
-
-
 def test_flexhinm_through_nncf_hooks():
     """"algorithm": "flexhinm": the Mix-and-Match plan's amounts, FlexHiNM's hybrid masks (with greedy
     channel permutations folded in), as NNCF hooks."""
@@ -473,8 +465,8 @@ def test_nncf_weights_outside_the_inventory_stay_dense_and_are_reported():
         "input_info": {"sample_size": [1, 32]},
         "compression": {"algorithm": "mix_and_match", "strategy": "aggressive", "default_rules": False}})
     assert ctrl.unplanned == ("proj",)
-    assert ctrl.weights["proj"].metatypes == ("PTLinearMetatype",)  # the kind NNCF's graph gives it
-    assert set(mnncf._mask_hooks(model)) == {"fc1.weight", "head.weight"}
+    assert ctrl.weights["proj"] == ("PTLinearMetatype",)  # the kind NNCF's graph gives it
+    assert set(mnncf.algorithm._mask_hooks(model)) == {"fc1.weight", "head.weight"}
     st = ctrl.statistics()
     assert st.unplanned == ("proj",) and "outside the Mix-and-Match inventory: proj" in st.to_str()
 

@@ -7,10 +7,11 @@ from pathlib import Path
 
 import pytest
 import torch
+from mm_plugin.adapters.openvino import Timer
+from mm_plugin.adapters.torch_pruning import load_pruned, macs_of
 
-from mm_plugin.adapters.torch_pruning import StructuredPattern, load_pruned, macs_of
 from mm_plugin.errors import ConfigError, UnknownNameError
-from mm_plugin.runner import RunConfig, run
+from mm_plugin.portfolio import RunConfig, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import factories  # noqa: E402
@@ -23,7 +24,7 @@ CONFIG = RunConfig(model="factories:tiny_cnn", data="factories:small_digits", sp
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("structured")
     with pytest.MonkeyPatch.context() as mp:  # short timing: these tests check the plumbing, not speed
-        mp.setattr(StructuredPattern, "TIMING", {"threads": 1, "warmup": 2, "rounds": 3, "runs": 5})
+        mp.setattr(Timer, "SETTINGS", {"threads": 1, "warmup": 2, "rounds": 3, "runs": 5})
         yield out, run(CONFIG, out, progress=False, keep_checkpoints="all")
 
 
@@ -68,7 +69,7 @@ def test_rerun_resumes_without_new_runs(finished):
 
 
 def test_clear_errors():
-    with pytest.raises(UnknownNameError, match="structured signal 'gradient'.*magnitude, product, taylor"):
+    with pytest.raises(UnknownNameError, match="structured signal 'gradient'.*magnitude, product"):
         RunConfig(model="resnet8", sparsity="structured", signals=("gradient",))
     with pytest.raises(UnknownNameError, match="structured baseline 'lamp'.*tp_global, tp_uniform"):
         RunConfig(model="resnet8", sparsity="structured", baselines=("lamp",))
@@ -86,7 +87,7 @@ def test_unreachable_target_names_the_method(tmp_path):
 
 def test_select_by_latency_exports_a_front_checkpoint(finished, tmp_path):
     from mm_plugin.errors import ValidationError
-    from mm_plugin.runner import export_selected, select
+    from mm_plugin.portfolio import export_selected, select
 
     out, result = finished
     slowest = max(a.latency_ratio for a in result.aggregates)

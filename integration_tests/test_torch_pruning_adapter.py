@@ -13,9 +13,11 @@ import timm
 import torch
 import torch.nn.functional as F
 import torch_pruning as tp
+from mm_plugin.adapters import torch_pruning as mtp
+from mm_plugin.adapters.openvino import latency_front
 from torch import nn
 
-from mm_plugin.adapters import torch_pruning as mtp
+import mm_plugin
 from mm_plugin.errors import (
     CalibrationRequiredError,
     UnknownNameError,
@@ -69,9 +71,9 @@ def _attn(model):
 # ---------------------------------------------------------------------------------------- planning
 def test_plan_has_ten_distinct_strategies_inside_ranges(resnet_plan):
     _model, _x, plan = resnet_plan
-    units = plan.layers
+    units = plan.units
     assert len(units) == 12  # resnet18: 4 residual streams + 8 inner block groups
-    assert all(isinstance(u, mtp.GroupUnit) for u in units)
+    assert all(isinstance(u, mm_plugin.Unit) for u in units) and plan.unit_kind == "channel_group"
     assert len(plan.strategies) == 10
     vectors = {tuple(round(s.sparsity[u.name], 6) for u in units) for s in plan.strategies}
     assert len(vectors) == 10
@@ -84,14 +86,14 @@ def test_plan_has_ten_distinct_strategies_inside_ranges(resnet_plan):
     assert plan.hi[0] <= 0.10 + 1e-12 and "first-layer" in plan.rules["conv1"]
     # the ranges vary by group: Mix-and-Match is not uniform pruning
     assert plan.hi.max() - plan.hi.min() > 0.2
-    assert plan.config["criteria"] == ["magnitude", "lamp", "filter_l1"]
+    assert plan.config["range_importances"] == ["magnitude", "lamp", "filter_l1"]
 
 
 def test_head_output_group_is_never_pruned():
     model, x = make_resnet()
-    plan = mtp.plan_groups(model, x, criteria=("magnitude",))  # head not ignored: its group comes back fixed
+    plan = mtp.plan_groups(model, x, range_importances=("magnitude",))  # head not ignored: its group comes back fixed
     assert plan.config["fixed_groups"] == ["fc"]
-    assert "fc" not in {u.name for u in plan.layers}
+    assert "fc" not in {u.name for u in plan.units}
     ratios = mtp.ratio_dict(model, plan, "aggressive")
     assert ratios[model.fc] == 0.0
     pruner = tp.pruner.BasePruner(
@@ -103,18 +105,18 @@ def test_head_output_group_is_never_pruned():
 
 
 def test_rules_bind_groups_and_plan_round_trips(tmp_path):
-    from mm_plugin.rules import Rule
+    from mm_plugin.planning.rules import Rule
 
     model, x = make_vit()
     plan = mtp.plan_groups(model, x, [model.head], rules=[Rule("gentle-mlp", kinds=("mlp",), max=0.2)])
-    mlp = [i for i, u in enumerate(plan.layers) if u.kind == "mlp"]
+    mlp = [i for i, u in enumerate(plan.units) if u.kind == "mlp"]
     assert len(mlp) == 2 and all(plan.hi[i] <= 0.2 + 1e-12 for i in mlp)
-    assert all("gentle-mlp" in plan.rules[plan.layers[i].name] for i in mlp)
-    assert {u.kind for u in plan.layers} == {"patch_embedding", "attention", "mlp"}
-    loaded = mtp.load_group_plan(plan.save(tmp_path / "plan.json"))
-    assert loaded.layers == plan.layers
+    assert all("gentle-mlp" in plan.rules[plan.units[i].name] for i in mlp)
+    assert {u.kind for u in plan.units} == {"patch_embedding", "attention", "mlp"}
+    loaded = mm_plugin.Plan.load(plan.save(tmp_path / "plan.json"))  # units come back as planned
+    assert loaded.units == plan.units
     for s in plan.strategies:
-        assert mtp.channel_counts(loaded, s.name) == mtp.channel_counts(plan, s)
+        assert loaded.kept(s.name) == plan.kept(s)
 
 
 # ------------------------------------------------------------------------------------ the one-line changes
@@ -151,7 +153,7 @@ def test_mixandmatch_pruner_round_to_and_rescale():
         ignored_layers=[model.fc],
         round_to=8,
         strategy="feature-heavy",
-        criteria=("magnitude", "lamp"),
+        range_importances=("magnitude", "lamp"),
     )
     assert isinstance(pruner, tp.pruner.BasePruner)
     assert pruner.mm_strategy.name == "feature-heavy@0.4"
@@ -169,7 +171,7 @@ def test_scheduler_rescales_to_a_multiply_add_budget():
     by_macs = mtp.MixAndMatchScheduler("feature-heavy", pruning_ratio=0.3, cost="macs")
     by_macs.ratio_dict(model, x, [model.fc])
     plan = by_macs.plan_
-    assert all(u.macs > 0 for u in plan.layers)
+    assert all(u.macs > 0 for u in plan.units)
     assert plan.global_sparsity(by_macs.strategy_, "macs") == pytest.approx(0.3, abs=1e-3)
     assert by_macs.strategy_.name == "feature-heavy@0.3 macs"
     by_params = mtp.MixAndMatchScheduler("feature-heavy", pruning_ratio=0.3)
@@ -192,14 +194,14 @@ def test_pruner_rejects_conflicting_arguments():
 def test_taylor_needs_calibration_and_uses_it():
     model, x = make_vit()
     with pytest.raises(CalibrationRequiredError):
-        mtp.plan_groups(model, x, [model.head], signal="taylor")
+        mtp.plan_groups(model, x, [model.head], signal="product")
     g = torch.Generator().manual_seed(0)
     calib = [(torch.randn(4, 3, 32, 32, generator=g), torch.randint(0, 10, (4,), generator=g))]
     pruned, report = mtp.prune_structured(
-        model, x, "balanced", ignored_layers=["head"], signal="taylor", calibration=calib
+        model, x, "balanced", ignored_layers=["head"], signal="product", calibration=calib
     )
     assert report.ok and pruned(x).shape == (2, 10)
-    assert "taylor" in mtp.plan_groups(model, x, [model.head], calibration=calib).config["criteria"]
+    assert "taylor" in mtp.plan_groups(model, x, [model.head], calibration=calib).config["range_importances"]
     assert all(p.grad is None for p in pruned.parameters())  # gradients cleaned up
     assert all(p.grad is None for p in model.parameters())
 
@@ -290,7 +292,7 @@ def test_swin_without_support_would_leave_attention_unpruned_and_is_caught():
     assert not report.ok
     assert any(r.kind == "attention" for r in report.mismatches())
     with pytest.raises(UnsupportedModelError, match="silently left unpruned"):
-        mtp._raise_on_mismatch(report, plan)
+        mtp.pruner._raise_on_mismatch(report, plan)
 
 
 # ---------------------------------------------------------------------------------------- export and save
@@ -373,32 +375,19 @@ def test_tp_baselines_run_and_time():
         pruned, info = mtp.prune_baseline(model, x, method, 0.3, ignored_layers=["head"])
         assert pruned(x).shape == (2, 10)
         assert info["params_after"] < info["params_before"]
-    plan = mtp.plan_groups(model, x, [model.head], criteria=("magnitude",))
-    base = mtp.baseline_front(model, x, ["uniform"], [0.5], plan=plan, ignored_layers=[model.head],
-                              warmup=1, rounds=3, runs=3)
-    assert base[0].strategy == "tp-uniform@0.5" and base[0].latency_ratio > 0 and base[0].report is None
-    assert abs(base[0].channel_ratio - 0.5) < 0.02  # every group lost half its channels
+    pruned = {"tp-uniform@0.5": mtp.prune_baseline(model, x, "uniform", 0.5, ignored_layers=["head"])[0]}
+    base = latency_front(model, x, pruned, warmup=1, rounds=3, runs=3)
+    assert base[0].name == "tp-uniform@0.5" and base[0].latency_ratio > 0 and base[0].params_ratio < 0.5
 
 
 def test_latency_front_measures_each_strategy(resnet_plan):
     pytest.importorskip("openvino")
     model, x, plan = resnet_plan
-    points = mtp.latency_front(
-        model,
-        x,
-        ["conservative", "aggressive"],
-        plan=plan,
-        ignored_layers=["fc"],
-        warmup=2,
-        rounds=5,
-        runs=3,
-        keep_models=True,
-    )
-    assert [p.strategy for p in points] == ["conservative", "aggressive"]
-    for p in points:
-        assert p.report.ok and p.latency_ms > 0 and p.dense_latency_ms > 0
-        assert p.model is not None and p.model(x).shape == (1, 10)
+    pruned = {name: mtp.prune_structured(model, x, name, plan=plan, ignored_layers=["fc"])[0]
+              for name in ("conservative", "aggressive")}
+    points = latency_front(model, x, pruned, warmup=2, rounds=5, runs=3)
+    assert [p.name for p in points] == ["conservative", "aggressive"]
+    assert all(p.latency_ms > 0 and p.dense_latency_ms > 0 for p in points)
     # aggressive removes far more channels; OpenVINO must see it (measured, not assumed)
     assert points[1].params_ratio < points[0].params_ratio
     assert points[1].latency_ratio < points[0].latency_ratio
-    assert set(points[0].to_dict()) >= {"strategy", "latency_ratio", "params_ratio", "report"}

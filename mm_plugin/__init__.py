@@ -11,10 +11,10 @@ The verbs, one per stage::
     mm_plugin.run(mm_plugin.RunConfig(model="resnet8", targets=(0.9,)), "runs/r8")  # the whole portfolio
 """
 
-from .allocations import list_allocations, register_allocation
 from .errors import (
     CalibrationRequiredError,
     ConfigError,
+    ExportVerificationError,
     MMError,
     NoPrunableLayersError,
     RuleError,
@@ -22,23 +22,40 @@ from .errors import (
     UnsupportedModelError,
     ValidationError,
 )
-from .inventory import Inventory, LayerInfo, inventory
-from .masks import apply_masks_, bake_masks_, current_masks, global_sparsity, measure_sparsity
-from .plan import Plan, plan
-from .pruning import compute_masks, prune
-from .rules import DEFAULT_RULES, Rule, load_rules
-from .runner import RunConfig, run, select
-from .scope import IgnoredScope
-from .signals import list_signals, register_signal
-from .strategies import Strategy
+from .masks import (
+    apply_masks_,
+    bake_masks_,
+    compute_masks,
+    current_masks,
+    global_sparsity,
+    measure_sparsity,
+    prune,
+)
+from .model import IgnoredScope, Inventory, Unit, inventory
+from .planning import (
+    DEFAULT_RULES,
+    Plan,
+    Rule,
+    Strategy,
+    list_allocations,
+    list_signals,
+    load_rules,
+    plan,
+    plan_units,
+    register_allocation,
+    register_signal,
+)
+from .portfolio import RunConfig, run, select
+from .registry import Needs
 from .training import evaluate, finetune
 
 __version__ = "0.1.0"
 
 __all__ = [
-    "CalibrationRequiredError", "ConfigError", "DEFAULT_RULES", "IgnoredScope", "Inventory", "LayerInfo",
-    "MMError", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "RunConfig", "Strategy", "UnknownNameError",
-    "UnsupportedModelError", "ValidationError", "apply_masks_", "bake_masks_", "compute_masks",
-    "current_masks", "evaluate", "finetune", "global_sparsity", "inventory", "list_allocations", "list_signals", "load_rules",
-    "measure_sparsity", "plan", "prune", "register_allocation", "register_signal", "run", "select",
+    "CalibrationRequiredError", "ConfigError", "DEFAULT_RULES", "ExportVerificationError", "IgnoredScope",
+    "Inventory", "MMError", "Needs", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "RunConfig", "Strategy",
+    "UnknownNameError", "Unit", "UnsupportedModelError", "ValidationError", "apply_masks_", "bake_masks_",
+    "compute_masks", "current_masks", "evaluate", "finetune", "global_sparsity", "inventory", "list_allocations",
+    "list_signals", "load_rules", "measure_sparsity", "plan", "plan_units", "prune", "register_allocation",
+    "register_signal", "run", "select",
 ]

@@ -6,7 +6,6 @@ User mistakes end with one line naming the problem and the fix, never a tracebac
 from __future__ import annotations
 
 import argparse
-import importlib
 import logging
 import shlex
 import sys
@@ -16,12 +15,13 @@ from pathlib import Path
 import torch
 
 from .errors import MMError
-from .patterns import pattern_names
+from .portfolio import pattern_names
+from .registry import Registry
 
 log = logging.getLogger("mm_plugin")
 
-#: Adapter modules that add their own subcommands through ``add_cli(subparsers)``.
-ADAPTER_CLIS = ("mm_plugin.adapters.nncf",)
+#: Subcommands of adapters: ``add_cli(subparsers)`` functions in the ``mm_plugin.cli`` entry-point group.
+COMMANDS: Registry = Registry("subcommand", entry_point_group="mm_plugin.cli")
 
 
 def _csv(text: str) -> tuple[str, ...]:
@@ -53,9 +53,8 @@ def example_input(model: torch.nn.Module, input_size: tuple[int, ...] | None) ->
 
 
 def _cmd_plan(args: argparse.Namespace) -> int:
-    from .data import load_data
-    from .plan import plan
-    from .zoo import create_model
+    from .planning import plan
+    from .training import create_model, load_data
 
     model = create_model(args.model)
     calibration = None
@@ -75,7 +74,7 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    from .runner import RunConfig
+    from .portfolio import RunConfig
 
     return RunConfig(
         model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
@@ -90,7 +89,7 @@ def _print_result(result) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .runner import run
+    from .portfolio import run
 
     result = run(_run_config(args), args.out, cache_dir=args.cache_dir, keep_checkpoints=args.keep_checkpoints,
                  command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
@@ -107,7 +106,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 
 
 def _cmd_select(args: argparse.Namespace) -> int:
-    from .runner import export_selected, select
+    from .portfolio import export_selected, select
 
     pick, record = select(args.run_dir, min_accuracy=args.min_accuracy, max_nonzeros=args.max_nonzeros,
                           max_latency=args.max_latency)
@@ -186,11 +185,11 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--export", help="where to copy the checkpoint (default RUN_DIR/selected.pt)")
     p.set_defaults(func=_cmd_select)
 
-    for module in ADAPTER_CLIS:
+    for name in COMMANDS.names():
         try:
-            importlib.import_module(module).add_cli(sub)
-        except ImportError as e:  # the toolkit is an optional extra
-            log.debug("%s unavailable: %s", module, e)
+            COMMANDS.get(name)(sub)
+        except MMError as e:  # the toolkit is an optional extra
+            log.debug("subcommand %s unavailable: %s", name, e)
     return parser
 
 

@@ -15,7 +15,7 @@ import logging
 from collections.abc import Iterator
 from pathlib import Path
 
-from .runner import RunConfig, RunResult, run
+from .portfolio import RunConfig, RunResult, run
 
 log = logging.getLogger(__name__)
 

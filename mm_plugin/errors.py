@@ -45,6 +45,14 @@ class ConfigError(ValidationError):
 class UnsupportedModelError(MMError):
     """A model or layer cannot be handled by a toolkit; the message names the module."""
 
+    def __init__(self, message: str, *, module: str = "", cls: str = "") -> None:
+        super().__init__(message)
+        self.module, self.cls = module, cls  # the module at fault and its class name, when known
+
+
+class ExportVerificationError(MMError):
+    """An exported file lost zeros the plan put in (a planned zero is not zero in its constant)."""
+
 
 def check_fraction(value: float, name: str, *, upper_inclusive: bool = False) -> float:
     """Return ``value`` as float if it lies in [0, 1) (or [0, 1]); raise a ValidationError naming it otherwise."""

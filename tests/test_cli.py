@@ -12,8 +12,8 @@ def test_plan_prints_table_and_writes_json(tmp_path, capsys):
     assert "conservative" in text and "GLOBAL" in text and "layer4.1.conv2" in text
     data = json.loads(out.read_text())
     assert [s["name"] for s in data["strategies"]][:3] == ["conservative", "aggressive", "balanced"]
-    assert {"name", "kind", "params", "min", "max"} <= set(data["layers"][0])
-    assert set(data["strategies"][0]["sparsity"]) == {layer["name"] for layer in data["layers"]}
+    assert {"name", "kind", "params", "min", "max"} <= set(data["units"][0])
+    assert set(data["strategies"][0]["sparsity"]) == {unit["name"] for unit in data["units"]}
 
 
 def test_factory_model_and_gradient_signal(capsys):

@@ -1,0 +1,34 @@
+"""NNCF adapter: ``"algorithm": "mix_and_match"`` (or ``"flexhinm"``) in NNCF-style JSON configs, down
+to OpenVINO IR.
+
+NNCF 3.x dropped the 2.x JSON config and ``create_compressed_model``; this adapter gives NNCF users that
+experience back on NNCF 3.4's own machinery::
+
+    from mm_plugin.adapters.nncf import create_compressed_model
+
+    ctrl, model = create_compressed_model(model, {
+        "input_info": {"sample_size": [1, 3, 224, 224]},
+        "compression": {"algorithm": "mix_and_match", "strategy": "balanced", "target_sparsity": 0.5},
+    })
+    print(ctrl.statistics())          # per-layer plan vs. NNCF's own pruning_statistic
+    ctrl.export("out/model.xml")      # nncf.strip -> OpenVINO IR, zeros checked
+
+:mod:`.config` validates configs against ``schema.json``; :mod:`.algorithm` turns one into the core's
+plan and masks as NNCF hooks; :mod:`.cli` is ``mm-prune nncf``.
+"""
+
+from .algorithm import (
+    CompressionController,
+    CompressionStatistics,
+    ExportReport,
+    LayerStatistic,
+    create_compressed_model,
+    unwrap_model,
+)
+from .cli import add_cli, run_cli
+from .config import CompressionConfig, load_config, schema
+
+__all__ = [
+    "CompressionConfig", "CompressionController", "CompressionStatistics", "ExportReport", "LayerStatistic",
+    "add_cli", "create_compressed_model", "load_config", "run_cli", "schema", "unwrap_model",
+]

@@ -1,0 +1,299 @@
+"""PyTorch -> OpenVINO IR, and the zeros of every weight Constant matched back to PyTorch parameters.
+
+Facts these helpers are built around (OpenVINO 2026.4):
+
+* ``openvino.convert_model`` folds BatchNorm into the preceding convolution, so a conv weight in the
+  IR is ``W * gamma / sqrt(var + eps)`` per output channel under an anonymous name: zeros stay zeros
+  (a BatchNorm with ``gamma == 0`` zeroes whole output channels on top). Weights that are not folded
+  keep their PyTorch name as a tensor name (``self.fc.weight``).
+* ``openvino.save_model`` compresses float weights to FP16 by default (tiny weights may underflow to
+  zero) and turns weight FakeQuantize ops (NNCF int8) into ``i8`` Constants followed by Convert,
+  optional Subtract (zero point) and Multiply (scale); the helpers look through that chain.
+"""
+
+from __future__ import annotations
+
+import os
+import warnings
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mm_plugin.errors import MMError, ValidationError
+
+#: Ops whose weight input (port -> ops) is a constant in an exported network.
+WEIGHT_PORTS: dict[str, tuple[int, ...]] = {
+    "Convolution": (1,),
+    "GroupConvolution": (1,),
+    "ConvolutionBackpropData": (1,),
+    "GroupConvolutionBackpropData": (1,),
+    "DeformableConvolution": (2,),
+    "MatMul": (0, 1),
+    "Gather": (0,),  # embedding tables
+}
+#: Ops a weight passes through on its way from its Constant to the consumer.
+_PASS_THROUGH = {"Convert", "Reshape", "Transpose", "Squeeze", "Unsqueeze", "FakeQuantize", "Multiply", "Subtract"}
+
+
+def openvino_module():
+    try:
+        import openvino
+    except ImportError:  # pragma: no cover - exercised only without the extra
+        raise MMError("OpenVINO is not installed: pip install 'mm-plugin[openvino]'") from None
+    return openvino
+
+
+# --- conversion -----------------------------------------------------------------------------------
+def _as_tuple(example_input: Any) -> Any:
+    return tuple(example_input) if isinstance(example_input, list) else example_input
+
+
+def convert(model: nn.Module, example_input: Any, **kwargs: Any):
+    """``openvino.convert_model`` on ``model`` in eval mode, without gradients; the mode is restored."""
+    ov = openvino_module()
+    was_training = model.training
+    model.eval()
+    try:
+        with torch.no_grad(), warnings.catch_warnings():
+            # OpenVINO's PyTorch frontend traces with torch.jit, which torch 2.x flags as deprecated
+            warnings.filterwarnings("ignore", message=r".*torch\.jit\.trace.* is deprecated", category=FutureWarning)
+            return ov.convert_model(model, example_input=_as_tuple(example_input), **kwargs)
+    finally:
+        model.train(was_training)
+
+
+def save(ov_model: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False) -> Path:
+    """Save an IR (``.xml`` + ``.bin``); returns the ``.xml`` path.
+
+    ``compress_to_fp16`` defaults to False here (OpenVINO's default is True) so that zero counts are
+    exact: FP16 would also zero weights below 6e-8 in magnitude.
+    """
+    ov = openvino_module()
+    path = Path(path)
+    if path.suffix != ".xml":
+        path = path.with_suffix(".xml")
+    path.parent.mkdir(parents=True, exist_ok=True)
+    ov.save_model(ov_model, str(path), compress_to_fp16=compress_to_fp16)
+    return path
+
+
+def export(
+    model: nn.Module, example_input: Any, path: str | os.PathLike, *, compress_to_fp16: bool = False
+) -> Path:
+    """Convert and save in one call; returns the ``.xml`` path."""
+    return save(convert(model, example_input), path, compress_to_fp16=compress_to_fp16)
+
+
+def read(model: Any):
+    """An ``openvino.Model`` from a path (``.xml``) or the model itself."""
+    if isinstance(model, (str, os.PathLike)):
+        path = Path(model)
+        if not path.exists():
+            raise ValidationError(f"IR file {path} does not exist")
+        return openvino_module().Core().read_model(str(path))
+    return model
+
+
+# --- zeros per weight Constant --------------------------------------------------------------------
+@dataclass(frozen=True)
+class WeightConstant:
+    """One weight Constant of an IR with its zero count (zeros of the dequantized value for int8)."""
+
+    name: str  # friendly name of the Constant
+    tensor_names: tuple[str, ...]
+    consumers: tuple[str, ...]  # "<type>:<friendly name>" of the ops that use it as a weight
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    zeros: int
+    zero_mask: np.ndarray = field(repr=False, compare=False)  # flat bool array, True = zero
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("zero_mask")
+        d["shape"], d["tensor_names"], d["consumers"] = list(self.shape), list(self.tensor_names), list(self.consumers)
+        d["sparsity"] = self.sparsity
+        return d
+
+
+def _source_constant(output: Any, depth: int = 0) -> tuple[Any, list[Any]] | None:
+    """Follow a weight input up to its Constant; returns (constant node, zero points met on the way)."""
+    node = output.get_node()
+    kind = node.get_type_name()
+    if kind == "Constant":
+        return node, []
+    if kind not in _PASS_THROUGH or depth > 8:
+        return None
+    if kind in ("Multiply", "Subtract"):
+        inputs = [node.input_value(i) for i in range(node.get_input_size())]
+    else:
+        inputs = [node.input_value(0)]
+    sources = [_source_constant(v, depth + 1) for v in inputs]
+    if any(r is None for r in sources):
+        return None  # an activation flows in: not a weight (e.g. SmoothQuant's activation scale)
+    found = list(enumerate(sources))
+    # Multiply / Subtract: the weight is the biggest constant; the other side is a scale or zero point.
+    best, (const, zps) = max(found, key=lambda f: int(np.prod(f[1][0].get_output_shape(0))))
+    if kind == "Subtract":
+        zps = zps + [r[0] for i, r in found if i != best]
+    return const, zps
+
+
+def _zero_mask(const: Any, zero_points: Sequence[Any]) -> np.ndarray:
+    data = np.asarray(const.get_data())
+    if zero_points:
+        shifted = data.astype(np.float64)
+        for zp in zero_points:
+            shifted = shifted - np.asarray(zp.get_data()).astype(np.float64)
+        return (shifted == 0).reshape(-1)
+    return (data == 0).reshape(-1)
+
+
+def weight_constants(model: Any, *, min_numel: int = 1) -> list[WeightConstant]:
+    """Every Constant feeding a weight port (Convolution, MatMul, Gather, ...), once, in graph order.
+
+    ``model``: an ``openvino.Model`` or the path of a saved ``.xml``. Activation x activation
+    MatMuls (attention) have no constant side and are skipped.
+    """
+    ov_model = read(model)
+    found: dict[str, tuple[Any, list[Any], list[str]]] = {}
+    order: list[str] = []
+    for op in ov_model.get_ordered_ops():
+        ports = WEIGHT_PORTS.get(op.get_type_name())
+        if not ports:
+            continue
+        for port in ports:
+            if port >= op.get_input_size():
+                continue
+            src = _source_constant(op.input_value(port))
+            if src is None:
+                continue
+            const, zps = src
+            if len(const.get_output_shape(0)) < 2:
+                continue  # a scalar or 1-D operand is not a weight matrix
+            key = const.get_friendly_name()
+            if key not in found:
+                found[key] = (const, zps, [])
+                order.append(key)
+            found[key][2].append(f"{op.get_type_name()}:{op.get_friendly_name()}")
+    out = []
+    for key in order:
+        const, zps, consumers = found[key]
+        shape = tuple(int(d) for d in const.get_output_shape(0))
+        numel = int(np.prod(shape))
+        if numel < min_numel:
+            continue
+        mask = _zero_mask(const, zps)
+        out.append(WeightConstant(
+            name=key,
+            tensor_names=tuple(sorted(const.get_output_tensor(0).get_names())),
+            consumers=tuple(consumers),
+            shape=shape,
+            dtype=str(const.get_output_element_type(0).get_type_name()),
+            numel=numel,
+            zeros=int(mask.sum()),
+            zero_mask=mask,
+        ))
+    return out
+
+
+# --- matching IR constants to PyTorch parameters --------------------------------------------------
+@dataclass(frozen=True)
+class ParamMatch:
+    """A parameter, the IR Constant that holds it, and how the zeros compare."""
+
+    param: str
+    constant: str | None
+    by: str  # "name", "zero-pattern" or "none"
+    expected_zeros: int
+    ir_zeros: int | None
+    numel: int
+    lost_zeros: int | None  # expected zero positions that are not zero in the IR (must be 0)
+
+    @property
+    def exact(self) -> bool:
+        return self.constant is not None and self.ir_zeros == self.expected_zeros and self.lost_zeros == 0
+
+    @property
+    def kept(self) -> bool:
+        """Every expected zero is still zero (the IR may have more, e.g. int8 rounding)."""
+        return self.constant is not None and self.lost_zeros == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exact": self.exact, "kept": self.kept}
+
+
+def _torch_name(tensor_name: str) -> str:
+    return tensor_name.removeprefix("self.")
+
+
+def _aligned(zero_mask: np.ndarray, shape: tuple[int, ...], expected: np.ndarray) -> np.ndarray | None:
+    """The IR zero mask laid out like ``expected`` (same order, or a transposed 2-D matrix)."""
+    if zero_mask.size != expected.size:
+        return None
+    if len(shape) == 2 and expected.ndim == 2 and shape == expected.shape[::-1] and shape[0] != shape[1]:
+        return zero_mask.reshape(shape).T.reshape(-1)
+    return zero_mask
+
+
+def match_params(
+    constants: Sequence[WeightConstant],
+    expected_zero_masks: Mapping[str, torch.Tensor | np.ndarray],
+) -> list[ParamMatch]:
+    """Find the IR Constant of each parameter and compare zeros.
+
+    ``expected_zero_masks``: ``{param name: bool tensor, True where the weight must be zero}``.
+    A Constant is matched by tensor name (``self.<param>``) when OpenVINO kept it, otherwise by
+    content: the Constant with the same number of elements whose zeros cover the expected ones, the
+    one with the fewest extra zeros first (folding BatchNorm renames a weight but keeps its zeros).
+    Each Constant is used once.
+    """
+    by_name = {}
+    for c in constants:
+        for t in c.tensor_names:
+            by_name.setdefault(_torch_name(t), c)
+    used: set[str] = set()
+    results: dict[str, ParamMatch] = {}
+    expected = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(bool)
+                for k, v in expected_zero_masks.items()}
+
+    def record(param: str, c: WeightConstant | None, by: str) -> None:
+        exp = expected[param]
+        if c is None:
+            results[param] = ParamMatch(param, None, "none", int(exp.sum()), None, int(exp.size), None)
+            return
+        used.add(c.name)
+        ir = _aligned(c.zero_mask, c.shape, exp)
+        lost = int((exp.reshape(-1) & ~ir).sum()) if ir is not None else int(exp.sum())
+        results[param] = ParamMatch(param, c.name, by, int(exp.sum()), c.zeros, int(exp.size), lost)
+
+    for param, exp in expected.items():
+        c = by_name.get(param)
+        if c is not None and c.name not in used and c.numel == exp.size:
+            record(param, c, "name")
+    # content matching, largest tensors first (they have the most distinctive zero patterns)
+    for param in sorted((p for p in expected if p not in results), key=lambda p: -expected[p].size):
+        exp = expected[param].reshape(-1)
+        best, best_extra = None, None
+        for c in constants:
+            if c.name in used or c.numel != exp.size:
+                continue
+            ir = _aligned(c.zero_mask, c.shape, expected[param])
+            if ir is None or (exp & ~ir).any():
+                continue
+            extra = int((ir & ~exp).sum())
+            if best is None or extra < best_extra:
+                best, best_extra = c, extra
+                if extra == 0:
+                    break
+        record(param, best, "zero-pattern" if best is not None else "none")
+    return [results[p] for p in expected]

@@ -1,0 +1,199 @@
+"""OpenVINO CPU latency: one synchronous stream, fixed threads and precision, and pruned models timed in
+alternating blocks with the dense one (``Timer``, the runner's ``openvino`` latency backend).
+
+The CPU plugin's default ``INFERENCE_PRECISION_HINT`` is bf16 on CPUs that report bf16 support, which
+is slower without AMX: every helper here sets the precision it is asked for.
+"""
+
+from __future__ import annotations
+
+import statistics as stats
+import time
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from torch import nn
+
+from mm_plugin.backends import interleaved
+from mm_plugin.errors import ValidationError
+
+from .convert import convert, openvino_module, read
+
+PRECISIONS = ("f32", "bf16", "f16")
+
+
+@dataclass(frozen=True)
+class Latency:
+    """Per-inference wall time of synchronous requests, in milliseconds."""
+
+    median_ms: float
+    mean_ms: float
+    p90_ms: float
+    min_ms: float
+    repeats: int
+    warmup: int
+    threads: int
+    precision: str
+    device: str
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _numpy_inputs(inputs: Any) -> Any:
+    if isinstance(inputs, torch.Tensor):
+        return inputs.detach().cpu().numpy()
+    if isinstance(inputs, Mapping):
+        return {k: _numpy_inputs(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return [_numpy_inputs(v) for v in inputs]
+    return inputs
+
+
+def _property_name(value: Any) -> str:
+    """``ov.Type`` or string -> "f32" / "bf16" / "f16" (or the raw text)."""
+    text = value.get_type_name() if hasattr(value, "get_type_name") else str(value)
+    return {"float32": "f32", "bfloat16": "bf16", "float16": "f16"}.get(text.lower(), text.lower())
+
+
+def compile_for_latency(model: Any, *, threads: int = 1, precision: str = "f32", device: str = "CPU"):
+    """Compile for one synchronous stream with ``threads`` threads and the given inference precision."""
+    if precision not in PRECISIONS:
+        raise ValidationError(f"precision {precision!r} is not one of {', '.join(PRECISIONS)}")
+    if not isinstance(threads, int) or isinstance(threads, bool) or threads < 1:
+        raise ValidationError(f"threads must be a positive integer, got {threads!r}")
+    ov = openvino_module()
+    config = {
+        "INFERENCE_NUM_THREADS": threads,
+        "INFERENCE_PRECISION_HINT": precision,
+        "PERFORMANCE_HINT": "LATENCY",
+        "NUM_STREAMS": 1,
+    }
+    return ov.Core().compile_model(read(model), device, config)
+
+
+def measure_latency(
+    model: Any,
+    inputs: Any,
+    threads: int | None = 1,
+    precision: str | None = "f32",
+    warmup: int = 10,
+    repeats: int = 50,
+    *,
+    device: str = "CPU",
+) -> Latency:
+    """Median latency of synchronous inference.
+
+    ``model``: an ``openvino.Model``, a ``.xml`` path, or an already compiled model. A model is
+    compiled with ``threads`` / ``precision`` (see :func:`compile_for_latency`); a compiled model is
+    used as it is, and ``threads`` / ``precision`` (when not None) must agree with how it was compiled,
+    so a figure is never reported under settings it was not measured with.
+    ``inputs``: a tensor / array, a list of them, or a dict by input name.
+    """
+    ov = openvino_module()
+    if warmup < 0 or repeats < 1:
+        raise ValidationError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
+    if isinstance(model, ov.CompiledModel):
+        compiled = model
+        actual_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
+        actual_precision = _property_name(compiled.get_property("INFERENCE_PRECISION_HINT"))
+        if threads is not None and actual_threads not in (threads, 0):
+            raise ValidationError(
+                f"the compiled model runs with INFERENCE_NUM_THREADS={actual_threads}, not {threads}; "
+                "pass the openvino.Model to compile it with the settings you want"
+            )
+        if precision is not None and actual_precision != precision:
+            raise ValidationError(
+                f"the compiled model runs with INFERENCE_PRECISION_HINT={actual_precision}, not {precision}; "
+                "pass the openvino.Model to compile it with the settings you want"
+            )
+        threads, precision = actual_threads, actual_precision
+    else:
+        threads = 1 if threads is None else threads
+        precision = "f32" if precision is None else precision
+        compiled = compile_for_latency(model, threads=threads, precision=precision, device=device)
+    request = compiled.create_infer_request()
+    data = _numpy_inputs(inputs)
+    for _ in range(warmup):
+        request.infer(data)
+    times = []
+    for _ in range(repeats):
+        start = time.perf_counter()
+        request.infer(data)
+        times.append((time.perf_counter() - start) * 1e3)
+    times.sort()
+    return Latency(
+        median_ms=float(stats.median(times)),
+        mean_ms=float(stats.fmean(times)),
+        p90_ms=float(times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]),
+        min_ms=float(times[0]),
+        repeats=repeats,
+        warmup=warmup,
+        threads=int(threads),
+        precision=str(precision),
+        device=device,
+    )
+
+
+def infer(model: Any, inputs: Any) -> list[np.ndarray]:
+    """Run an IR (path, Model or compiled model) once at f32 and return its outputs as arrays."""
+    ov = openvino_module()
+    compiled = model if isinstance(model, ov.CompiledModel) else compile_for_latency(model)
+    result = compiled(_numpy_inputs(inputs))
+    return [np.asarray(result[o]) for o in compiled.outputs]
+
+
+class Timer:
+    """The runner's latency backend: the dense model compiled once; ``time(pruned)`` is (dense ms,
+    pruned ms), medians of ``rounds`` alternating blocks of ``runs`` inferences after ``warmup`` runs
+    of each, ``threads`` threads, fp32 (what the structured results report)."""
+
+    SETTINGS = {"threads": 1, "warmup": 10, "rounds": 7, "runs": 20}
+
+    def __init__(self, dense: nn.Module, example_inputs: Any, **settings: int) -> None:
+        s = {**self.SETTINGS, **settings}
+        self.inputs, self.threads, self.warmup, self.rounds, self.runs = (
+            example_inputs, s["threads"], s["warmup"], s["rounds"], s["runs"])
+        self.dense = self._compile(dense)
+
+    def _compile(self, model: nn.Module) -> Any:
+        return compile_for_latency(convert(model, self.inputs), threads=self.threads, precision="f32")
+
+    def time(self, pruned: nn.Module) -> tuple[float, float]:
+        compiled = self._compile(pruned)
+        for c in (self.dense, compiled):
+            measure_latency(c, self.inputs, self.threads, "f32", warmup=self.warmup, repeats=1)
+
+        def block(c: Any) -> float:
+            return measure_latency(c, self.inputs, self.threads, "f32", warmup=0, repeats=self.runs).median_ms
+
+        return interleaved(lambda: block(self.dense), lambda: block(compiled), self.rounds)
+
+
+@dataclass(frozen=True)
+class LatencyPoint:
+    """One pruned model timed against the dense one."""
+
+    name: str
+    latency_ms: float
+    dense_latency_ms: float
+    latency_ratio: float  # pruned / dense
+    params_ratio: float
+
+
+def latency_front(dense: nn.Module, example_inputs: Any, pruned: Mapping[str, nn.Module],
+                  **timing: int) -> list[LatencyPoint]:
+    """Time every pruned model (by name) against ``dense`` with one :class:`Timer`; ``timing``: its
+    ``threads``, ``warmup``, ``rounds``, ``runs``. Any pruning toolkit's models work (channels removed
+    by Torch-Pruning, say)."""
+    timer = Timer(dense, example_inputs, **timing)
+    dense_params = sum(p.numel() for p in dense.parameters())
+    points = []
+    for name, model in pruned.items():
+        dense_ms, pruned_ms = timer.time(model)
+        points.append(LatencyPoint(name, pruned_ms, dense_ms, pruned_ms / dense_ms,
+                                   sum(p.numel() for p in model.parameters()) / dense_params))
+    return points

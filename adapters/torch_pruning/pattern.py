@@ -1,0 +1,117 @@
+"""``mm-prune run --sparsity structured``: whole channels removed with Torch-Pruning, every method brought
+to the same multiply-adds.
+
+A target is the fraction of the model's multiply-adds removed, as ``tp.utils.count_ops_and_params``
+counts them. Each Mix-and-Match strategy is rescaled inside its ranges (weighted by the groups'
+multiply-adds) and Torch-Pruning's uniform and global pruning get their ``pruning_ratio``, each knob found
+by the core's bisection on the measured count, so every method is compared at the same compute. The
+runner then times each configuration with the installed latency backend (OpenVINO on the CPU).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+from typing import Any
+
+import torch_pruning as tp
+from torch import nn
+
+from mm_plugin.errors import ConfigError
+from mm_plugin.planning import Plan, Strategy, bisect
+from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
+from mm_plugin.registry import Needs, Registry
+
+from .groups import DEFAULT_GROUP_TARGETS, plan_groups, signal_importance
+from .pruner import kept_channels, prune_baseline, prune_structured
+
+#: Torch-Pruning's own pruning at one ratio, as the structured pattern's baselines.
+BASELINES: Registry[str] = Registry("structured baseline")
+BASELINES.register("tp_uniform")("uniform")  # every group at the same ratio
+BASELINES.register("tp_global")("global")  # one threshold over all groups' normalized importances
+
+
+def macs_of(model: nn.Module, example_inputs: Any) -> int:
+    """Multiply-adds of one inference, as Torch-Pruning counts them."""
+    was_training = model.training
+    model.eval()
+    try:
+        return int(tp.utils.count_ops_and_params(model, example_inputs)[0])
+    finally:
+        model.train(was_training)
+
+
+class StructuredPattern(Pattern):
+    """Channels removed by Torch-Pruning at equal multiply-adds, timed against the dense model."""
+
+    needs = Needs(example_inputs=True, structured=True)
+    default_baselines = ("tp_uniform", "tp_global")
+    baseline_registry = BASELINES
+    default_targets = (0.2, 0.4)
+    default_range_targets = DEFAULT_GROUP_TARGETS
+    cost = "macs"
+    timed = True
+    BASELINE_RANGE = (0.0, 0.85)  # TP's pruning_ratio; its max_pruning_ratio is 0.9
+
+    def check(self, config: RunConfig) -> None:
+        super().check(config)
+        for name in config.signals:
+            signal_importance(name)
+        if not config.targets:
+            raise ConfigError("structured runs need targets (fractions of multiply-adds to remove), e.g. 0.2,0.4")
+
+    def plan(self, ctx: RunContext, signal: str) -> Plan:
+        c = ctx.config
+        return plan_groups(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
+                           targets=c.range_targets)
+
+    def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
+        return strategy.sparsity  # brought to the target when pruned (that needs measured counts)
+
+    def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
+        return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
+
+    def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, knob: float, inplace: bool) -> nn.Module:
+        plan = ctx.plans[job.signal]
+        fixed = plan.config.get("fixed_groups", [])
+        if job.method == "baseline":
+            return prune_baseline(model, ctx.example, BASELINES.get(job.name), knob, ignored_layers=fixed,
+                                  inplace=inplace, importance=signal_importance(plan.signal))[0]
+        strategy = plan.rescale(Strategy(job.name, job.sparsity), knob, "macs")
+        return prune_structured(model, ctx.example, strategy, plan=plan, ignored_layers=fixed, inplace=inplace)[0]
+
+    def _knob(self, job: Job, ctx: RunContext) -> float:
+        """The knob that brings ``job``'s method to its target, by bisection on measured multiply-adds."""
+        knobs = ctx.cache.setdefault("knobs", {})
+        if job.config_key not in knobs:
+            dense_macs = ctx.cache.setdefault("dense_macs", macs_of(ctx.dense, ctx.example))
+
+            @cache
+            def removed(knob: float) -> float:
+                return 1.0 - macs_of(self._pruned(ctx.dense, job, ctx, knob, False), ctx.example) / dense_macs
+
+            lo, hi = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
+            if not removed(lo) - 0.005 <= job.target <= removed(hi) + 0.005:
+                raise ConfigError(
+                    f"{job.method} {job.name!r} cannot remove {job.target:g} of the model's multiply-adds: it "
+                    f"spans {removed(lo):.3f} to {removed(hi):.3f}; pick targets inside that range (or widen the "
+                    "ranges with rules)"
+                )
+            knobs[job.config_key] = bisect(removed, job.target, lo, hi, steps=14, tol=0.005)
+        return knobs[job.config_key]
+
+    def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+        return self._pruned(model, job, ctx, self._knob(job, ctx), True), {}
+
+    def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
+        plan = ctx.plans[job.signal]
+        dense_params = ctx.cache.setdefault("dense_params", sum(p.numel() for p in ctx.dense.parameters()))
+        params = sum(p.numel() for p in model.parameters())
+        macs = macs_of(model, ctx.example)
+        kept = kept_channels(model, plan)
+        return {"sparsity": 1.0 - params / dense_params, "params": params, "nonzeros": params,
+                "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
+                "knob": self._knob(job, ctx), "macs": macs, "macs_ratio": macs / ctx.cache["dense_macs"]}
+
+    def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""
+        return {"mm_format": "state_dict", "data": tp.state_dict(model), "record": record, **extra}

@@ -1,0 +1,54 @@
+"""Deployment backends, found by name: a backend turns a model into a deployable file whose zeros are
+checked against the plan, and times pruned models against the dense one.
+
+Backends register through the ``mm_plugin.backends`` entry-point group (OpenVINO for CPUs ships with
+the adapters), so neither the core nor another adapter imports them: both ask this registry.
+"""
+
+from __future__ import annotations
+
+import statistics
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+from typing import Any, Protocol
+
+import torch
+from torch import nn
+
+from .registry import Registry
+
+
+class Timer(Protocol):
+    """Built once per run from the dense model; ``time(pruned)`` gives (dense ms, pruned ms)."""
+
+    def time(self, pruned: nn.Module) -> tuple[float, float]: ...
+
+
+class Backend(Protocol):
+    """What a backend module offers (see ``mm_plugin.adapters.openvino``)."""
+
+    def Timer(self, dense: nn.Module, example_inputs: Any, **settings: int) -> Timer: ...  # noqa: N802
+
+    def export(self, model: nn.Module, example_inputs: Any, path: Path, *, compress_to_fp16: bool = False) -> Path: ...
+
+    def weight_constants(self, path: Path) -> Sequence[Any]: ...
+
+    def match_params(self, constants: Sequence[Any], expected_zero_masks: Mapping[str, torch.Tensor]) -> list[Any]: ...
+
+
+BACKENDS: Registry[Any] = Registry("deployment backend", entry_point_group="mm_plugin.backends")
+
+
+def backend(name: str = "openvino") -> Backend:
+    return BACKENDS.get(name)
+
+
+def interleaved(time_a: Callable[[], float], time_b: Callable[[], float], rounds: int) -> tuple[float, float]:
+    """Medians of ``rounds`` alternating block timings of two models: drift of a busy machine hits both."""
+    a: list[float] = []
+    b: list[float] = []
+    for i in range(rounds):
+        pairs = ((time_a, a), (time_b, b)) if i % 2 == 0 else ((time_b, b), (time_a, a))
+        for fn, out in pairs:
+            out.append(fn())
+    return statistics.median(a), statistics.median(b)

@@ -1,0 +1,84 @@
+"""From a strategy and a signal to binary masks: the lowest scores of each layer are zeroed."""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Iterable, Mapping
+
+import torch
+from torch import nn
+
+from ..errors import ValidationError
+from ..model import PRUNABLE_TYPES
+from ..planning import Plan, Strategy, compute_scores
+from ..planning.signals import Scores
+from .mask import apply_masks_
+
+
+def masks_from_scores(scores: Scores, sparsity: Mapping[str, float]) -> dict[str, torch.Tensor]:
+    """Keep-masks with ``round(s * n)`` lowest-scored weights dropped per layer (stable on ties)."""
+    masks = {}
+    for name, s in sparsity.items():
+        if name not in scores:
+            raise ValidationError(f"sparsity given for {name!r}, which has no score; is it a prunable weight?")
+        if not 0.0 <= s <= 1.0:
+            raise ValidationError(f"sparsity for {name!r} must lie in [0, 1], got {s}")
+        flat = scores[name].flatten()
+        k = int(round(s * flat.numel()))
+        keep = torch.ones(flat.numel(), dtype=torch.bool, device=flat.device)
+        if k:
+            keep[torch.argsort(flat, stable=True)[:k]] = False
+        masks[name] = keep.view_as(scores[name])
+    return masks
+
+
+def resolve_strategy(strategy: Strategy | str | Mapping[str, float], plan: Plan | None) -> dict[str, float]:
+    if isinstance(strategy, Strategy):
+        return dict(strategy.sparsity)
+    if isinstance(strategy, str):
+        if plan is None:
+            raise ValidationError(f"strategy {strategy!r} given by name: pass plan=<Plan> to look it up")
+        return dict(plan.strategy(strategy).sparsity)
+    return dict(strategy)
+
+
+def compute_masks(
+    model: nn.Module,
+    strategy: Strategy | str | Mapping[str, float],
+    *,
+    signal: str | Callable = "magnitude",
+    calibration: Iterable | None = None,
+    loss_fn: Callable | None = None,
+    plan: Plan | None = None,
+) -> dict[str, torch.Tensor]:
+    """Masks for ``strategy`` under ``signal``, not yet attached (adapters translate these)."""
+    sparsity = resolve_strategy(strategy, plan)
+    for name in sparsity:
+        module = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
+        if not isinstance(module, PRUNABLE_TYPES) or not name.endswith(".weight"):
+            raise ValidationError(
+                f"{name!r} is not a prunable weight (only Conv, Linear and Embedding weights are; norms and "
+                "biases stay dense); list the prunable ones with mm_plugin.inventory(model)"
+            )
+    scores = compute_scores(model, list(sparsity), signal, calibration, loss_fn)
+    return masks_from_scores(scores, sparsity)
+
+
+def prune(
+    model: nn.Module,
+    strategy: Strategy | str | Mapping[str, float],
+    *,
+    signal: str | Callable | None = None,
+    calibration: Iterable | None = None,
+    loss_fn: Callable | None = None,
+    plan: Plan | None = None,
+) -> nn.Module:
+    """Prune ``model`` in place, one shot: compute masks and attach them with the shared mechanism.
+
+    ``signal`` defaults to the plan's signal (or magnitude). The masks stay fixed through
+    fine-tuning; ``mm_plugin.bake_masks_`` makes the zeros plain weights for export.
+    """
+    signal = signal or (plan.signal if plan is not None else "magnitude")
+    masks = compute_masks(
+        model, strategy, signal=signal, calibration=calibration, loss_fn=loss_fn, plan=plan
+    )
+    return apply_masks_(model, masks)

@@ -1,0 +1,211 @@
+"""Layer inventory: every prunable weight of any ``nn.Module``, with its kind, size and position.
+
+No per-architecture tables: kinds come from module types, the structure around a module (its
+ancestors' class names, ``num_heads`` attributes) and the execution order seen in one forward pass.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from torch import nn
+from torch.nn.utils import parametrize
+
+from ..errors import NoPrunableLayersError, UnsupportedModelError
+from .units import Inventory, SkippedParam, Unit
+
+PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
+_NORMS = (nn.modules.batchnorm._NormBase, nn.LayerNorm, nn.GroupNorm, nn.LocalResponseNorm)
+_ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
+_MLP_NAME = re.compile(r"mlp|feedforward|ffn", re.IGNORECASE)
+
+
+def _weight_of(module: nn.Module) -> torch.Tensor | None:
+    """The module's own weight (through a mask parametrization if there is one)."""
+    if parametrize.is_parametrized(module, "weight"):
+        return module.parametrizations["weight"].original
+    return module._parameters.get("weight")
+
+
+@dataclass
+class Trace:
+    """What one forward pass shows: module names in the order their forward finished, output positions
+    per sample of each Conv / Linear (pixels, tokens: a weight's multiply-adds are its size times these)
+    and the (first) output tensor."""
+
+    order: list[str]
+    positions: dict[str, int]
+    output: torch.Tensor | None
+
+
+def trace(model: nn.Module, example_inputs: Any) -> Trace:
+    """One eval-mode, no-grad forward pass, watched. The train/eval flag is restored; a failure raises
+    :class:`UnsupportedModelError` naming the innermost module that raised."""
+    order: list[str] = []
+    finished: set[str] = set()
+    positions: dict[str, int] = {}
+    stack: list[str] = []
+
+    def pre(name: str) -> Callable:
+        return lambda *_: stack.append(name)
+
+    def post(name: str, module: nn.Module) -> Callable:
+        def hook(_m: nn.Module, _i: Any, out: Any) -> None:
+            if stack and stack[-1] == name:
+                stack.pop()
+            if name not in finished:
+                finished.add(name)
+                order.append(name)
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(out, torch.Tensor) \
+                    and out.dim() >= 2:
+                channels = out.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else out.shape[-1]
+                positions[name] = positions.get(name, 0) + out.numel() // (out.shape[0] * max(channels, 1))
+
+        return hook
+
+    handles = []
+    for name, module in model.named_modules():
+        handles += [module.register_forward_pre_hook(pre(name)), module.register_forward_hook(post(name, module))]
+    was_training = model.training
+    try:
+        model.eval()
+        with torch.no_grad():
+            output = model(*(example_inputs if isinstance(example_inputs, (tuple, list)) else (example_inputs,)))
+    except Exception as e:
+        where = next((n for n in reversed(stack) if n), "")
+        cls = type(model.get_submodule(where)).__name__
+        raise UnsupportedModelError(
+            f"the model fails in module '{where or '<root>'}' ({cls}): {type(e).__name__}: {e}",
+            module=where, cls=cls,
+        ) from e
+    finally:
+        model.train(was_training)
+        for h in handles:
+            h.remove()
+    if isinstance(output, (tuple, list)):
+        output = output[0]
+    return Trace(order, positions, output if isinstance(output, torch.Tensor) else None)
+
+
+def forward_eval(model: nn.Module, example_inputs: Any) -> torch.Tensor | None:
+    """The (first) output tensor of one eval-mode, no-grad forward pass (see :func:`trace`)."""
+    return trace(model, example_inputs).output
+
+
+def _ancestors(name: str) -> list[str]:
+    parts = name.split(".")
+    return [".".join(parts[:i]) for i in range(len(parts) - 1, 0, -1)]
+
+
+def _stage_and_block(module_name: str) -> tuple[str, str]:
+    """Stage = the container level of a model; block = the innermost numbered container.
+
+    ``layers.2.blocks.1.mlp.fc1`` -> (``layers.2``, ``layers.2.blocks.1``);
+    ``layer3.1.conv2`` -> (``layer3``, ``layer3.1``); ``head.fc`` -> (``head``, ``head``).
+    """
+    parts = module_name.split(".")
+    numeric = [i for i, p in enumerate(parts) if p.isdigit()]
+    if not numeric:
+        return parts[0], parts[0]
+    block = ".".join(parts[: numeric[-1] + 1])
+    if len(numeric) >= 2:
+        stage = ".".join(parts[: numeric[0] + 1])
+    else:
+        stage = ".".join(parts[: numeric[0]]) or parts[0]
+    return stage, block
+
+
+def _classify(
+    name: str,
+    module: nn.Module,
+    modules: dict[str, nn.Module],
+    is_first: bool,
+    is_head: bool,
+) -> str:
+    if isinstance(module, nn.Embedding):
+        return "embedding"
+    if isinstance(module, nn.modules.conv._ConvNd):
+        if is_first and module.kernel_size == module.stride and max(module.kernel_size) > 1:
+            return "patch_embedding"
+        if module.groups > 1:
+            return "depthwise_conv" if module.groups == module.in_channels else "grouped_conv"
+        return "conv"
+    if is_head:
+        return "head"
+    for anc in _ancestors(name):
+        parent = modules[anc]
+        cls = type(parent).__name__
+        if hasattr(parent, "num_heads") or _ATTENTION_NAME.search(cls):
+            return "attention"
+        if _MLP_NAME.search(cls):
+            return "mlp"
+    return "linear"
+
+
+def inventory(model: nn.Module, example_inputs: Any = None) -> Inventory:
+    """List the prunable weights of ``model`` (Conv, Linear, Embedding) and why the rest is not.
+
+    ``example_inputs`` (a tensor or tuple) gives the execution order and the classifier head; without
+    it, registration order stands in and the last Linear is taken as the head.
+    """
+    modules = dict(model.named_modules())
+    candidates: dict[str, nn.Module] = {}
+    skipped: list[SkippedParam] = []
+    for mname, module in modules.items():
+        weight = _weight_of(module)
+        if isinstance(module, PRUNABLE_TYPES) and weight is not None:
+            candidates[mname] = module
+        for pname, p in module.named_parameters(recurse=False):
+            full = f"{mname}.{pname}" if mname else pname
+            if mname in candidates and pname == "weight":
+                continue
+            if isinstance(module, _NORMS):
+                reason = "normalization layer: kept dense"
+            elif pname == "bias" or p.dim() < 2:
+                reason = "bias or 1-D parameter"
+            elif pname == "original" and ".parametrizations." in full:
+                continue
+            else:
+                reason = "not a Conv/Linear/Embedding weight (e.g. position table, token)"
+            skipped.append(SkippedParam(full, tuple(p.shape), reason))
+    if not candidates:
+        raise NoPrunableLayersError(
+            f"{type(model).__name__} has no Conv, Linear or Embedding weight to prune; "
+            "check that you passed the model itself and not a wrapper or a frozen export"
+        )
+
+    seen = trace(model, example_inputs) if example_inputs is not None else Trace([], {}, None)
+    ordered = [n for n in seen.order if n in candidates]
+    ordered += [n for n in candidates if n not in set(ordered)]  # never-run layers go last
+
+    linears = [n for n in ordered if isinstance(candidates[n], nn.Linear)]
+    head = None
+    if linears:
+        last = candidates[linears[-1]]
+        if seen.output is None or (seen.output.dim() >= 1 and seen.output.shape[-1] == last.out_features):
+            head = linears[-1]
+
+    n = len(ordered)
+    units = []
+    for i, mname in enumerate(ordered):
+        module = candidates[mname]
+        shape = tuple(_weight_of(module).shape)
+        params = int(torch.Size(shape).numel())
+        stage, block = _stage_and_block(mname)
+        units.append(Unit(
+            name=f"{mname}.weight" if mname else "weight",
+            module=mname,
+            kind=_classify(mname, module, modules, i == 0, mname == head),
+            shape=shape,
+            params=params,
+            order=i,
+            depth=i / (n - 1) if n > 1 else 0.0,
+            stage=stage,
+            block=block,
+            macs=params * seen.positions.get(mname, 0),
+        ))
+    return Inventory(units, skipped)

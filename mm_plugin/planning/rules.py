@@ -1,0 +1,169 @@
+"""Architectural rules: declarative bounds on a layer's sparsity range.
+
+A rule matches layers by kind, name pattern, size and position, and then either clamps the range into
+``[min, max]`` or widens its top (``widen_max``). Rules apply in list order; a user rule with the
+name of a default replaces it, ``enabled: false`` switches a default off. Rules load from Python
+objects, dicts, JSON or YAML.
+
+Defaults and why they are there (norms and biases are never in the inventory, so they stay dense):
+
+* ``classifier-head`` widens the head's maximum to 0.90: heads are wide and redundant, and the
+  paper's v1 prunes them harder; applied first, so the size rules below still bind a small head.
+* ``large-mlp`` widens the maximum of MLP layers with 1 M weights or more to 0.95: the wide
+  expansion layers of transformers hold most of the weights and tolerate the most pruning.
+* ``first-layer`` caps the first layer at 0.10: it sees raw pixels and every later layer depends on
+  it (Gale et al. keep it dense in uniform+).
+* ``patch-embedding`` caps patch embeddings at 0.30 (the draft's [0.15, 0.30] without forcing a
+  floor): they are the only path from pixels into a transformer.
+* ``embedding`` caps token/position embeddings at 0.30, for the same reason.
+* ``tiny-layers`` caps layers under 10 K weights at 0.10: they cost almost nothing to keep and
+  pruning them collapses capacity (the draft's rule).
+"""
+
+from __future__ import annotations
+
+import json
+import re
+from collections.abc import Iterable, Sequence
+from dataclasses import asdict, dataclass, field, fields
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+
+from ..errors import RuleError
+from ..model import KINDS, Unit
+
+
+@dataclass(frozen=True)
+class Rule:
+    """Bounds for the layers it matches; every given condition must hold."""
+
+    name: str
+    kinds: tuple[str, ...] = ()
+    pattern: str | None = None  # regex searched in the module name
+    min_params: int | None = None
+    max_params: int | None = None  # matches layers with params < max_params
+    position: str | None = None  # "first" or "last" in execution order
+    min: float = 0.0
+    max: float = 1.0
+    widen_max: float | None = None  # raise the range's top to at least this (before clamping)
+    enabled: bool = True
+    _regex: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
+
+    def __post_init__(self) -> None:
+        where = f"rule {self.name!r}"
+        if isinstance(self.kinds, str):
+            object.__setattr__(self, "kinds", (self.kinds,))
+        object.__setattr__(self, "kinds", tuple(self.kinds))
+        bad = [k for k in self.kinds if k not in KINDS]
+        if bad:
+            raise RuleError(f"{where}: unknown kinds {bad}; allowed: {', '.join(KINDS)}")
+        for key in ("min", "max") + (("widen_max",) if self.widen_max is not None else ()):
+            value = getattr(self, key)
+            if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
+                raise RuleError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
+        if self.min > self.max:
+            raise RuleError(f"{where}: min {self.min} > max {self.max}; swap them or fix one")
+        if self.position not in (None, "first", "last"):
+            raise RuleError(f"{where}: position must be 'first' or 'last', got {self.position!r}")
+        if self.pattern is not None:
+            try:
+                object.__setattr__(self, "_regex", re.compile(self.pattern))
+            except re.error as e:
+                raise RuleError(f"{where}: pattern {self.pattern!r} is not a valid regex: {e}") from None
+
+    def matches(self, layer: Unit) -> bool:
+        return (
+            (not self.kinds or layer.kind in self.kinds)
+            and (self._regex is None or self._regex.search(layer.module) is not None)
+            and (self.min_params is None or layer.params >= self.min_params)
+            and (self.max_params is None or layer.params < self.max_params)
+            and (self.position != "first" or layer.order == 0)
+            and (self.position != "last" or layer.depth == 1.0)
+        )
+
+    def to_dict(self) -> dict[str, Any]:
+        d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
+        d["kinds"] = list(self.kinds)
+        return d
+
+
+DEFAULT_RULES: tuple[Rule, ...] = (
+    Rule("classifier-head", kinds=("head",), widen_max=0.90),
+    Rule("large-mlp", kinds=("mlp",), min_params=1_000_000, widen_max=0.95),
+    Rule("first-layer", position="first", max=0.10),
+    Rule("patch-embedding", kinds=("patch_embedding",), max=0.30),
+    Rule("embedding", kinds=("embedding",), max=0.30),
+    Rule("tiny-layers", max_params=10_000, max=0.10),
+)
+
+
+def _rule_from_dict(d: dict[str, Any], where: str) -> Rule:
+    if not isinstance(d, dict):
+        raise RuleError(f"{where}: a rule must be a mapping, got {type(d).__name__}")
+    allowed = {f.name for f in fields(Rule) if not f.name.startswith("_")}
+    unknown = set(d) - allowed
+    if unknown:
+        raise RuleError(f"{where}: unknown keys {sorted(unknown)}; allowed: {', '.join(sorted(allowed))}")
+    if "name" not in d:
+        raise RuleError(f"{where}: every rule needs a 'name'")
+    return Rule(**d)
+
+
+def load_rules(source: Any) -> list[Rule]:
+    """Rules from a list of Rule/dicts, a dict ``{"rules": [...]}``, or a .json / .yaml file path."""
+    where = "rules"
+    if isinstance(source, (str, Path)):
+        path = Path(source)
+        if not path.exists():
+            raise RuleError(f"rules file {path} does not exist")
+        text = path.read_text()
+        try:
+            if path.suffix in (".yaml", ".yml"):
+                import yaml
+
+                source = yaml.safe_load(text)
+            else:
+                source = json.loads(text)
+        except Exception as e:  # noqa: BLE001 - parser errors differ by format; report them uniformly
+            raise RuleError(f"rules file {path} cannot be parsed: {e}") from None
+        where = str(path)
+    if isinstance(source, dict):
+        source = source.get("rules", source)
+    if not isinstance(source, Iterable) or isinstance(source, (str, dict)):
+        raise RuleError(f"{where}: expected a list of rules")
+    return [r if isinstance(r, Rule) else _rule_from_dict(r, f"{where}[{i}]") for i, r in enumerate(source)]
+
+
+def resolve_rules(user: Any = None, *, defaults: bool = True) -> list[Rule]:
+    """Defaults, with user rules replacing same-named defaults in place and new ones appended."""
+    rules = list(DEFAULT_RULES) if defaults else []
+    for rule in load_rules(user) if user is not None else []:
+        names = [r.name for r in rules]
+        if rule.name in names:
+            rules[names.index(rule.name)] = rule
+        else:
+            rules.append(rule)
+    return [r for r in rules if r.enabled]
+
+
+def apply_rules(
+    layers: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, rules: Sequence[Rule]
+) -> tuple[np.ndarray, np.ndarray]:
+    """Bound each layer's [lo, hi] by every rule that matches it, in order."""
+    lo, hi = np.array(lo, dtype=float), np.array(hi, dtype=float)
+    for i, layer in enumerate(layers):
+        for rule in rules:
+            if not rule.matches(layer):
+                continue
+            if rule.widen_max is not None:
+                hi[i] = max(hi[i], rule.widen_max)
+            lo[i] = min(max(lo[i], rule.min), rule.max)
+            hi[i] = min(max(hi[i], rule.min), rule.max)
+    return lo, hi
+
+
+def explain(layer: Unit, rules: Sequence[Rule]) -> list[str]:
+    """Names of the rules that bound ``layer`` (for tables and reports)."""
+    return [r.name for r in rules if r.matches(layer)]

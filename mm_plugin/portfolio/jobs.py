@@ -1,0 +1,52 @@
+"""The data a run passes around: one job per (method, signal, strategy or baseline, target, seed)."""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
+
+import torch
+from torch import nn
+
+from ..planning import Plan
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+
+@dataclass(frozen=True)
+class Job:
+    method: str  # "mix_and_match" or "baseline"
+    signal: str
+    name: str  # strategy or allocation
+    target: float | None
+    seed: int
+    sparsity: dict[str, float] = field(compare=False, hash=False)
+
+    @property
+    def config_key(self) -> str:
+        t = "natural" if self.target is None else f"{self.target:.4f}"
+        return f"{self.method}/{self.signal}/{self.name}/{t}"
+
+    @property
+    def key(self) -> str:
+        return f"{self.config_key}/seed{self.seed}"
+
+
+@dataclass(frozen=True)
+class BaselineJob:
+    name: str
+    signal: str
+    sparsity: dict[str, float]  # per planned unit; empty when the baseline sets it itself
+
+
+@dataclass
+class RunContext:
+    """What every step of a run may read: the settings, the dense model and its data."""
+
+    config: RunConfig
+    dense: nn.Module
+    example: torch.Tensor
+    calibration: list | None
+    plans: dict[str, Plan]
+    cache: dict[str, Any] = field(default_factory=dict)  # a pattern's per-run memo (compiled models...)

@@ -1,0 +1,136 @@
+"""Sparsity patterns: what a run does differently for unstructured masks, FlexHiNM's hybrid masks, or
+(from the Torch-Pruning adapter) removed channels.
+
+The runner owns the portfolio (jobs, seeds, fine-tuning, results, resume); a :class:`Pattern` owns the
+steps that depend on the pattern: planning, the baselines, pruning a copy of the dense model and
+measuring the fine-tuned result. Patterns are found by name in :data:`PATTERNS`; toolkits outside the
+core add theirs through the ``mm_plugin.patterns`` entry-point group, so ``--sparsity structured``
+works once the Torch-Pruning extra is installed and never imports it otherwise.
+"""
+
+from __future__ import annotations
+
+from typing import TYPE_CHECKING, Any
+
+from torch import nn
+
+from ..errors import ConfigError, ValidationError
+from ..flexhinm import FlexHiNMConfig, flexhinm_sparsify_
+from ..masks import apply_masks_, bake_masks_, compute_masks, global_sparsity, measure_sparsity
+from ..planning import (
+    ALLOCATIONS,
+    SIGNALS,
+    AllocationInputs,
+    Plan,
+    Strategy,
+    compute_scores,
+    effective_weights,
+    plan,
+)
+from ..planning.allocations import allocate
+from ..planning.signals import mean_abs_gradients
+from ..registry import Needs, Registry
+from .jobs import BaselineJob, Job, RunContext
+
+if TYPE_CHECKING:
+    from .config import RunConfig
+
+#: Each baseline allocation is paired with the scores its authors rank weights by.
+BASELINE_SIGNAL = {"snip": "product"}
+
+
+class Pattern:
+    """Unstructured masks: the base every pattern refines. One instance serves one run."""
+
+    needs = Needs()
+    default_baselines: tuple[str, ...] = ("global_magnitude", "lamp", "erk")
+    default_targets: tuple[float, ...] = ()  # each strategy at its own sparsity, baselines matched to it
+    default_range_targets: tuple[float, ...] = (0.7, 0.8, 0.9)
+    #: What a target measures: ``params`` (fraction of weights) or ``macs`` (fraction of multiply-adds).
+    cost = "params"
+    #: Whether the runner times each configuration against the dense model (a deployment backend is needed).
+    timed = False
+    #: Where the baselines' names (and what each needs) are registered.
+    baseline_registry: Registry = ALLOCATIONS
+
+    def check(self, config: RunConfig) -> None:
+        """Refuse names this pattern cannot run, before anything is computed."""
+        for name in config.signals:
+            SIGNALS.get(name, where="signals")
+        for name in config.baselines:
+            self.baseline_registry.get(name, where="baselines")
+
+    def needs_calibration(self, config: RunConfig) -> bool:
+        return (SIGNALS.any_needs(config.signals, "calibration")
+                or self.baseline_registry.any_needs(config.baselines, "calibration"))
+
+    def plan(self, ctx: RunContext, signal: str) -> Plan:
+        c = ctx.config
+        return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
+                    targets=c.range_targets)
+
+    def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
+        """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable
+        target stops the run at once)."""
+        try:
+            return plan.rescale(strategy, target, self.cost).sparsity
+        except ValidationError as e:
+            raise ConfigError(f"strategy {strategy.name!r} cannot reach target {target}: {e}") from None
+
+    def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
+        """Every configured baseline at ``target``, as per-unit sparsities of the first plan."""
+        first = next(iter(ctx.plans.values()))
+        names = [u.name for u in first.units]
+        if "allocation_inputs" not in ctx.cache:  # the baselines' weights (and gradients), read once
+            grads = (mean_abs_gradients(ctx.dense, names, ctx.calibration)
+                     if ALLOCATIONS.any_needs(ctx.config.baselines, "calibration") else None)
+            ctx.cache["allocation_inputs"] = AllocationInputs(first.units, effective_weights(ctx.dense, first.units), grads)
+        inputs = ctx.cache["allocation_inputs"]
+        return [
+            BaselineJob(name, BASELINE_SIGNAL.get(name, "magnitude"),
+                        {n: float(s) for n, s in zip(names, allocate(name, inputs, target))})
+            for name in ctx.config.baselines
+        ]
+
+    def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+        """Prune a copy of the dense model; return it and extra checkpoint entries."""
+        apply_masks_(model, compute_masks(model, job.sparsity, signal=job.signal, calibration=ctx.calibration))
+        return model, {}
+
+    def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
+        """Record fields of the fine-tuned model: ``sparsity``, ``params``, ``nonzeros`` and more."""
+        report = measure_sparsity(model)
+        return {"sparsity": global_sparsity(report), "layer_sparsity": {r.name: r.sparsity for r in report},
+                "params": sum(r.numel for r in report), "nonzeros": sum(r.numel - r.zeros for r in report)}
+
+    def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
+        """What goes into the checkpoint file (masks baked in: exact zeros, plain weight names)."""
+        bake_masks_(model)
+        return {"state_dict": model.state_dict(), "record": record, **extra}
+
+
+class FlexHiNMPattern(Pattern):
+    """The strategy's per-layer targets as hybrid dense / 2:4 / vector-pruned masks (Gyro-Permutation)."""
+
+    needs = Needs(example_inputs=True)
+
+    def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+        scores = compute_scores(model, list(job.sparsity), job.signal, ctx.calibration)
+        result = flexhinm_sparsify_(model, job.sparsity, FlexHiNMConfig(seed=job.seed),
+                                    example_inputs=(ctx.example,), scores=scores)
+        return model, {"nm_regions": result.nm_regions}  # where 2:4 must hold, for validate_nm
+
+
+PATTERNS: Registry[type[Pattern]] = Registry("sparsity pattern", entry_point_group="mm_plugin.patterns")
+PATTERNS.register("unstructured")(Pattern)
+PATTERNS.register("flexhinm")(FlexHiNMPattern)
+
+
+def pattern_names() -> list[str]:
+    return PATTERNS.names()
+
+
+def get_pattern(name: str) -> type[Pattern]:
+    """The pattern class called ``name``: built in, or loaded from its entry point (importing the
+    toolkit it needs, with a clear error when that extra is not installed)."""
+    return PATTERNS.get(name, where="sparsity")

@@ -1,0 +1,184 @@
+"""``report.md`` and ``pareto.png`` from finished runs."""
+
+from __future__ import annotations
+
+from collections import defaultdict
+from collections.abc import Callable, Mapping, Sequence
+from pathlib import Path
+
+from ..files import write_atomic, write_text_atomic
+from .pareto import Aggregate, front_of, interpolate, latency_front_of
+
+BASELINE_ORDER = ("global_magnitude", "lamp", "erk", "uniform", "uniform_plus", "snip")
+
+
+def _pm(mean: float, std: float, n: int) -> str:
+    return f"{100 * mean:.2f} ± {100 * std:.2f}" if n > 1 else f"{100 * mean:.2f}"
+
+
+def comparison(aggregates: Sequence[Aggregate], merged: Mapping[str, Sequence[str]] | None = None) -> list[dict]:
+    """Per target sparsity: the best Mix-and-Match strategy (picked on validation) against each
+    baseline, as test-accuracy drops from dense, and the reduction relative to global magnitude.
+    ``merged``: strategies run under another one's key (``balanced`` is found there too)."""
+    merged = merged or {}
+    by_target: dict[float, list[Aggregate]] = defaultdict(list)
+    for a in aggregates:
+        if a.target is not None:
+            by_target[round(a.target, 4)].append(a)
+    rows = []
+    for target, group in sorted(by_target.items()):
+        mm = [a for a in group if a.method == "mix_and_match"]
+        base = {a.name: a for a in group if a.method == "baseline"}
+        if not mm or not base:
+            continue
+        best = max(mm, key=lambda a: a.val)
+        balanced = next((a for a in mm if a.name == "balanced" or "balanced" in merged.get(a.key, ())), None)
+        row = {"target": target, "best": best, "baselines": base, "balanced": balanced}
+        gmp = base.get("global_magnitude")
+        if gmp is not None and gmp.drop > 0:
+            row["best_vs_gmp"] = 1 - best.drop / gmp.drop
+            if balanced is not None:
+                row["balanced_vs_gmp"] = 1 - balanced.drop / gmp.drop
+        rows.append(row)
+    return rows
+
+
+def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command: str,
+                 merged: Mapping[str, Sequence[str]] | None = None) -> Path:
+    """``out/report.md``; ``merged`` names, per run configuration, the strategies that rescaled to the
+    same per-layer sparsities and were therefore run only once."""
+    front = {a.key for a in front_of(aggregates)}
+    dense = aggregates[0].dense_test if aggregates else float("nan")
+    lines = [f"# {title}", "", f"Reproduce: `{command}`", "",
+             f"Dense test accuracy: {100 * dense:.2f} %. Sparsity is measured on the fine-tuned model "
+             "(zeros / prunable weights; structured runs: parameters removed). Accuracies are test-split means ± std over seeds; the Pareto front "
+             "(★) is chosen on validation accuracy, so the test split is never used for selection.", ""]
+    lines += ["| ★ | method | signal | strategy / allocation | target | sparsity | non-zeros | one-shot | "
+              "fine-tuned test | val | drop | seeds |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for a in aggregates:
+        lines.append(
+            f"| {'★' if a.key in front else ''} | {a.method} | {a.signal} | {a.name} | "
+            f"{'' if a.target is None else f'{a.target:.3f}'} | {100 * a.sparsity:.2f} % | {a.nonzeros:,.0f} | "
+            f"{100 * a.oneshot_test:.2f} | {_pm(a.test, a.test_std, a.n)} | {100 * a.val:.2f} | "
+            f"{100 * a.drop:+.2f} | {a.n} |"
+        )
+    rows = comparison(aggregates, merged)
+    if rows:
+        lines += ["", "## Best Mix-and-Match strategy vs baselines at the same target", "",
+                  "Test-accuracy drop from dense (points; lower is better) at the same sparsity (structured "
+                  "runs: the same fraction of multiply-adds removed). *best* is picked among the "
+                  "strategies on validation accuracy; *balanced* is one fixed strategy, i.e. the same "
+                  "selection effort as each baseline.", ""]
+        present = {n for r in rows for n in r["baselines"]}
+        names = [n for n in BASELINE_ORDER if n in present] + sorted(present - set(BASELINE_ORDER))
+        vs_gmp = "global_magnitude" in present  # the paper's headline ratio needs the GMP baseline
+        lines += ["| target | best strategy | best drop | balanced drop | " + " | ".join(names)
+                  + (" | best vs GMP | balanced vs GMP |" if vs_gmp else " |"),
+                  "|---|---|---|---|" + "---|" * len(names) + ("---|---|" if vs_gmp else "")]
+
+        def pct(x: float | None) -> str:
+            return "" if x is None else f"{100 * x:.0f} %"
+
+        for r in rows:
+            b, bal = r["best"], r["balanced"]
+            cells = [f"{100 * r['baselines'][n].drop:.2f}" if n in r["baselines"] else "" for n in names]
+            lines.append(
+                f"| {r['target']:.3f} | {b.signal}/{b.name} | {100 * b.drop:.2f} | "
+                f"{'' if bal is None else f'{100 * bal.drop:.2f}'} | " + " | ".join(cells)
+                + (f" | {pct(r.get('best_vs_gmp'))} | {pct(r.get('balanced_vs_gmp'))} |" if vs_gmp else " |")
+            )
+        if vs_gmp:
+            lines += ["", "*vs GMP*: the share of global magnitude's accuracy drop that is avoided "
+                      "(1 - drop / GMP drop; 40 % is the paper's Swin-T headline)."]
+    if merged:
+        lines += ["", "Strategies that differ only by a constant position inside the ranges rescale to the same "
+                  "per-layer sparsities at a target, so each such set was run once: "
+                  + "; ".join(f"`{key}` stands also for {', '.join(names)}" for key, names in sorted(merged.items()))
+                  + "."]
+    lines += _latency_section(aggregates)
+    return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
+
+
+def baseline_at_latency(aggregates: Sequence[Aggregate], baseline: str, latency_ratio: float) -> float | None:
+    """A baseline's test accuracy at ``latency_ratio``, interpolated along its measured points and the
+    dense model (latency 1.0: every baseline at zero pruning); None outside that span."""
+    pts = [(a.latency_ratio, a.test) for a in aggregates if a.method == "baseline" and a.name == baseline and a.timed]
+    if not pts:
+        return None
+    return interpolate([*pts, (1.0, aggregates[0].dense_test)], latency_ratio)
+
+
+def _latency_section(aggregates: Sequence[Aggregate]) -> list[str]:
+    timed = sorted((a for a in aggregates if a.timed), key=lambda a: a.latency_ratio)
+    if not timed:
+        return []
+    front = {a.key for a in latency_front_of(timed)}
+    baselines = sorted({a.name for a in timed if a.method == "baseline"})
+    lines = ["", "## Accuracy vs measured latency", "",
+             "OpenVINO CPU latency of each pruned model over the dense one's (fp32, fixed threads, warm-up, "
+             "median of rounds interleaved with the dense model). *target*: fraction of multiply-adds removed, "
+             "the same for every method; the baseline columns read each baseline's test accuracy at this "
+             "row's latency, interpolated along its measured points and the dense model (— outside them). "
+             "◆: on the accuracy-vs-latency front (chosen on validation).", "",
+             "| ◆ | method | strategy / baseline | target | MACs (x dense) | latency (x dense) | params removed | "
+             "test | " + " | ".join(f"{b} at this latency" for b in baselines) + " |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(baselines)]
+    for a in timed:
+        cells = []
+        for b in baselines:
+            y = None if a.method == "baseline" else baseline_at_latency(aggregates, b, a.latency_ratio)
+            cells.append("" if a.method == "baseline" else "—" if y is None else f"{100 * y:.2f}")
+        lines.append(
+            f"| {'◆' if a.key in front else ''} | {a.method} | {a.signal}/{a.name} | "
+            f"{'' if a.target is None else f'{a.target:.2f}'} | {a.macs_ratio:.3f} | {a.latency_ratio:.3f} | "
+            f"{100 * a.sparsity:.1f} % | {_pm(a.test, a.test_std, a.n)} | " + " | ".join(cells) + " |"
+        )
+    return lines
+
+
+def _draw(ax, aggregates: Sequence[Aggregate], x: Callable[[Aggregate], float], front: Sequence[Aggregate]) -> None:
+    """Accuracy against ``x``: Mix-and-Match points per signal, baselines as curves, the front circled."""
+    mm = [a for a in aggregates if a.method == "mix_and_match"]
+    for signal in sorted({a.signal for a in mm}):
+        pts = [a for a in mm if a.signal == signal]
+        ax.errorbar([x(a) for a in pts], [100 * a.test for a in pts], yerr=[100 * a.test_std for a in pts],
+                    fmt="o", ms=5, capsize=2, label=f"Mix-and-Match ({signal})", alpha=0.85)
+    for name in sorted({a.name for a in aggregates if a.method == "baseline"}):
+        pts = sorted((a for a in aggregates if a.method == "baseline" and a.name == name), key=x)
+        ax.errorbar([x(a) for a in pts], [100 * a.test for a in pts], yerr=[100 * a.test_std for a in pts],
+                    fmt="-s", ms=4, capsize=2, label=f"baseline: {name}", alpha=0.8)
+    front = sorted(front, key=x)
+    ax.plot([x(a) for a in front], [100 * a.test for a in front], "k--", lw=1, zorder=5)
+    ax.scatter([x(a) for a in front], [100 * a.test for a in front], s=140, facecolors="none",
+               edgecolors="k", lw=1.5, zorder=6, label="Pareto front (chosen on val)")
+    if aggregates:
+        ax.axhline(100 * aggregates[0].dense_test, color="grey", ls=":", label="dense")
+    ax.set_ylabel("test accuracy (%)")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8, loc="lower left")
+
+
+def plot_pareto(aggregates: Sequence[Aggregate], path: Path, title: str) -> Path:
+    """Accuracy vs sparsity; for timed (structured) runs also accuracy vs measured latency."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    timed = [a for a in aggregates if a.timed]
+    fig, axes = plt.subplots(1, 2 if timed else 1, figsize=(14 if timed else 7.5, 5), squeeze=False)
+    ax = axes[0][0]
+    _draw(ax, aggregates, lambda a: 100 * a.sparsity, front_of(aggregates))
+    ax.set_xlabel("params removed (%)" if timed else "sparsity after fine-tuning (%)")
+    ax.set_title(title)
+    if timed:
+        ax = axes[0][1]
+        _draw(ax, timed, lambda a: a.latency_ratio, latency_front_of(timed))
+        ax.invert_xaxis()  # faster to the right, like sparser on the left panel
+        ax.set_xlabel("OpenVINO CPU latency (x dense)")
+        ax.set_title(f"{title}: accuracy vs measured latency")
+    fig.tight_layout()
+    write_atomic(path, lambda f: fig.savefig(f, dpi=120, format="png"))
+    plt.close(fig)
+    return path

@@ -1,0 +1,177 @@
+"""The project's one training loop: dense demo training and post-pruning fine-tuning both use ``finetune``.
+
+Masks live in parametrizations (see :mod:`mm_plugin.masks`), so pruned weights stay zero here
+without special handling, and ``state_dict`` snapshots include masks and originals.
+"""
+
+from __future__ import annotations
+
+import logging
+import math
+import random
+from collections.abc import Iterable, Sequence
+from dataclasses import dataclass, field
+from typing import Protocol
+
+import numpy as np
+import torch
+from torch import nn
+from tqdm.auto import tqdm
+
+from ..errors import ValidationError
+
+logger = logging.getLogger(__name__)
+
+
+def seed_everything(seed: int) -> None:
+    """Seed Python, NumPy and torch (all devices) so shuffling, augmentation and init repeat exactly."""
+    random.seed(seed)
+    np.random.seed(seed % 2**32)
+    torch.manual_seed(seed)
+
+
+def _device_of(model: nn.Module) -> torch.device:
+    tensor = next(model.parameters(), None)
+    if tensor is None:
+        tensor = next(model.buffers(), None)
+    return tensor.device if tensor is not None else torch.device("cpu")
+
+
+@torch.no_grad()
+def evaluate(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy in eval mode; the model's previous train/eval mode is restored."""
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    correct = total = 0
+    try:
+        for x, y in loader:
+            x, y = x.to(device), y.to(device)
+            correct += int((model(x).argmax(dim=1) == y).sum())
+            total += y.numel()
+    finally:
+        model.train(was_training)
+    if total == 0:
+        raise ValidationError("evaluate: the loader yielded no samples")
+    return correct / total
+
+
+@dataclass
+class FinetuneResult:
+    """Outcome of :func:`finetune`; ``history[0]`` is the model before training (epoch 0)."""
+
+    best_val_accuracy: float
+    best_epoch: int
+    epochs_run: int
+    history: list[dict[str, float]] = field(default_factory=list)
+
+
+class TrainingHook(Protocol):
+    """Something that steers training from inside the loop (a pruning schedule, a regularizer)."""
+
+    def on_step(self, model: nn.Module, step: int) -> None: ...
+
+    def penalty(self) -> torch.Tensor: ...
+
+
+def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def finetune(
+    model: nn.Module,
+    train: Iterable,
+    val: Iterable,
+    *,
+    epochs: int,
+    lr: float = 1e-3,
+    weight_decay: float = 0.0,
+    patience: int | None = 3,
+    seed: int = 0,
+    progress: bool = True,
+    desc: str = "",
+    hooks: Sequence[TrainingHook] = (),
+    keep: str = "best",
+) -> FinetuneResult:
+    """Train with AdamW and a per-step cosine schedule; keep the state with the best validation accuracy.
+
+    Early stopping watches the validation split only (the test split stays unseen): training stops
+    after ``patience`` epochs without a strict improvement (``None`` = run all epochs). The untrained
+    model counts as epoch 0, so fine-tuning never returns a model worse on val than its input.
+    The best state is loaded back into ``model`` before returning; ``keep="last"`` keeps the final
+    state instead (gradual pruning, whose early states are denser than asked).
+
+    ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
+    every forward pass and add ``penalty()`` to the loss.
+    """
+    if keep not in ("best", "last"):
+        raise ValidationError(f"finetune: keep must be 'best' or 'last', got {keep!r}")
+    if epochs < 0:
+        raise ValidationError(f"finetune: epochs must be >= 0, got {epochs}")
+    if patience is not None and patience < 1:
+        raise ValidationError(f"finetune: patience must be >= 1 or None, got {patience}")
+    seed_everything(seed)
+    device = _device_of(model)
+    params = [p for p in model.parameters() if p.requires_grad]
+    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
+    steps = max(1, epochs * len(train))
+    scheduler = torch.optim.lr_scheduler.LambdaLR(
+        optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
+    )
+    loss_fn = nn.CrossEntropyLoss()
+
+    best_acc = evaluate(model, val)
+    best_epoch, best_state = 0, _snapshot(model)
+    history = [{"epoch": 0, "val_accuracy": best_acc}]
+    label = desc or "finetune"
+    epoch_bar = tqdm(range(1, epochs + 1), desc=label, disable=not progress, unit="epoch")
+    step = 0
+    for epoch in epoch_bar:
+        model.train()
+        loss_sum = correct = seen = 0
+        batches = tqdm(train, desc=f"{label} epoch {epoch}", disable=not progress, leave=False, unit="batch")
+        for x, y in batches:
+            x, y = x.to(device), y.to(device)
+            for hook in hooks:
+                hook.on_step(model, step)
+            logits = model(x)
+            loss = loss_fn(logits, y)
+            for hook in hooks:
+                loss = loss + hook.penalty()
+            if not torch.isfinite(loss):
+                model.load_state_dict(best_state)  # leave the caller a usable model
+                raise ValidationError(
+                    f"{label}: loss became {loss.item()} at epoch {epoch}; lower the learning rate (lr={lr})"
+                )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            optimizer.step()
+            scheduler.step()
+            step += 1
+            loss_sum += loss.item() * y.numel()
+            correct += int((logits.argmax(dim=1) == y).sum())
+            seen += y.numel()
+        val_acc, train_loss = evaluate(model, val), loss_sum / max(seen, 1)
+        history.append(
+            {
+                "epoch": epoch,
+                "train_loss": train_loss,
+                "train_accuracy": correct / max(seen, 1),
+                "val_accuracy": val_acc,
+                "lr": scheduler.get_last_lr()[0],
+            }
+        )
+        logger.info("%s epoch %d/%d: train loss %.4f, val %.4f", label, epoch, epochs, train_loss, val_acc)
+        epoch_bar.set_postfix(val=f"{val_acc:.4f}", best=f"{max(best_acc, val_acc):.4f}")
+        if keep == "last":
+            best_acc, best_epoch = val_acc, epoch
+        elif val_acc > best_acc:
+            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(model)
+        elif patience is not None and epoch - best_epoch >= patience:
+            logger.info(
+                "%s: early stop at epoch %d, best val %.4f at epoch %d", label, epoch, best_acc, best_epoch
+            )
+            break
+    if keep == "best":
+        model.load_state_dict(best_state)
+    return FinetuneResult(best_acc, best_epoch, len(history) - 1, history)
