@@ -76,6 +76,7 @@ def run_mix_and_match(name: str, shape: list[int], target: float, strategy: str,
 def run_nncf_prune(name: str, shape: list[int], target: float, seed: int, out: Path) -> dict:
     import nncf
     from mm_plugin.adapters import openvino as ovh
+    from mm_plugin.deploy import match_params
     from mm_plugin.adapters.nncf import unwrap_model
 
     model = make_model(name, seed)
@@ -99,7 +100,7 @@ def run_nncf_prune(name: str, shape: list[int], target: float, seed: int, out: P
     cpu, load = time.process_time() - cpu, [load, os.getloadavg()[0]]
     pruned = {t.tensor_name for t in stat.pruned_tensors}
     zero_masks = {n: (model.get_parameter(n) == 0) for n in pruned}
-    matches = ovh.match_params(ovh.weight_constants(xml), zero_masks)  # not timed: a check, as above
+    matches = match_params(ovh.weight_constants(xml), zero_masks)  # not timed: a check, as above
     return {
         "cpu_seconds": cpu,
         "load_average_1min": load,

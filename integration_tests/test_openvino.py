@@ -11,6 +11,7 @@ from torch import nn
 ov = pytest.importorskip("openvino")
 
 from mm_plugin.adapters import openvino as ovh
+from mm_plugin.deploy import match_params
 
 from mm_plugin.errors import ValidationError
 
@@ -85,7 +86,7 @@ def test_weight_constants_count_zeros_exactly(net, ir):
 
 def test_match_params_by_name_and_by_zero_pattern(net, ir):
     _, masks, _ = net
-    matches = {m.param: m for m in ovh.match_params(ovh.weight_constants(ir), masks)}
+    matches = {m.param: m for m in match_params(ovh.weight_constants(ir), masks)}
     assert matches["fc.weight"].by == "name" and matches["head.weight"].by == "name"
     assert matches["conv.weight"].by == "zero-pattern"  # renamed by BatchNorm folding
     assert all(m.exact for m in matches.values()), matches
@@ -96,7 +97,7 @@ def test_match_params_reports_lost_zeros(net, ir):
     _, masks, _ = net
     wrong = {k: v.clone() for k, v in masks.items()}
     wrong["fc.weight"][~masks["fc.weight"]] = True  # expect zeros the IR does not have
-    m = {m.param: m for m in ovh.match_params(ovh.weight_constants(ir), wrong)}["fc.weight"]
+    m = {m.param: m for m in match_params(ovh.weight_constants(ir), wrong)}["fc.weight"]
     assert m.constant is not None and m.by == "name"
     assert not m.kept and not m.exact and m.lost_zeros == int((~masks["fc.weight"]).sum())
 
@@ -107,7 +108,7 @@ def test_fp16_ir_keeps_zeros(net, tmp_path):
     assert path.name == "fp16.xml"
     constants = ovh.weight_constants(path)
     assert {c.dtype for c in constants} == {"f16"}
-    assert all(m.exact for m in ovh.match_params(constants, masks))
+    assert all(m.exact for m in match_params(constants, masks))
 
 
 def test_measure_latency(net, ir):

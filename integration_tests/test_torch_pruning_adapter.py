@@ -14,7 +14,7 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from mm_plugin.adapters import torch_pruning as mtp
-from mm_plugin.adapters.openvino import latency_front
+from mm_plugin.deploy import latency_front
 from torch import nn
 
 import mm_plugin
@@ -291,8 +291,8 @@ def test_swin_without_support_would_leave_attention_unpruned_and_is_caught():
     report = mtp.channel_report(model, plan, "aggressive")
     assert not report.ok
     assert any(r.kind == "attention" for r in report.mismatches())
-    with pytest.raises(UnsupportedModelError, match="silently left unpruned"):
-        mtp.pruner._raise_on_mismatch(report, plan)
+    with pytest.raises(UnsupportedModelError, match="silently left unpruned.*num_heads"):
+        report.check(plan, mtp.pruner.TP_HINT)
 
 
 # ---------------------------------------------------------------------------------------- export and save

@@ -23,7 +23,7 @@ import torch
 from torch import nn
 
 import mm_plugin
-from mm_plugin.backends import backend
+from mm_plugin.deploy import backend, match_params
 from mm_plugin.errors import (
     CalibrationRequiredError,
     ConfigError,
@@ -442,13 +442,13 @@ class CompressionController:
         self._timed("strip", t)
         t = time.perf_counter()
         xml = deploy.export(model, self.example_inputs, path, compress_to_fp16=compress_to_fp16)
-        self._timed("export", t)
+        self._timed("convert", t)
         t = time.perf_counter()
         constants = tuple(deploy.weight_constants(xml))
-        matches = tuple(deploy.match_params(constants, self._planned_zeros)) if self.plan is not None else ()
+        matches = tuple(match_params(constants, self._planned_zeros)) if self.plan is not None else ()
         self._timed("verify", t)
         report = ExportReport(xml, xml.with_suffix(".bin"), matches, constants, self.quantized,
-                              {k: self.seconds[k] for k in ("strip", "export", "verify")})
+                              {k: self.seconds[k] for k in ("strip", "convert", "verify")})
         lost = [m for m in matches if not m.kept]
         if lost:
             text = "; ".join(f"{m.param}: " + ("no constant found" if m.constant is None else

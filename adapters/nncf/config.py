@@ -4,19 +4,18 @@ into the steps of a compression. Every error names its JSON path and what is all
 from __future__ import annotations
 
 import copy
-import difflib
 import json
 import os
 import re
-from collections.abc import Iterator, Mapping
+from collections.abc import Mapping
 from dataclasses import dataclass, field, fields
 from functools import cache
 from pathlib import Path
 from typing import Any
 
-import jsonschema
 import torch
 
+from mm_plugin.config_schema import json_type, merged, validate
 from mm_plugin.errors import ConfigError, MMError, RuleError
 from mm_plugin.flexhinm import IMPORTANCES, PERMUTATIONS, FlexHiNMConfig
 from mm_plugin.model import IgnoredScope
@@ -55,99 +54,6 @@ def schema() -> dict[str, Any]:
 
     fill(data)
     return data
-
-
-# --- jsonschema errors as one line with the JSON path --------------------------------------------
-def _jtype(value: Any) -> str:
-    return {type(None): "null", bool: "boolean", str: "string", list: "array", dict: "object"}.get(
-        type(value), "number" if isinstance(value, (int, float)) else type(value).__name__)
-
-
-def _where(path: Any, key: str | None = None) -> str:
-    text = "".join(f"[{p}]" if isinstance(p, int) else f".{p}" for p in path).lstrip(".")
-    if key is not None:
-        return f"{text or '$'}.{key}"
-    return text or "$"
-
-
-def _subschemas(node: dict[str, Any]) -> Iterator[dict[str, Any]]:
-    """``node`` and every schema it pulls in by ``$ref`` (local refs only)."""
-    yield node
-    if "$ref" in node:
-        target: Any = schema()
-        for part in node["$ref"].removeprefix("#/").split("/"):
-            target = target[part]
-        yield from _subschemas(target)
-
-
-def _merged(node: dict[str, Any], key: str) -> dict[str, Any]:
-    out: dict[str, Any] = {}
-    for sub in _subschemas(node):
-        out = {**sub.get(key, {}), **out}
-    return out
-
-
-def _allowed(node: dict[str, Any]) -> list[str]:
-    values = [v for sub in [node, *node.get("anyOf", [])] for v in sub.get("enum", [])]
-    if any("pattern" in sub for sub in node.get("anyOf", [])):
-        values += ["interp-<a> (a = 0.05 ... 0.95)", "sample-<NN> (with samples)"]
-    return [str(v) for v in values]
-
-
-def _expected(node: dict[str, Any]) -> str:
-    types = node.get("type", [])
-    types = [types] if isinstance(types, str) else types
-    names = {"integer": "a positive integer" if node.get("minimum") == 1 else "an integer", "number": "a number",
-             "string": "a string", "boolean": "true or false", "array": "an array", "object": "an object",
-             "null": "null"}
-    return " or ".join(names[t] for t in types)
-
-
-def _range(node: dict[str, Any]) -> str:
-    if node.get("type") == "integer":
-        return f"integers >= {node['minimum']}"
-    lo, hi = node.get("minimum", node.get("exclusiveMinimum")), node.get("maximum", node.get("exclusiveMaximum"))
-    return (f"numbers in {'(' if 'exclusiveMinimum' in node else '['}{lo:g}, "
-            f"{'inf' if hi is None else f'{hi:g}'}{')' if hi is None or 'exclusiveMaximum' in node else ']'}")
-
-
-def _message(error: jsonschema.ValidationError) -> str:
-    node, value, kind, path = error.schema, error.instance, error.validator, error.absolute_path
-    if kind == "required":
-        missing = next(k for k in error.validator_value if k not in value)
-        allowed = _allowed(_merged(node, "properties").get(missing, {}))
-        return f"{_where(path, missing)}: is required" + (f"; allowed values: {', '.join(allowed)}" if allowed else "")
-    if kind in ("additionalProperties", "unevaluatedProperties"):
-        props = _merged(node, "properties")
-        key = next(k for k in value if k not in props)
-        hint = _merged(node, "x-key-hints").get(key)
-        close = difflib.get_close_matches(str(key), props, n=1)
-        hint = f" ({hint})" if hint else f" (did you mean {close[0]!r}?)" if close else ""
-        return f"{_where(path, key)}: unknown key{hint}; allowed keys: {', '.join(sorted(props))}"
-    where = _where(path)
-    if kind == "type":
-        allowed = _allowed(node)
-        return f"{where}: expected {_expected(node)}, got {_jtype(value)}" + (
-            f"; allowed values: {', '.join(allowed)}" if allowed else "")
-    if kind in ("enum", "anyOf"):
-        hint = node.get("x-hints", {}).get(value) if isinstance(value, str) else None
-        return (f"{where}: unknown {node.get('x-noun', 'value')} {value!r}{f' ({hint})' if hint else ''}; "
-                f"allowed values: {', '.join(_allowed(node))}")
-    if kind in ("minimum", "maximum", "exclusiveMinimum", "exclusiveMaximum"):
-        return f"{where}: {value:g} is out of range; allowed values: {_range(node)}"
-    if kind == "minItems":
-        return f"{where}: needs at least {error.validator_value} entry"
-    if kind == "format":
-        return f"{where}: {value!r} is not a valid regular expression"
-    return f"{where}: {error.message}"
-
-
-def validate(raw: Mapping[str, Any]) -> None:
-    """Check ``raw`` against the schema; the first error (shallowest first) becomes a ConfigError."""
-    validator = jsonschema.Draft202012Validator(schema(), format_checker=jsonschema.FormatChecker())
-    error = jsonschema.exceptions.best_match(validator.iter_errors(raw), key=lambda e: (-len(e.absolute_path),))
-    if error is not None:
-        raise ConfigError(_message(error))
 
 
 # --- the validated config --------------------------------------------------------------------------
@@ -193,7 +99,7 @@ class Step:
     ignored_scope: IgnoredScope | None = None
 
     def get(self, key: str) -> Any:
-        return self.options.get(key, _merged(schema()["$defs"][self.algorithm], "properties").get(key, {}).get("default"))
+        return self.options.get(key, _defaults(self.algorithm).get(key))
 
     @property
     def scope_path(self) -> str:
@@ -225,7 +131,7 @@ def _rules(value: Any, path: str) -> tuple[Rule, ...]:
         entries = []
         for name, fields_ in value.items():
             if not isinstance(fields_, Mapping):
-                raise ConfigError(f"{path}.{name}: expected an object of rule fields, got {_jtype(fields_)}")
+                raise ConfigError(f"{path}.{name}: expected an object of rule fields, got {json_type(fields_)}")
             entries.append(({**fields_, "name": name}, f"{path}.{name}"))
     else:
         entries = [(r, f"{path}[{i}]") for i, r in enumerate(value)]
@@ -281,14 +187,19 @@ def _read(config: Any) -> dict[str, Any]:
     except json.JSONDecodeError as e:
         raise ConfigError(f"{where}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
     if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a JSON object, got {_jtype(data)}")
+        raise ConfigError(f"{where}: the top level must be a JSON object, got {json_type(data)}")
     return data
+
+
+def _defaults(algorithm: str) -> dict[str, Any]:
+    return {k: v["default"] for k, v in merged(schema(), schema()["$defs"][algorithm], "properties").items()
+            if "default" in v}
 
 
 def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionConfig:
     """Parse and validate a config (dict, path of a JSON file, or JSON text) without touching a model."""
     raw = _read(config)
-    validate(raw)
+    validate(raw, schema())
     info = raw["input_info"] if isinstance(raw["input_info"], list) else [raw["input_info"]]
     comp = raw["compression"]
     entries = [(c, f"compression[{i}]") for i, c in enumerate(comp)] if isinstance(comp, list) else \

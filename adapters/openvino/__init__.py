@@ -1,20 +1,10 @@
-"""OpenVINO: PyTorch -> IR with the zeros of every weight checked, and CPU latency (the runner's
-``openvino`` latency backend). Nothing here knows about Mix-and-Match: plain modules, IRs and tensors."""
+"""OpenVINO, the ``openvino`` deployment backend (:mod:`mm_plugin.deploy`): PyTorch -> IR with every
+weight Constant's zeros read back, and CPU latency. Plain modules, IRs and tensors in and out."""
 
-from .convert import ParamMatch, WeightConstant, convert, export, match_params, read, save, weight_constants
-from .latency import (
-    PRECISIONS,
-    Latency,
-    LatencyPoint,
-    Timer,
-    compile_for_latency,
-    infer,
-    latency_front,
-    measure_latency,
-)
+from .convert import convert, export, read, save, weight_constants
+from .latency import PRECISIONS, Timer, compile_for_latency, infer, measure_latency
 
 __all__ = [
-    "PRECISIONS", "Latency", "LatencyPoint", "ParamMatch", "Timer", "WeightConstant", "compile_for_latency",
-    "convert", "export", "infer", "latency_front", "match_params", "measure_latency", "read", "save",
+    "PRECISIONS", "Timer", "compile_for_latency", "convert", "export", "infer", "measure_latency", "read", "save",
     "weight_constants",
 ]

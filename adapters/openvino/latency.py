@@ -1,5 +1,5 @@
 """OpenVINO CPU latency: one synchronous stream, fixed threads and precision, and pruned models timed in
-alternating blocks with the dense one (``Timer``, the runner's ``openvino`` latency backend).
+alternating blocks with the dense one (``Timer``, used by the runner and ``mm_plugin.deploy.latency_front``).
 
 The CPU plugin's default ``INFERENCE_PRECISION_HINT`` is bf16 on CPUs that report bf16 support, which
 is slower without AMX: every helper here sets the precision it is asked for.
@@ -7,40 +7,19 @@ is slower without AMX: every helper here sets the precision it is asked for.
 
 from __future__ import annotations
 
-import statistics as stats
-import time
 from collections.abc import Mapping
-from dataclasses import asdict, dataclass
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mm_plugin.backends import interleaved
+from mm_plugin.deploy import Latency, interleaved, time_calls
 from mm_plugin.errors import ValidationError
 
 from .convert import convert, openvino_module, read
 
 PRECISIONS = ("f32", "bf16", "f16")
-
-
-@dataclass(frozen=True)
-class Latency:
-    """Per-inference wall time of synchronous requests, in milliseconds."""
-
-    median_ms: float
-    mean_ms: float
-    p90_ms: float
-    min_ms: float
-    repeats: int
-    warmup: int
-    threads: int
-    precision: str
-    device: str
-
-    def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
 
 
 def _numpy_inputs(inputs: Any) -> Any:
@@ -94,8 +73,6 @@ def measure_latency(
     ``inputs``: a tensor / array, a list of them, or a dict by input name.
     """
     ov = openvino_module()
-    if warmup < 0 or repeats < 1:
-        raise ValidationError(f"need warmup >= 0 and repeats >= 1, got warmup={warmup}, repeats={repeats}")
     if isinstance(model, ov.CompiledModel):
         compiled = model
         actual_threads = int(compiled.get_property("INFERENCE_NUM_THREADS"))
@@ -115,27 +92,9 @@ def measure_latency(
         threads = 1 if threads is None else threads
         precision = "f32" if precision is None else precision
         compiled = compile_for_latency(model, threads=threads, precision=precision, device=device)
-    request = compiled.create_infer_request()
-    data = _numpy_inputs(inputs)
-    for _ in range(warmup):
-        request.infer(data)
-    times = []
-    for _ in range(repeats):
-        start = time.perf_counter()
-        request.infer(data)
-        times.append((time.perf_counter() - start) * 1e3)
-    times.sort()
-    return Latency(
-        median_ms=float(stats.median(times)),
-        mean_ms=float(stats.fmean(times)),
-        p90_ms=float(times[min(len(times) - 1, round(0.9 * (len(times) - 1)))]),
-        min_ms=float(times[0]),
-        repeats=repeats,
-        warmup=warmup,
-        threads=int(threads),
-        precision=str(precision),
-        device=device,
-    )
+    request, data = compiled.create_infer_request(), _numpy_inputs(inputs)
+    return time_calls(lambda: request.infer(data), warmup=warmup, repeats=repeats, threads=int(threads),
+                      precision=str(precision), device=device)
 
 
 def infer(model: Any, inputs: Any) -> list[np.ndarray]:
@@ -171,29 +130,3 @@ class Timer:
             return measure_latency(c, self.inputs, self.threads, "f32", warmup=0, repeats=self.runs).median_ms
 
         return interleaved(lambda: block(self.dense), lambda: block(compiled), self.rounds)
-
-
-@dataclass(frozen=True)
-class LatencyPoint:
-    """One pruned model timed against the dense one."""
-
-    name: str
-    latency_ms: float
-    dense_latency_ms: float
-    latency_ratio: float  # pruned / dense
-    params_ratio: float
-
-
-def latency_front(dense: nn.Module, example_inputs: Any, pruned: Mapping[str, nn.Module],
-                  **timing: int) -> list[LatencyPoint]:
-    """Time every pruned model (by name) against ``dense`` with one :class:`Timer`; ``timing``: its
-    ``threads``, ``warmup``, ``rounds``, ``runs``. Any pruning toolkit's models work (channels removed
-    by Torch-Pruning, say)."""
-    timer = Timer(dense, example_inputs, **timing)
-    dense_params = sum(p.numel() for p in dense.parameters())
-    points = []
-    for name, model in pruned.items():
-        dense_ms, pruned_ms = timer.time(model)
-        points.append(LatencyPoint(name, pruned_ms, dense_ms, pruned_ms / dense_ms,
-                                   sum(p.numel() for p in model.parameters()) / dense_params))
-    return points

@@ -18,6 +18,9 @@ except ImportError as e:  # pragma: no cover - exercised only without the extra
         "mm_plugin.adapters.torch_pruning needs Torch-Pruning: pip install 'mm-plugin[torch-pruning]'"
     ) from e
 
+from mm_plugin.model import update_attention_
+from mm_plugin.planning import ChannelReport, GroupRow
+
 from .groups import (
     CALIBRATED_IMPORTANCES,
     DATA_FREE_IMPORTANCES,
@@ -29,8 +32,6 @@ from .groups import (
 )
 from .pattern import StructuredPattern, macs_of
 from .pruner import (
-    ChannelReport,
-    GroupRow,
     MixAndMatchPruner,
     MixAndMatchScheduler,
     channel_report,
@@ -41,7 +42,7 @@ from .pruner import (
     ratio_dict,
     save_pruned,
 )
-from .timm_support import PatchMergingPruner, tp_support, update_attention_
+from .timm_support import PatchMergingPruner, tp_support
 
 __all__ = [
     "CALIBRATED_IMPORTANCES", "DATA_FREE_IMPORTANCES", "DEFAULT_GROUP_TARGETS", "IMPORTANCES", "ChannelReport",

@@ -12,7 +12,6 @@ from __future__ import annotations
 import copy
 import warnings
 from collections.abc import Callable, Iterable, Sequence
-from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
 
@@ -22,9 +21,8 @@ import torch_pruning as tp
 from torch import nn
 
 from mm_plugin.errors import UnknownNameError, UnsupportedModelError, ValidationError, check_fraction
-from mm_plugin.model import forward_eval, trace
-from mm_plugin.planning import Plan, Strategy
-from mm_plugin.tables import format_table
+from mm_plugin.model import forward_eval, names_of, resolve_names, submodule, trace, update_attention_
+from mm_plugin.planning import ChannelReport, Plan, Strategy, kept_report
 
 from .groups import (
     DEFAULT_GROUP_TARGETS,
@@ -33,21 +31,16 @@ from .groups import (
     plan_groups,
     signal_importance,
 )
-from .timm_support import tp_support, update_attention_
+from .timm_support import tp_support
+
+#: How to make Torch-Pruning prune a group as planned.
+TP_HINT = ("Pass every attention qkv in num_heads, register customized_pruners for custom layers, keep per-head "
+           "tables (relative position bias) in ignored_layers (see tp_support), and give round_to to the scheduler, "
+           "not to BasePruner (nor a max_pruning_ratio below the plan's)")
 
 #: Keyword arguments of ``BasePruner`` that shape its groups, so planning must see them too.
 GROUP_KWARGS = ("num_heads", "customized_pruners", "root_module_types", "unwrapped_parameters", "forward_fn",
                 "output_transform")
-
-
-def _module(model: nn.Module, name: str) -> nn.Module:
-    try:
-        return model.get_submodule(name)
-    except AttributeError:
-        raise ValidationError(
-            f"the plan names module '{name}', which {type(model).__name__} does not have; "
-            "plan and prune the same architecture"
-        ) from None
 
 
 def _tp_ratio(kept: int, n: int) -> float:
@@ -63,62 +56,12 @@ def ratio_dict(model: nn.Module, plan: Plan, strategy: Strategy | str, round_to:
     """``pruning_ratio_dict`` for ``tp.pruner.BasePruner``: one entry per group (0.0 for fixed groups),
     keyed by ``model``'s own modules (the plan is by name, so a deep copy of the planned model works)."""
     kept = plan.kept(strategy, round_to)
-    out = {_module(model, u.name): _tp_ratio(kept[u.name], u.items) for u in plan.units}
-    out.update({_module(model, name): 0.0 for name in plan.config.get("fixed_groups", [])})
+    out = {submodule(model, u.name): _tp_ratio(kept[u.name], u.items) for u in plan.units}
+    out.update({submodule(model, name): 0.0 for name in plan.config.get("fixed_groups", [])})
     return out
 
 
 # --- what pruning did ---------------------------------------------------------------------------
-@dataclass(frozen=True)
-class GroupRow:
-    group: str
-    kind: str
-    channels: int  # before pruning (all heads)
-    expected: int  # after pruning, from the strategy (and round_to)
-    actual: int  # after pruning, measured on the model
-    ratio: float  # the strategy's ratio for the group
-
-    @property
-    def ok(self) -> bool:
-        return self.expected == self.actual
-
-
-@dataclass(frozen=True)
-class ChannelReport:
-    strategy: str
-    rows: list[GroupRow]
-    params_before: int
-    params_after: int
-
-    @property
-    def ok(self) -> bool:
-        return all(r.ok for r in self.rows)
-
-    @property
-    def channel_ratio(self) -> float:
-        """Fraction of all group channels removed."""
-        before = sum(r.channels for r in self.rows)
-        return 1.0 - sum(r.actual for r in self.rows) / before if before else 0.0
-
-    @property
-    def params_ratio(self) -> float:
-        return self.params_after / self.params_before if self.params_before else 1.0
-
-    def mismatches(self) -> list[GroupRow]:
-        return [r for r in self.rows if not r.ok]
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"strategy": self.strategy, "params_before": self.params_before, "params_after": self.params_after,
-                "channel_ratio": self.channel_ratio, "rows": [asdict(r) for r in self.rows]}
-
-    def table(self) -> str:
-        title = (f"strategy {self.strategy}: params {self.params_before:,} -> {self.params_after:,} "
-                 f"({self.params_ratio:.3f}x), channels removed {self.channel_ratio:.3f}")
-        rows = [[r.group, r.kind, f"{r.ratio:.3f}", r.channels, r.expected, r.actual, "" if r.ok else "MISMATCH"]
-                for r in self.rows]
-        return title + "\n" + format_table(["group", "kind", "ratio", "before", "expected", "actual", ""], rows, 2)
-
-
 def channels_of(module: nn.Module, side: str) -> int:
     """Out (``side="out"``) or in channels of a layer TP knows."""
     pruner = tp.pruner.function.PrunerBox.get(tp.ops.module2type(module))
@@ -129,7 +72,7 @@ def channels_of(module: nn.Module, side: str) -> int:
 
 def kept_channels(model: nn.Module, plan: Plan) -> dict[str, int]:
     """Channels each planned group has left in ``model`` (pruned), all heads together."""
-    return {u.name: channels_of(_module(model, u.probe[0]), u.probe[1]) for u in plan.units}
+    return {u.name: channels_of(submodule(model, u.probe[0]), u.probe[1]) for u in plan.units}
 
 
 def _params(model: nn.Module) -> int:
@@ -139,30 +82,9 @@ def _params(model: nn.Module) -> int:
 def channel_report(model: nn.Module, plan: Plan, strategy: Strategy | str, round_to: int | None = None,
                    params_before: int | None = None) -> ChannelReport:
     """Channels of every group on ``model`` (pruned) against what ``strategy`` asked for."""
-    s = plan.strategy(strategy)
-    kept, actual = plan.kept(s, round_to), kept_channels(model, plan)
-    rows = [GroupRow(u.name, u.kind, u.items * u.copies, kept[u.name] * u.copies, actual[u.name],
-                     float(s.sparsity[u.name])) for u in plan.units]
     after = _params(model)
-    return ChannelReport(s.name, rows, params_before if params_before is not None else after, after)
-
-
-def _raise_on_mismatch(report: ChannelReport, plan: Plan) -> None:
-    bad = report.mismatches()
-    if not bad:
-        return
-    units = {u.name: u for u in plan.units}
-    details = "; ".join(
-        f"group '{r.group}' ({r.kind}; layers {', '.join(units[r.group].members[:4])}"
-        f"{', ...' if len(units[r.group].members) > 4 else ''}): expected {r.expected} channels, got {r.actual}"
-        for r in bad[:5]
-    )
-    raise UnsupportedModelError(
-        f"Torch-Pruning did not prune {len(bad)} group(s) as planned, so layers would be silently left "
-        f"unpruned: {details}. Pass every attention qkv in num_heads, register customized_pruners for "
-        "custom layers, keep per-head tables (relative position bias) in ignored_layers (see tp_support), "
-        "and give round_to to the scheduler, not to BasePruner (nor a max_pruning_ratio below the plan's)"
-    )
+    return kept_report(plan, strategy, kept_channels(model, plan), round_to,
+                       params_before if params_before is not None else after, after)
 
 
 def _check_forward(model: nn.Module, example_inputs: Any, expected_shape: torch.Size | None) -> None:
@@ -306,7 +228,7 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         _check_forward(self.model, self._mm_example_inputs, self._mm_output_shape)
         self.report = channel_report(self.model, self.mm_plan, self.mm_strategy, self.mm_round_to,
                                      self._mm_params_before)
-        _raise_on_mismatch(self.report, self.mm_plan)
+        self.report.check(self.mm_plan, TP_HINT)
         self.model.zero_grad(set_to_none=True)
 
     def _interactive_step(self):
@@ -324,34 +246,6 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
 
 
 # --- model in, pruned model out ------------------------------------------------------------------
-def _as_names(model: nn.Module, ignored: Iterable[Any] | None) -> list[str]:
-    """Ignored modules / parameters of ``model`` as names, so they resolve on a deep copy too."""
-    modules = {m: n for n, m in model.named_modules()}
-    params = {p: n for n, p in model.named_parameters()}
-    out = []
-    for item in ignored or []:
-        if isinstance(item, str):
-            out.append(item)
-        elif isinstance(item, nn.Parameter) and item in params:
-            out.append(params[item])
-        elif isinstance(item, nn.Module) and item in modules:
-            out.append(modules[item])
-        else:
-            raise ValidationError(
-                f"ignored_layers holds {type(item).__name__} that is not part of {type(model).__name__}; "
-                "pass modules or parameters of this model, or their names"
-            )
-    return out
-
-
-def _copy(model: nn.Module, ignored: Iterable[Any] | None, inplace: bool) -> tuple[nn.Module, list[Any]]:
-    """The model to prune (``model`` or a deep copy) and its ignored layers, resolved on it."""
-    names = _as_names(model, ignored)
-    target = model if inplace else copy.deepcopy(model)
-    params = dict(target.named_parameters())
-    return target, [params[n] if n in params else _module(target, n) for n in names]
-
-
 def prune_structured(model: nn.Module, example_inputs: Any, strategy: Strategy | str = "balanced", *,
                      plan: Plan | None = None, pruning_ratio: float | None = None, cost: str = "params",
                      ignored_layers: Iterable[str | nn.Module] | None = None, round_to: int | None = None,
@@ -363,7 +257,8 @@ def prune_structured(model: nn.Module, example_inputs: Any, strategy: Strategy |
     Give ``plan`` (from :func:`plan_groups` on the same architecture) to prune several copies from one
     plan; ``ignored_layers`` (modules, parameters or their names) resolve on the copy.
     """
-    target, ignored = _copy(model, ignored_layers, inplace)
+    target = model if inplace else copy.deepcopy(model)
+    ignored = resolve_names(target, names_of(model, ignored_layers))
     if plan is None:
         plan = plan_groups(target, example_inputs, ignored, signal=signal, calibration=calibration,
                            loss_fn=loss_fn, **plan_kwargs)
@@ -387,7 +282,8 @@ def prune_baseline(model: nn.Module, example_inputs: Any, method: str = "uniform
     if method not in ("uniform", "global"):
         raise UnknownNameError("baseline", method, ("uniform", "global"))
     check_fraction(pruning_ratio, "pruning_ratio")
-    target, ignored = _copy(model, ignored_layers, inplace)
+    target = model if inplace else copy.deepcopy(model)
+    ignored = resolve_names(target, names_of(model, ignored_layers))
     before = _params(target)
     support = tp_support(target, ignored, num_heads=tp_kwargs.pop("num_heads", None),
                          customized_pruners=tp_kwargs.pop("customized_pruners", None))

@@ -3,15 +3,13 @@
 
 from __future__ import annotations
 
-import math
 from collections.abc import Iterable, Sequence
 from typing import Any
 
-import torch
 import torch_pruning as tp
 from torch import nn
 
-from mm_plugin.errors import UnsupportedModelError
+from mm_plugin.model import attention_modules
 
 
 def _patch_merging_classes() -> tuple[type, ...]:
@@ -84,15 +82,6 @@ class PatchMergingPruner(tp.pruner.BasePruningFunc):
         return layer.reduction.in_features // 4
 
 
-def _attention_modules(model: nn.Module) -> list[tuple[str, nn.Module]]:
-    """Modules with a fused ``qkv`` Linear and an integer ``num_heads`` (timm ViT, DeiT, Swin, ...)."""
-    return [
-        (name, m)
-        for name, m in model.named_modules()
-        if isinstance(getattr(m, "qkv", None), nn.Linear) and isinstance(getattr(m, "num_heads", None), int)
-    ]
-
-
 def tp_support(
     model: nn.Module,
     ignored_layers: Iterable[Any] | None = None,
@@ -107,11 +96,11 @@ def tp_support(
     ``num_heads`` (every ``qkv`` Linear with its head count, so head dims are pruned evenly),
     ``customized_pruners`` (timm ``PatchMerging``) and fresh ``in/out_channel_groups`` dicts. Spread it
     into the pruner: ``tp.pruner.BasePruner(model, x, imp, **tp_support(model, [model.head]), ...)``,
-    then call :func:`update_attention_` after ``pruner.step()``.
+    then call :func:`mm_plugin.model.update_attention_` after ``pruner.step()``.
     """
     ignored = list(ignored_layers or [])
     heads = dict(num_heads or {})
-    for _, m in _attention_modules(model):
+    for _, m in attention_modules(model):
         heads.setdefault(m.qkv, m.num_heads)
         for p in m.parameters(recurse=False):
             if p.dim() >= 1 and p.shape[-1] == m.num_heads and not any(p is q for q in ignored):
@@ -128,39 +117,3 @@ def tp_support(
         "in_channel_groups": {},  # TP mutates these dicts; never share its mutable defaults
         "out_channel_groups": {},
     }
-
-
-@torch.no_grad()
-def update_attention_(model: nn.Module) -> list[str]:
-    """After pruning, make attention modules consistent with their pruned ``qkv``; returns their names.
-
-    Sets ``head_dim`` / ``attn_dim`` (timm ``Attention``) and keeps the softmax temperature of the dense
-    model: the old scale ``1/sqrt(d_old)`` is folded into the query rows of ``qkv`` and ``scale`` becomes
-    ``1/sqrt(d_new)``, so the fused (``scaled_dot_product_attention``) and the explicit paths agree.
-    Idempotent: a second call changes nothing.
-    """
-    changed = []
-    for name, m in _attention_modules(model):
-        qkv, heads = m.qkv, m.num_heads
-        if qkv.out_features % (3 * heads):
-            raise UnsupportedModelError(
-                f"attention '{name}' ({type(m).__name__}): qkv has {qkv.out_features} outputs, not a "
-                f"multiple of 3 x {heads} heads after pruning; pass num_heads={{model.{name}.qkv: {heads}}} "
-                "to the pruner"
-            )
-        head_dim = qkv.out_features // (3 * heads)
-        new_scale = head_dim**-0.5
-        old_scale = getattr(m, "scale", None)
-        if isinstance(old_scale, float) and not math.isclose(old_scale, new_scale, rel_tol=1e-9):
-            factor = old_scale / new_scale
-            rows = heads * head_dim  # query rows come first in timm's (3, heads, head_dim) layout
-            qkv.weight.data[:rows] *= factor
-            if qkv.bias is not None:
-                qkv.bias.data[:rows] *= factor
-            m.scale = new_scale
-            changed.append(name)
-        if hasattr(m, "head_dim"):
-            m.head_dim = head_dim
-        if hasattr(m, "attn_dim"):
-            m.attn_dim = heads * head_dim
-    return changed

@@ -7,7 +7,7 @@ ancestors' class names, ``num_heads`` attributes) and the execution order seen i
 from __future__ import annotations
 
 import re
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,7 +15,7 @@ import torch
 from torch import nn
 from torch.nn.utils import parametrize
 
-from ..errors import NoPrunableLayersError, UnsupportedModelError
+from ..errors import NoPrunableLayersError, UnsupportedModelError, ValidationError
 from .units import Inventory, SkippedParam, Unit
 
 PRUNABLE_TYPES = (nn.modules.conv._ConvNd, nn.Linear, nn.Embedding)
@@ -94,6 +94,38 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
 def forward_eval(model: nn.Module, example_inputs: Any) -> torch.Tensor | None:
     """The (first) output tensor of one eval-mode, no-grad forward pass (see :func:`trace`)."""
     return trace(model, example_inputs).output
+
+
+def submodule(model: nn.Module, name: str) -> nn.Module:
+    """``model.get_submodule(name)``, or a ValidationError saying the plan is of another architecture."""
+    try:
+        return model.get_submodule(name)
+    except AttributeError:
+        raise ValidationError(f"the plan names module '{name}', which {type(model).__name__} does not have; "
+                              "plan and prune the same architecture") from None
+
+
+def names_of(model: nn.Module, items: Iterable[Any] | None) -> list[str]:
+    """Modules / parameters of ``model`` (or their names) as names, so that they resolve on a copy too."""
+    modules = {m: n for n, m in model.named_modules()}
+    params = {p: n for n, p in model.named_parameters()}
+    out = []
+    for item in items or []:
+        if isinstance(item, str):
+            out.append(item)
+        elif isinstance(item, nn.Parameter) and item in params:
+            out.append(params[item])
+        elif isinstance(item, nn.Module) and item in modules:
+            out.append(modules[item])
+        else:
+            raise ValidationError(f"{type(item).__name__} is not part of {type(model).__name__}; pass modules or "
+                                  "parameters of this model, or their names")
+    return out
+
+
+def resolve_names(model: nn.Module, names: Iterable[str]) -> list[nn.Module | nn.Parameter]:
+    params = dict(model.named_parameters())
+    return [params[n] if n in params else submodule(model, n) for n in names]
 
 
 def _ancestors(name: str) -> list[str]:

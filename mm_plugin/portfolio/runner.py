@@ -17,7 +17,7 @@ import torch
 from torch import nn
 from tqdm import tqdm
 
-from ..backends import backend
+from ..deploy import backend
 from ..errors import ConfigError, ValidationError
 from ..files import write_atomic, write_json_atomic
 from ..planning import Plan, Strategy

@@ -7,15 +7,14 @@ the adapters), so neither the core nor another adapter imports them: both ask th
 
 from __future__ import annotations
 
-import statistics
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any, Protocol
 
 import torch
 from torch import nn
 
-from .registry import Registry
+from ..registry import Registry
 
 
 class Timer(Protocol):
@@ -41,14 +40,3 @@ BACKENDS: Registry[Any] = Registry("deployment backend", entry_point_group="mm_p
 
 def backend(name: str = "openvino") -> Backend:
     return BACKENDS.get(name)
-
-
-def interleaved(time_a: Callable[[], float], time_b: Callable[[], float], rounds: int) -> tuple[float, float]:
-    """Medians of ``rounds`` alternating block timings of two models: drift of a busy machine hits both."""
-    a: list[float] = []
-    b: list[float] = []
-    for i in range(rounds):
-        pairs = ((time_a, a), (time_b, b)) if i % 2 == 0 else ((time_b, b), (time_a, a))
-        for fn, out in pairs:
-            out.append(fn())
-    return statistics.median(a), statistics.median(b)

@@ -1,0 +1,128 @@
+"""Did the exported file keep the plan's zeros? Weight constants of any exported file (a backend reads
+them), matched back to parameters by name or by their zero pattern, and compared zero by zero."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+
+
+@dataclass(frozen=True)
+class WeightConstant:
+    """One weight constant of an exported file, with its zero count (zeros of the dequantized value for int8)."""
+
+    name: str  # the constant's name in the file
+    tensor_names: tuple[str, ...]
+    consumers: tuple[str, ...]  # "<type>:<friendly name>" of the ops that use it as a weight
+    shape: tuple[int, ...]
+    dtype: str
+    numel: int
+    zeros: int
+    zero_mask: np.ndarray = field(repr=False, compare=False)  # flat bool array, True = zero
+
+    @property
+    def sparsity(self) -> float:
+        return self.zeros / self.numel if self.numel else 0.0
+
+    def to_dict(self) -> dict[str, Any]:
+        d = asdict(self)
+        d.pop("zero_mask")
+        d["shape"], d["tensor_names"], d["consumers"] = list(self.shape), list(self.tensor_names), list(self.consumers)
+        d["sparsity"] = self.sparsity
+        return d
+
+
+@dataclass(frozen=True)
+class ParamMatch:
+    """A parameter, the constant that holds it in the file, and how the zeros compare."""
+
+    param: str
+    constant: str | None
+    by: str  # "name", "zero-pattern" or "none"
+    expected_zeros: int
+    ir_zeros: int | None
+    numel: int
+    lost_zeros: int | None  # expected zero positions that are not zero in the file (must be 0)
+
+    @property
+    def exact(self) -> bool:
+        return self.constant is not None and self.ir_zeros == self.expected_zeros and self.lost_zeros == 0
+
+    @property
+    def kept(self) -> bool:
+        """Every expected zero is still zero (the file may have more, e.g. int8 rounding)."""
+        return self.constant is not None and self.lost_zeros == 0
+
+    def to_dict(self) -> dict[str, Any]:
+        return {**asdict(self), "exact": self.exact, "kept": self.kept}
+
+
+def _torch_name(tensor_name: str) -> str:
+    return tensor_name.removeprefix("self.")
+
+
+def _aligned(zero_mask: np.ndarray, shape: tuple[int, ...], expected: np.ndarray) -> np.ndarray | None:
+    """The file's zero mask laid out like ``expected`` (same order, or a transposed 2-D matrix)."""
+    if zero_mask.size != expected.size:
+        return None
+    if len(shape) == 2 and expected.ndim == 2 and shape == expected.shape[::-1] and shape[0] != shape[1]:
+        return zero_mask.reshape(shape).T.reshape(-1)
+    return zero_mask
+
+
+def match_params(
+    constants: Sequence[WeightConstant],
+    expected_zero_masks: Mapping[str, torch.Tensor | np.ndarray],
+) -> list[ParamMatch]:
+    """Find the constant of each parameter and compare zeros.
+
+    ``expected_zero_masks``: ``{param name: bool tensor, True where the weight must be zero}``.
+    A constant is matched by tensor name (``self.<param>``) when the exporter kept it, otherwise by
+    content: the constant with the same number of elements whose zeros cover the expected ones, the
+    one with the fewest extra zeros first (folding BatchNorm renames a weight but keeps its zeros).
+    Each constant is used once.
+    """
+    by_name = {}
+    for c in constants:
+        for t in c.tensor_names:
+            by_name.setdefault(_torch_name(t), c)
+    used: set[str] = set()
+    results: dict[str, ParamMatch] = {}
+    expected = {k: (v.detach().cpu().numpy() if isinstance(v, torch.Tensor) else np.asarray(v)).astype(bool)
+                for k, v in expected_zero_masks.items()}
+
+    def record(param: str, c: WeightConstant | None, by: str) -> None:
+        exp = expected[param]
+        if c is None:
+            results[param] = ParamMatch(param, None, "none", int(exp.sum()), None, int(exp.size), None)
+            return
+        used.add(c.name)
+        ir = _aligned(c.zero_mask, c.shape, exp)
+        lost = int((exp.reshape(-1) & ~ir).sum()) if ir is not None else int(exp.sum())
+        results[param] = ParamMatch(param, c.name, by, int(exp.sum()), c.zeros, int(exp.size), lost)
+
+    for param, exp in expected.items():
+        c = by_name.get(param)
+        if c is not None and c.name not in used and c.numel == exp.size:
+            record(param, c, "name")
+    # content matching, largest tensors first (they have the most distinctive zero patterns)
+    for param in sorted((p for p in expected if p not in results), key=lambda p: -expected[p].size):
+        exp = expected[param].reshape(-1)
+        best, best_extra = None, None
+        for c in constants:
+            if c.name in used or c.numel != exp.size:
+                continue
+            ir = _aligned(c.zero_mask, c.shape, expected[param])
+            if ir is None or (exp & ~ir).any():
+                continue
+            extra = int((ir & ~exp).sum())
+            if best is None or extra < best_extra:
+                best, best_extra = c, extra
+                if extra == 0:
+                    break
+        record(param, best, "zero-pattern" if best is not None else "none")
+    return [results[p] for p in expected]
