@@ -145,7 +145,7 @@ def test_ratios_are_the_core_plan_rescaled():
 
 def test_masks_are_nncf_hooks_and_ignored_weights_stay_dense(swin):
     ctrl, model, _, _ = swin
-    hooks = mnncf.algorithm._mask_hooks(model)
+    hooks = mnncf.wrapping.mask_hooks(model)
     assert set(hooks) == set(ctrl.strategy.sparsity)
     assert all(type(h).__name__ == "UnstructuredPruningMask" for h in hooks.values())
     assert set(ctrl.ignored) == SWIN_IGNORED
@@ -181,8 +181,8 @@ def test_nncf_strip_bakes_the_planned_zeros(compressed):
     with torch.no_grad():
         expected = model(x)
     stripped = nncf.strip(model, do_copy=True, strip_format=nncf.StripFormat.IN_PLACE)
-    assert not mnncf.algorithm._mask_hooks(stripped)
-    hooks = mnncf.algorithm._mask_hooks(model)
+    assert not mnncf.wrapping.mask_hooks(stripped)
+    hooks = mnncf.wrapping.mask_hooks(model)
     for name, zeros in _planned_zeros(ctrl).items():
         w = stripped.get_parameter(name)
         assert int((w == 0).sum()) == zeros, name
@@ -194,10 +194,10 @@ def test_nncf_strip_bakes_the_planned_zeros(compressed):
 def test_export_ir_zero_counts_match_plan(compressed, tmp_path):
     ctrl, model, _, x = compressed
     report = ctrl.export(tmp_path / "model.xml")
-    assert report.xml.exists() and report.bin.exists()
+    assert report.path.exists() and report.path.with_suffix(".bin").exists()
     assert report.exact, [m for m in report.matches if not m.exact][:3]
     # independent count straight from the saved IR
-    constants = ovh.weight_constants(report.xml)
+    constants = ovh.weight_constants(report.path)
     planned = _planned_zeros(ctrl)
     matched = {m.param: m.constant for m in report.matches}
     assert set(matched) == set(planned) and len(set(matched.values())) == len(planned)
@@ -208,8 +208,8 @@ def test_export_ir_zero_counts_match_plan(compressed, tmp_path):
     # the IR computes what the masked model computes; the controller's model is left as it was
     with torch.no_grad():
         expected = model(x).numpy()
-    assert np.allclose(ovh.infer(report.xml, x)[0], expected, atol=1e-4, rtol=1e-4)
-    assert mnncf.algorithm._mask_hooks(model)
+    assert np.allclose(ovh.infer(report.path, x)[0], expected, atol=1e-4, rtol=1e-4)
+    assert mnncf.wrapping.mask_hooks(model)
 
 
 def test_get_config_load_from_config_roundtrip(compressed):
@@ -248,14 +248,14 @@ def test_int8_quantization_after_pruning_keeps_the_zeros(tmp_path):
     config["compression"].append({"algorithm": "quantization", "subset_size": 4, "model_type": "transformer"})
     calibration = [_x((1, 3, 32, 32), seed=s) for s in range(4)]
     ctrl, model = mnncf.create_compressed_model(make_swin(), config, calibration=calibration)
-    kinds = {type(h).__name__ for _, h in mnncf.algorithm._hook_storage(model).named_hooks()}
+    kinds = {type(h).__name__ for _, h in mnncf.wrapping.hook_storage(model).named_hooks()}
     assert {"UnstructuredPruningMask", "SymmetricQuantizer"} <= kinds
     planned = _planned_zeros(ctrl)
     st = ctrl.statistics()
     assert st.quantized and {s.name: s.zeros for s in st.layers} == planned
     stripped = ctrl.strip()  # masks baked, NNCF quantizers -> torch FakeQuantize (StripFormat.NATIVE)
-    assert not mnncf.algorithm._mask_hooks(stripped) and mnncf.algorithm._mask_hooks(model)
-    assert {type(h).__name__ for _, h in mnncf.algorithm._hook_storage(stripped).named_hooks()} <= {
+    assert not mnncf.wrapping.mask_hooks(stripped) and mnncf.wrapping.mask_hooks(model)
+    assert {type(h).__name__ for _, h in mnncf.wrapping.hook_storage(stripped).named_hooks()} <= {
         "FakeQuantize", "SQMultiply"}
     assert {n: int((stripped.get_parameter(n) == 0).sum()) for n in planned} == planned
     report = ctrl.export(tmp_path / "int8.xml")
@@ -269,7 +269,7 @@ def test_int8_quantization_after_pruning_keeps_the_zeros(tmp_path):
     x = calibration[0]
     with torch.no_grad():
         expected = model(x).numpy()
-    assert np.abs(ovh.infer(report.xml, x)[0] - expected).max() < 0.1 * np.abs(expected).max() + 0.05
+    assert np.abs(ovh.infer(report.path, x)[0] - expected).max() < 0.1 * np.abs(expected).max() + 0.05
 
 
 def test_cli_runs_the_same_config(tmp_path):
@@ -466,7 +466,7 @@ def test_nncf_weights_outside_the_inventory_stay_dense_and_are_reported():
         "compression": {"algorithm": "mix_and_match", "strategy": "aggressive", "default_rules": False}})
     assert ctrl.unplanned == ("proj",)
     assert ctrl.weights["proj"] == ("PTLinearMetatype",)  # the kind NNCF's graph gives it
-    assert set(mnncf.algorithm._mask_hooks(model)) == {"fc1.weight", "head.weight"}
+    assert set(mnncf.wrapping.mask_hooks(model)) == {"fc1.weight", "head.weight"}
     st = ctrl.statistics()
     assert st.unplanned == ("proj",) and "outside the Mix-and-Match inventory: proj" in st.to_str()
 

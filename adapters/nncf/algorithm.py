@@ -9,8 +9,6 @@ unchanged. NNCF's own ratio updates rewrite every mask with one ratio: do not ru
 from __future__ import annotations
 
 import copy
-import difflib
-import importlib.util
 import logging
 import os
 import time
@@ -23,14 +21,12 @@ import torch
 from torch import nn
 
 import mm_plugin
-from mm_plugin.deploy import backend, match_params
+from mm_plugin.deploy import ExportReport, backend, check_export
 from mm_plugin.errors import (
     CalibrationRequiredError,
     ConfigError,
-    ExportVerificationError,
     MMError,
     NoPrunableLayersError,
-    UnsupportedModelError,
     ValidationError,
 )
 from mm_plugin.flexhinm import flexhinm_sparsify_
@@ -39,118 +35,24 @@ from mm_plugin.planning import ALLOCATIONS, SIGNALS, Plan, Strategy, compute_sco
 from mm_plugin.tables import format_table
 
 from .config import CompressionConfig, PruningStep, Step, load_config
+from .wrapping import (
+    bake_mask_hooks,
+    check_model,
+    hook_storage,
+    mask_hooks,
+    model_inputs,
+    nncf_hooks,
+    require_nncf,
+    resolve_scope,
+    unwrap_model,
+    weight_metatypes,
+)
 
 log = logging.getLogger(__name__)
 
 #: NNCF's C++ quantization kernels compile on first use (about 2.5 min on 2 cores); the stock 60 s
 #: timeout then fails. Used only when NNCF_EXTENSION_LOAD_TIMEOUT is not set.
 EXTENSION_LOAD_TIMEOUT_S = "900"
-
-
-def _require_nncf():
-    try:
-        import nncf
-    except ImportError:
-        raise MMError("the NNCF adapter needs NNCF 3.4: pip install 'mm-plugin[nncf]'") from None
-    if importlib.util.find_spec("torchao") is None:
-        raise MMError("nncf.strip imports torchao, which NNCF 3.4 does not declare: pip install 'mm-plugin[nncf]' "
-                      "(it pins torchao) or pip install torchao")
-    return nncf
-
-
-# --- NNCF hooks ---------------------------------------------------------------------------------
-def _hook_storage(model: nn.Module):
-    from nncf.torch.function_hook.wrapper import get_hook_storage, is_wrapped
-
-    return get_hook_storage(model) if is_wrapped(model) else None
-
-
-def _hooks(model: nn.Module) -> list[tuple[str, str, nn.Module, bool]]:
-    """(hook name, weight name, hook, is a pruning mask) for every NNCF hook of a wrapped model."""
-    from nncf.torch.function_hook.hook_storage import decode_hook_name
-    from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
-
-    storage = _hook_storage(model)
-    return [] if storage is None else [(n, decode_hook_name(n)[1], h, isinstance(h, UnstructuredPruningMask))
-                                       for n, h in storage.named_hooks()]
-
-
-def _mask_hooks(model: nn.Module) -> dict[str, nn.Module]:
-    """``{weight name: UnstructuredPruningMask}`` of a wrapped model."""
-    return {weight: hook for _, weight, hook, is_mask in _hooks(model) if is_mask}
-
-
-@torch.no_grad()
-def _bake_mask_hooks(model: nn.Module) -> None:
-    """Fold only the pruning masks into their weights and drop those hooks (quantizers stay)."""
-    for name, weight, hook, is_mask in _hooks(model):
-        if is_mask:
-            param = model.get_parameter(weight)
-            param.data = param.data * hook.binary_mask.to(param.dtype)
-            _hook_storage(model).delete_hook(name)
-
-
-def unwrap_model(model: nn.Module) -> nn.Module:
-    """Undo ``nncf.torch.function_hook.wrap_model`` on a model whose hook storage is empty: a plain module."""
-    from nncf.torch.function_hook.wrapper import ATR_HOOK_STORAGE, ReplicateForDataParallel, is_wrapped
-
-    if not is_wrapped(model):
-        return model
-    if _hooks(model):
-        raise UnsupportedModelError(f"cannot unwrap {type(model).__name__}: it still carries NNCF hooks "
-                                    f"{[n for n, *_ in _hooks(model)][:3]}...; strip it first")
-    del model.__dict__["forward"]
-    if isinstance(model.__dict__.get("_replicate_for_data_parallel"), ReplicateForDataParallel):
-        del model.__dict__["_replicate_for_data_parallel"]
-    delattr(model, ATR_HOOK_STORAGE)
-    return model
-
-
-def _check_model(model: Any) -> None:
-    if not isinstance(model, nn.Module):
-        raise UnsupportedModelError(f"expected a torch.nn.Module, got {type(model).__name__}")
-    if isinstance(model, (nn.Sequential, nn.ModuleList, nn.ModuleDict)):
-        raise UnsupportedModelError(
-            f"NNCF cannot wrap a bare {type(model).__name__} root (it would run NNCF's hook storage as a layer); "
-            "put it inside a module with its own forward(), e.g. class Net(nn.Module): forward = lambda s, x: s.body(x)"
-        )
-    if _mask_hooks(model):
-        raise UnsupportedModelError(
-            f"{type(model).__name__} already carries NNCF pruning masks; start from the uncompressed model"
-        )
-
-
-def _resolve_scope(step: Step, graph: Any):
-    """The step's ignored scope matched by NNCF's own matcher over the NNCF graph (None when empty)."""
-    core, path = step.ignored_scope, step.scope_path
-    if core is None:
-        return None
-    import nncf
-    from nncf.scopes import get_difference_ignored_scope, get_matched_ignored_scope_info
-
-    scope = nncf.IgnoredScope(names=list(core.names), patterns=list(core.patterns), types=list(core.types),
-                              validate=core.validate)
-    matched, _ = get_matched_ignored_scope_info(scope, [graph])
-    missing = get_difference_ignored_scope(scope, matched)
-    if scope.validate and (missing.names or missing.patterns or missing.types):
-        listed = isinstance(step.options["ignored_scopes"], list)
-        nodes = sorted(n.node_name for n in graph.get_all_nodes())
-        if missing.names:
-            name = missing.names[0]
-            close = difflib.get_close_matches(name, nodes, n=5, cutoff=0.4)
-            contains = [n for n in nodes if name.replace(".", "/") in n][:5]
-            suggestions = list(dict.fromkeys(contains + close))[:5] or nodes[:5]
-            raise ConfigError(
-                f"{path if listed else path + '.names'}: {missing.names} match no node of the NNCF graph (names "
-                "are NNCF node names, e.g. 'layer1/0/conv1/conv2d/0'; '{re}' or 'patterns' for regular "
-                f"expressions); allowed values (closest node names): {', '.join(suggestions)}")
-        if missing.patterns:
-            raise ConfigError(f"{path if listed else path + '.patterns'}: {missing.patterns} match no node name of "
-                              f"the NNCF graph (re.match from the start); node names look like: {', '.join(nodes[:5])}")
-        types = sorted({n.node_type for n in graph.get_all_nodes()})
-        raise ConfigError(f"{path}.types: {missing.types} match no operation type of the NNCF graph; "
-                          f"allowed values: {', '.join(types)}")
-    return matched if (matched.names or matched.patterns or matched.types) else None
 
 
 # --- statistics and export reports --------------------------------------------------------------
@@ -203,33 +105,6 @@ class CompressionStatistics:
     __str__ = to_str
 
 
-@dataclass(frozen=True)
-class ExportReport:
-    xml: Any
-    bin: Any
-    matches: tuple[Any, ...]  # the backend's per-parameter matches (exact, kept, lost_zeros...)
-    constants: tuple[Any, ...]  # every weight constant of the file, with its zeros
-    quantized: bool
-    seconds: dict[str, float]
-
-    @property
-    def exact(self) -> bool:
-        """Every planned weight's constant holds exactly the planned zeros."""
-        return all(m.exact for m in self.matches)
-
-    @property
-    def kept(self) -> bool:
-        """Every planned zero is a zero in the file (int8 rounding may add more)."""
-        return all(m.kept for m in self.matches)
-
-    def to_dict(self) -> dict[str, Any]:
-        return {"xml": str(self.xml), "bin": str(self.bin), "quantized": self.quantized, "exact": self.exact,
-                "kept": self.kept, "seconds": self.seconds,
-                "planned_zeros": sum(m.expected_zeros for m in self.matches),
-                "ir_zeros_in_planned_constants": sum(m.ir_zeros or 0 for m in self.matches),
-                "matches": [m.to_dict() for m in self.matches], "constants": [c.to_dict() for c in self.constants]}
-
-
 # --- the controller -----------------------------------------------------------------------------
 class CompressionController:
     """What ``create_compressed_model`` returns beside the model (the NNCF 2.x controller's role)."""
@@ -263,9 +138,9 @@ class CompressionController:
         self._timed("nncf_graph", t)
         t = time.perf_counter()
         all_weights = get_prunable_parameters(graph, None)
-        scope = _resolve_scope(step, graph)
+        scope = resolve_scope(step, graph)
         prunable = get_prunable_parameters(graph, scope) if scope is not None else set(all_weights)
-        self.weights = _weight_metatypes(graph)
+        self.weights = weight_metatypes(graph)
         inventory = set(mm_plugin.inventory(model, self.example_inputs).names)
         self.ignored, self.unplanned = tuple(sorted(all_weights - prunable)), tuple(sorted(prunable - inventory))
         if self.unplanned:
@@ -350,10 +225,10 @@ class CompressionController:
             from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
             from nncf.torch.function_hook.wrapper import wrap_model
 
-            scope = _resolve_scope(step, build_nncf_graph(wrap_model(self.model), self.example_inputs))
+            scope = resolve_scope(step, build_nncf_graph(wrap_model(self.model), self.example_inputs))
         t = time.perf_counter()
         self.model = nncf.quantize(
-            self.model, nncf.Dataset(calibration, _model_inputs),
+            self.model, nncf.Dataset(calibration, model_inputs),
             preset=nncf.QuantizationPreset.PERFORMANCE if step.get("preset") == "performance" else
             nncf.QuantizationPreset.MIXED,
             subset_size=step.get("subset_size"), fast_bias_correction=step.get("fast_bias_correction"),
@@ -370,7 +245,7 @@ class CompressionController:
 
         if self.plan is None:
             raise MMError("this config has no pruning step; there is nothing to report or verify")
-        nncf_stat = nncf.pruning_statistic(self.model) if _mask_hooks(self.model) else None
+        nncf_stat = nncf.pruning_statistic(self.model) if mask_hooks(self.model) else None
         if nncf_stat is not None:
             measured = {t.tensor_name: (t.pruned_ratio, round(t.pruned_ratio * int(np.prod(t.shape))))
                         for t in nncf_stat.pruned_tensors}
@@ -402,10 +277,10 @@ class CompressionController:
         import nncf
 
         model = copy.deepcopy(self.model) if do_copy else self.model
-        if _hook_storage(model) is None:
+        if hook_storage(model) is None:
             return model
-        if any(not is_mask for *_, is_mask in _hooks(model)):
-            _bake_mask_hooks(model)
+        if any(not is_mask for *_, is_mask in nncf_hooks(model)):
+            bake_mask_hooks(model)
             return nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.NATIVE,
                               example_input=self.example_inputs)
         return nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.IN_PLACE)
@@ -416,10 +291,10 @@ class CompressionController:
         quantizer hooks ``openvino.convert_model`` turns into FakeQuantize ops (NNCF's own export path)."""
         import nncf
 
-        if _hook_storage(model) is None:
+        if hook_storage(model) is None:
             return model
-        if any(not is_mask for *_, is_mask in _hooks(model)):
-            _bake_mask_hooks(model)
+        if any(not is_mask for *_, is_mask in nncf_hooks(model)):
+            bake_mask_hooks(model)
             return model
         return unwrap_model(nncf.strip(model, do_copy=False, strip_format=nncf.StripFormat.IN_PLACE))
 
@@ -432,10 +307,7 @@ class CompressionController:
     def export(self, path: str | os.PathLike, *, compress_to_fp16: bool = False, verify: bool = True,
                backend_name: str = "openvino") -> ExportReport:
         """Export a stripped copy (``self.model`` is left as it is) with the deployment backend (OpenVINO
-        IR by default), then count the zeros of every weight constant of the saved file and compare them
-        with the plan: a planned zero that is not zero raises :class:`ExportVerificationError`
-        (``verify=False`` only reports). Extra zeros (int8 rounding, a folded BatchNorm with gamma = 0)
-        are reported, not errors."""
+        IR by default), then check the file's zeros against the plan (:func:`mm_plugin.deploy.check_export`)."""
         deploy = backend(backend_name)
         t = time.perf_counter()
         model = self._ready_for_export(copy.deepcopy(self.model))
@@ -444,48 +316,10 @@ class CompressionController:
         xml = deploy.export(model, self.example_inputs, path, compress_to_fp16=compress_to_fp16)
         self._timed("convert", t)
         t = time.perf_counter()
-        constants = tuple(deploy.weight_constants(xml))
-        matches = tuple(match_params(constants, self._planned_zeros)) if self.plan is not None else ()
+        constants = deploy.weight_constants(xml)
         self._timed("verify", t)
-        report = ExportReport(xml, xml.with_suffix(".bin"), matches, constants, self.quantized,
-                              {k: self.seconds[k] for k in ("strip", "convert", "verify")})
-        lost = [m for m in matches if not m.kept]
-        if lost:
-            text = "; ".join(f"{m.param}: " + ("no constant found" if m.constant is None else
-                                               f"{m.lost_zeros} planned zeros are non-zero in {m.constant}")
-                             for m in lost[:5])
-            if verify:
-                raise ExportVerificationError(f"the exported file {xml} does not keep the planned zeros: {text}")
-            log.warning("the exported file %s does not keep the planned zeros: %s", xml, text)
-        extra = [m.param for m in matches if m.kept and not m.exact]
-        if extra:
-            log.info("%d weights have more zeros in the file than planned (int8 rounding or a folded BatchNorm "
-                     "with gamma = 0): %s", len(extra), ", ".join(extra[:5]))
-        return report
-
-
-def _weight_metatypes(graph: Any) -> dict[str, tuple[str, ...]]:
-    """Every weight constant NNCF's pruning would consider, with the metatypes of the ops using it."""
-    from nncf.torch.function_hook.pruning.prune_model import OPERATORS_WITH_WEIGHTS_METATYPES
-    from nncf.torch.model_graph_manager import get_const_node
-
-    found: dict[str, list[str]] = {}
-    for node in graph.get_nodes_by_metatypes(OPERATORS_WITH_WEIGHTS_METATYPES):
-        ports = getattr(node.layer_attributes, "constant_port_ids", set()) & set(node.metatype.weight_port_ids)
-        for port in sorted(ports):
-            const = get_const_node(node, port, graph)
-            if const is not None:
-                found.setdefault(const.node_name, []).append(node.metatype.__name__)
-    return {c: tuple(m) for c, m in found.items()}
-
-
-def _model_inputs(batch: Any) -> Any:
-    """Calibration batch -> what the model takes: a tensor, the first of a pair, or a dict's 'x'/'input'."""
-    if isinstance(batch, Mapping):
-        return batch["x"] if "x" in batch else batch["input"]
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
+        return check_export(xml, constants, self._planned_zeros if self.plan is not None else {}, verify=verify,
+                            quantized=self.quantized, seconds={k: self.seconds[k] for k in ("strip", "convert", "verify")})
 
 
 def _check_calibration(cfg: CompressionConfig, calibration: Iterable | None) -> None:
@@ -527,8 +361,8 @@ def create_compressed_model(
     place (as NNCF 3.x does); with quantization the returned model is NNCF's quantized copy.
     """
     cfg = load_config(config)
-    _require_nncf()
-    _check_model(model)
+    require_nncf()
+    check_model(model)
     _check_calibration(cfg, calibration)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
     ctrl = CompressionController(model, cfg, example_inputs if example_inputs is not None else cfg.example_inputs(device))

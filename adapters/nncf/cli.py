@@ -56,7 +56,7 @@ def run_cli(args: argparse.Namespace) -> int:
     if not args.no_export:
         report = ctrl.export(out / "model.xml", compress_to_fp16=args.fp16)
         summary["export"] = report.to_dict()
-        print(f"IR: {report.xml} ({'exact' if report.exact else 'planned zeros kept'}; "
+        print(f"IR: {report.path} ({'exact' if report.exact else 'planned zeros kept'}; "
               f"{sum(m.ir_zeros or 0 for m in report.matches):,} zeros in the planned weights' Constants, "
               f"{sum(m.expected_zeros for m in report.matches):,} planned)")
     summary["seconds"] = {**ctrl.seconds, "total": time.perf_counter() - t}

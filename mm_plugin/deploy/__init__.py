@@ -3,9 +3,9 @@ file kept the plan's zeros, and the timing protocol for latency."""
 
 from .backends import BACKENDS, Backend, Timer, backend
 from .timing import Latency, LatencyPoint, interleaved, latency_front, time_calls
-from .verify import ParamMatch, WeightConstant, match_params
+from .verify import ExportReport, ParamMatch, WeightConstant, check_export, match_params
 
 __all__ = [
-    "BACKENDS", "Backend", "Latency", "LatencyPoint", "ParamMatch", "Timer", "WeightConstant", "backend",
+    "BACKENDS", "Backend", "ExportReport", "Latency", "LatencyPoint", "ParamMatch", "Timer", "WeightConstant", "backend", "check_export",
     "interleaved", "latency_front", "match_params", "time_calls",
 ]

@@ -3,12 +3,17 @@ them), matched back to parameters by name or by their zero pattern, and compared
 
 from __future__ import annotations
 
+import logging
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+
+from ..errors import ExportVerificationError
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -126,3 +131,52 @@ def match_params(
                     break
         record(param, best, "zero-pattern" if best is not None else "none")
     return [results[p] for p in expected]
+
+
+@dataclass(frozen=True)
+class ExportReport:
+    """An exported file, every weight constant in it, and each planned parameter matched to its constant."""
+
+    path: Any
+    matches: tuple[ParamMatch, ...]
+    constants: tuple[WeightConstant, ...]
+    quantized: bool
+    seconds: dict[str, float]
+
+    @property
+    def exact(self) -> bool:
+        """Every planned weight's constant holds exactly the planned zeros."""
+        return all(m.exact for m in self.matches)
+
+    @property
+    def kept(self) -> bool:
+        """Every planned zero is a zero in the file (int8 rounding may add more)."""
+        return all(m.kept for m in self.matches)
+
+    def to_dict(self) -> dict[str, Any]:
+        return {"path": str(self.path), "quantized": self.quantized, "exact": self.exact, "kept": self.kept,
+                "seconds": self.seconds, "planned_zeros": sum(m.expected_zeros for m in self.matches),
+                "zeros_in_planned_constants": sum(m.ir_zeros or 0 for m in self.matches),
+                "matches": [m.to_dict() for m in self.matches], "constants": [c.to_dict() for c in self.constants]}
+
+
+def check_export(path: Any, constants: Sequence[WeightConstant], expected_zero_masks: Mapping[str, Any], *,
+                 verify: bool = True, quantized: bool = False, seconds: dict[str, float] | None = None) -> ExportReport:
+    """Match every planned parameter to its constant; a planned zero that is not zero in the file raises
+    :class:`ExportVerificationError` (``verify=False`` only logs it). Extra zeros (int8 rounding, a folded
+    BatchNorm with gamma = 0) are logged, never errors."""
+    matches = tuple(match_params(constants, expected_zero_masks))
+    report = ExportReport(path, matches, tuple(constants), quantized, dict(seconds or {}))
+    lost = [m for m in matches if not m.kept]
+    if lost:
+        text = "; ".join(f"{m.param}: " + ("no constant found" if m.constant is None else
+                                           f"{m.lost_zeros} planned zeros are non-zero in {m.constant}")
+                         for m in lost[:5])
+        if verify:
+            raise ExportVerificationError(f"the exported file {path} does not keep the planned zeros: {text}")
+        log.warning("the exported file %s does not keep the planned zeros: %s", path, text)
+    extra = [m.param for m in matches if m.kept and not m.exact]
+    if extra:
+        log.info("%d weights have more zeros in the file than planned (int8 rounding or a folded BatchNorm with "
+                 "gamma = 0): %s", len(extra), ", ".join(extra[:5]))
+    return report

@@ -25,11 +25,12 @@ from ..errors import ValidationError, check_fraction
 from ..masks import apply_masks_
 from .config import IMPORTANCES, FlexHiNMConfig
 from .folding import ChannelGroup, find_channel_groups, fold_permutation_, fold_verified_, model_outputs
+from .gyro import PERMUTATIONS
 from .hard_concrete import GradualFlexHiNM, HardConcreteGate, cubic_sparsity, gates, harden_, on_step, penalty
 from .layout import nm_ineligibility
 from .nm import NMReport, benchmark_matmul, export_onnx, to_semi_structured_, validate_nm
 from .partition import HybridPartition, RegionCounts, hybrid_partition
-from .permutation import PERMUTATIONS, ChannelProblem, LayerTerm, matrix_problem, permute_layer
+from .permutation import ChannelProblem, LayerTerm, matrix_problem, permute_layer
 
 log = logging.getLogger(__name__)
 

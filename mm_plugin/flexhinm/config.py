@@ -9,8 +9,8 @@ import torch
 
 from ..errors import ConfigError
 from ..registry import Registry
+from .gyro import PERMUTATIONS  # gyro registers the searches beside "none"
 from .layout import M
-from .permutation import PERMUTATIONS
 
 Importance = Callable[[torch.Tensor], torch.Tensor]
 IMPORTANCES: Registry[Importance] = Registry("FlexHiNM importance")
