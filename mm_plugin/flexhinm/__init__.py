@@ -215,31 +215,28 @@ def _permute(
     return report
 
 
-def flexhinm_permute_(
-    model: nn.Module,
-    sparsity: Mapping[str, float],
-    config: FlexHiNMConfig | None = None,
-    *,
-    example_inputs: Sequence | None = None,
-    scores: Mapping[str, torch.Tensor] | None = None,
-) -> PermutationReport:
-    """Only the permutation stage: reorder channels (folded, function-preserving) for these targets."""
+def _permuted(model: nn.Module, sparsity: Mapping[str, float], config: FlexHiNMConfig | None,
+              example_inputs: Sequence | None, scores: Mapping[str, torch.Tensor] | None):
+    """Targets, layers left dense, (permuted) scores and the permutation report, the model permuted in place."""
     config = config or FlexHiNMConfig()
-    targets, _ = _resolve(model, sparsity)
+    targets, skipped = _resolve(model, sparsity)
     score = _scores(model, targets, config, scores)
-    if config.permutation == "none":
-        return PermutationReport()
-    return _permute(model, targets, score, config, example_inputs)
+    report = None
+    if config.permutation != "none" and targets:
+        report = _permute(model, targets, score, config, example_inputs)
+    return config, targets, skipped, score, report
 
 
-def flexhinm_sparsify_(
-    model: nn.Module,
-    sparsity: Mapping[str, float],
-    config: FlexHiNMConfig | None = None,
-    *,
-    example_inputs: Sequence | None = None,
-    scores: Mapping[str, torch.Tensor] | None = None,
-) -> FlexHiNMResult:
+def flexhinm_permute_(model: nn.Module, sparsity: Mapping[str, float], config: FlexHiNMConfig | None = None, *,
+                      example_inputs: Sequence | None = None, scores: Mapping[str, torch.Tensor] | None = None
+                      ) -> PermutationReport:
+    """Only the permutation stage: reorder channels (folded, function-preserving) for these targets."""
+    return _permuted(model, sparsity, config, example_inputs, scores)[4] or PermutationReport()
+
+
+def flexhinm_sparsify_(model: nn.Module, sparsity: Mapping[str, float], config: FlexHiNMConfig | None = None, *,
+                       example_inputs: Sequence | None = None, scores: Mapping[str, torch.Tensor] | None = None
+                       ) -> FlexHiNMResult:
     """One-shot FlexHiNM(-GP): permute (+fold), partition each layer, attach masks. In place.
 
     ``sparsity`` maps parameter (or module) names to target fractions, e.g. one Mix-and-Match
@@ -248,12 +245,7 @@ def flexhinm_sparsify_(
     ``example_inputs`` enables shape-aware tracing and the numerical check of every folded
     permutation. ``scores`` overrides the configured importance per layer (same shape as the weight).
     """
-    config = config or FlexHiNMConfig()
-    targets, skipped = _resolve(model, sparsity)
-    score = _scores(model, targets, config, scores)
-    report = None
-    if config.permutation != "none" and targets:
-        report = _permute(model, targets, score, config, example_inputs)
+    config, targets, skipped, score, report = _permuted(model, sparsity, config, example_inputs, scores)
     partitions = {n: hybrid_partition(score[n], t, config.tile_rows) for n, t in targets.items()}
     apply_masks_(model, {n: p.mask for n, p in partitions.items()})
     return FlexHiNMResult(partitions, skipped, report)
