@@ -116,8 +116,9 @@ def _resolve(model: nn.Module, sparsity: Mapping[str, float]) -> tuple[dict[str,
             is_param = True
         except AttributeError:
             is_param = False
-        if is_param and not key.endswith("weight"):
-            skipped[key] = "only weight matrices are pruned (biases and other tensors stay dense)"
+        if is_param and not key.endswith(".weight") and key != "weight":
+            skipped[key] = ("only the weight of a Conv / Linear is given the hybrid pattern (biases, packed "
+                            "attention projections and other tensors stay dense)")
             continue
         name = key if key.endswith(".weight") else f"{key}.weight"
         module_name = name[: -len(".weight")]

@@ -8,7 +8,7 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError
-from ..model import PRUNABLE_TYPES
+from ..model import prunable_weights
 from ..planning import Plan, Strategy, compute_scores
 from ..planning.signals import Scores
 from .mask import apply_masks_
@@ -53,11 +53,15 @@ def compute_masks(
     """Masks for ``strategy`` under ``signal``, not yet attached (adapters translate these)."""
     sparsity = resolve_strategy(strategy, plan)
     for name in sparsity:
-        module = model.get_submodule(name.rpartition(".")[0]) if "." in name else model
-        if not isinstance(module, PRUNABLE_TYPES) or not name.endswith(".weight"):
+        module_name, _, attr = name.rpartition(".")
+        try:
+            module = model.get_submodule(module_name)
+        except AttributeError:
+            module = None
+        if module is None or attr not in prunable_weights(module):
             raise ValidationError(
-                f"{name!r} is not a prunable weight (only Conv, Linear and Embedding weights are; norms and "
-                "biases stay dense); list the prunable ones with mm_plugin.inventory(model)"
+                f"{name!r} is not a prunable weight (Conv, Linear and Embedding weights and packed attention "
+                "projections are; norms and biases stay dense); list them with mm_plugin.inventory(model)"
             )
     scores = compute_scores(model, list(sparsity), signal, calibration, loss_fn)
     return masks_from_scores(scores, sparsity)

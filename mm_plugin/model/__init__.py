@@ -7,6 +7,7 @@ from .inventory import (
     forward_eval,
     inventory,
     names_of,
+    prunable_weights,
     resolve_names,
     submodule,
     trace,
@@ -16,5 +17,5 @@ from .units import KINDS, UNIT_KINDS, Inventory, SkippedParam, Unit
 
 __all__ = [
     "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "IgnoredScope", "Inventory", "SkippedParam", "Trace", "Unit",
-    "attention_modules", "forward_eval", "inventory", "names_of", "resolve_names", "submodule", "op_type", "trace", "update_attention_",
+    "attention_modules", "forward_eval", "inventory", "names_of", "resolve_names", "submodule", "op_type", "prunable_weights", "trace", "update_attention_",
 ]

@@ -24,11 +24,23 @@ _ATTENTION_NAME = re.compile(r"attention|attn", re.IGNORECASE)
 _MLP_NAME = re.compile(r"mlp|feedforward|ffn", re.IGNORECASE)
 
 
-def _weight_of(module: nn.Module) -> torch.Tensor | None:
-    """The module's own weight (through a mask parametrization if there is one)."""
-    if parametrize.is_parametrized(module, "weight"):
-        return module.parametrizations["weight"].original
-    return module._parameters.get("weight")
+#: Weights a module uses as matrices besides (or instead of) ``weight``: packed attention projections.
+PACKED_WEIGHTS: dict[type[nn.Module], tuple[str, ...]] = {
+    nn.MultiheadAttention: ("in_proj_weight", "q_proj_weight", "k_proj_weight", "v_proj_weight"),
+}
+
+
+def _weight_of(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
+    """One of the module's own weights (through a mask parametrization if there is one)."""
+    if parametrize.is_parametrized(module, attr):
+        return module.parametrizations[attr].original
+    return module._parameters.get(attr)
+
+
+def prunable_weights(module: nn.Module) -> list[str]:
+    """The module's weights a plan may prune: Conv / Linear / Embedding ``weight``, packed projections."""
+    attrs = ["weight"] if isinstance(module, PRUNABLE_TYPES) else list(PACKED_WEIGHTS.get(type(module), ()))
+    return [a for a in attrs if _weight_of(module, a) is not None]
 
 
 @dataclass
@@ -40,6 +52,7 @@ class Trace:
     order: list[str]
     positions: dict[str, int]
     output: torch.Tensor | None
+    output_of: str | None = None  # the innermost module whose output the model returned, if one did
 
 
 def trace(model: nn.Module, example_inputs: Any) -> Trace:
@@ -48,6 +61,7 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
     order: list[str] = []
     finished: set[str] = set()
     positions: dict[str, int] = {}
+    produced: dict[int, tuple[str, torch.Tensor]] = {}  # id -> innermost module that returned it (kept alive)
     stack: list[str] = []
 
     def pre(name: str) -> Callable:
@@ -60,8 +74,12 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             if name not in finished:
                 finished.add(name)
                 order.append(name)
-            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear)) and isinstance(out, torch.Tensor) \
-                    and out.dim() >= 2:
+            if isinstance(out, torch.Tensor):
+                produced.setdefault(id(out), (name, out))
+            if isinstance(module, nn.MultiheadAttention) and isinstance(out, tuple):
+                out = out[0].transpose(0, 1) if not module.batch_first and out[0].dim() == 3 else out[0]
+            if isinstance(module, (nn.modules.conv._ConvNd, nn.Linear, nn.MultiheadAttention)) \
+                    and isinstance(out, torch.Tensor) and out.dim() >= 2:
                 channels = out.shape[1] if isinstance(module, nn.modules.conv._ConvNd) else out.shape[-1]
                 positions[name] = positions.get(name, 0) + out.numel() // (out.shape[0] * max(channels, 1))
 
@@ -88,7 +106,9 @@ def trace(model: nn.Module, example_inputs: Any) -> Trace:
             h.remove()
     if isinstance(output, (tuple, list)):
         output = output[0]
-    return Trace(order, positions, output if isinstance(output, torch.Tensor) else None)
+    output = output if isinstance(output, torch.Tensor) else None
+    source = produced.get(id(output)) if output is not None else None
+    return Trace(order, positions, output, source[0] if source is not None and source[1] is output else None)
 
 
 def forward_eval(model: nn.Module, example_inputs: Any) -> torch.Tensor | None:
@@ -178,29 +198,39 @@ def _classify(
     return "linear"
 
 
-def inventory(model: nn.Module, example_inputs: Any = None) -> Inventory:
-    """List the prunable weights of ``model`` (Conv, Linear, Embedding) and why the rest is not.
+def _ran_at(name: str, order: dict[str, int]) -> float:
+    """Where a module ran; one that never ran as a module (``out_proj`` inside ``nn.MultiheadAttention``)
+    runs just after its nearest ancestor that did, and a module nothing ran goes last."""
+    for depth, anc in enumerate([name, *_ancestors(name), ""]):
+        if anc in order:
+            return order[anc] + depth / 100
+    return float(len(order) + 1)
 
-    ``example_inputs`` (a tensor or tuple) gives the execution order and the classifier head; without
-    it, registration order stands in and the last Linear is taken as the head.
+
+def inventory(model: nn.Module, example_inputs: Any = None) -> Inventory:
+    """List the prunable weights of ``model`` (Conv, Linear, Embedding, packed attention projections)
+    and why the rest is not.
+
+    ``example_inputs`` (a tensor or tuple) gives the execution order and the classifier head: the Linear
+    whose output the model returns (when a function computed the output, the last Linear run with as
+    many outputs as the model; when another module did, there is no head). Without it, registration
+    order stands in and the last Linear is taken as the head.
     """
     modules = dict(model.named_modules())
-    candidates: dict[str, nn.Module] = {}
+    candidates: dict[str, tuple[str, nn.Module, str]] = {}  # unit name -> (module name, module, attribute)
     skipped: list[SkippedParam] = []
     for mname, module in modules.items():
-        weight = _weight_of(module)
-        if isinstance(module, PRUNABLE_TYPES) and weight is not None:
-            candidates[mname] = module
+        attrs = prunable_weights(module)
+        for attr in attrs:
+            candidates[f"{mname}.{attr}" if mname else attr] = (mname, module, attr)
         for pname, p in module.named_parameters(recurse=False):
             full = f"{mname}.{pname}" if mname else pname
-            if mname in candidates and pname == "weight":
+            if pname in attrs or (pname == "original" and ".parametrizations." in full):
                 continue
             if isinstance(module, _NORMS):
                 reason = "normalization layer: kept dense"
-            elif pname == "bias" or p.dim() < 2:
+            elif "bias" in pname or p.dim() < 2:
                 reason = "bias or 1-D parameter"
-            elif pname == "original" and ".parametrizations." in full:
-                continue
             else:
                 reason = "not a Conv/Linear/Embedding weight (e.g. position table, token)"
             skipped.append(SkippedParam(full, tuple(p.shape), reason))
@@ -211,33 +241,31 @@ def inventory(model: nn.Module, example_inputs: Any = None) -> Inventory:
         )
 
     seen = trace(model, example_inputs) if example_inputs is not None else Trace([], {}, None)
-    ordered = [n for n in seen.order if n in candidates]
-    ordered += [n for n in candidates if n not in set(ordered)]  # never-run layers go last
-
-    linears = [n for n in ordered if isinstance(candidates[n], nn.Linear)]
-    head = None
-    if linears:
-        last = candidates[linears[-1]]
-        if seen.output is None or (seen.output.dim() >= 1 and seen.output.shape[-1] == last.out_features):
+    ran = {n: i for i, n in enumerate(seen.order)}
+    ordered = sorted(candidates, key=lambda n: _ran_at(candidates[n][0], ran)) if ran else list(candidates)
+    head = seen.output_of if isinstance(modules.get(seen.output_of or ""), nn.Linear) and seen.output_of else None
+    if seen.output_of is None:  # the output came from a function (softmax...): the last Linear that fits
+        linears = [candidates[n][0] for n in ordered if isinstance(candidates[n][1], nn.Linear)
+                   and (not ran or candidates[n][0] in ran)]
+        out = seen.output
+        if linears and (out is None or (out.dim() >= 1 and out.shape[-1] == modules[linears[-1]].out_features)):
             head = linears[-1]
+
+    def positions(mname: str) -> int:
+        owner = next((a for a in [mname, *_ancestors(mname)] if a in seen.positions), None)
+        return seen.positions[owner] if owner is not None else 0
 
     n = len(ordered)
     units = []
-    for i, mname in enumerate(ordered):
-        module = candidates[mname]
-        shape = tuple(_weight_of(module).shape)
+    for i, name in enumerate(ordered):
+        mname, module, attr = candidates[name]
+        shape = tuple(_weight_of(module, attr).shape)
         params = int(torch.Size(shape).numel())
         stage, block = _stage_and_block(mname)
         units.append(Unit(
-            name=f"{mname}.weight" if mname else "weight",
-            module=mname,
-            kind=_classify(mname, module, modules, i == 0, mname == head),
-            shape=shape,
-            params=params,
-            order=i,
-            depth=i / (n - 1) if n > 1 else 0.0,
-            stage=stage,
-            block=block,
-            macs=params * seen.positions.get(mname, 0),
+            name=name, module=mname,
+            kind="attention" if attr != "weight" else _classify(mname, module, modules, i == 0, mname == head),
+            shape=shape, params=params, order=i, depth=i / (n - 1) if n > 1 else 0.0, stage=stage, block=block,
+            macs=0 if isinstance(module, nn.Embedding) else params * positions(mname),
         ))
     return Inventory(units, skipped)

@@ -205,7 +205,7 @@ def plan_units(
 
 
 def effective_weights(model: nn.Module, units: Sequence[Unit]) -> dict[str, torch.Tensor]:
-    return {u.name: getattr(model.get_submodule(u.module), "weight").detach() for u in units}
+    return {u.name: getattr(model.get_submodule(u.module), u.name.rpartition(".")[2]).detach() for u in units}
 
 
 def plan(
