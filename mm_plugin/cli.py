@@ -14,7 +14,7 @@ from pathlib import Path
 
 import torch
 
-from .errors import MMError
+from .errors import ConfigError, MMError, UnsupportedModelError
 from .portfolio import pattern_names
 from .registry import Registry
 
@@ -64,9 +64,15 @@ def _cmd_plan(args: argparse.Namespace) -> int:
         x = next(iter(data.val))[0][:1]
     else:
         x = example_input(model, args.input_size)
-    p = plan(model, x, signal=args.signal, calibration=calibration, rules=args.rules,
-             targets=args.range_targets, allocations=args.allocations, range_mode=args.range_mode,
-             samples=args.samples, seed=args.seed)
+    try:
+        p = plan(model, x, signal=args.signal, calibration=calibration, rules=args.rules,
+                 targets=args.range_targets, allocations=args.allocations, range_mode=args.range_mode,
+                 samples=args.samples, seed=args.seed)
+    except UnsupportedModelError as e:
+        if args.input_size is None or not e.module:
+            raise
+        raise ConfigError(f"--input-size {','.join(map(str, args.input_size))} does not fit {args.model}: {e}; "
+                          "give the C,H,W the model takes") from None
     print(p.table(max_rows=args.max_rows))
     if args.out:
         print(f"\nplan written to {p.save(args.out)}")
@@ -92,7 +98,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .portfolio import run
 
     result = run(_run_config(args), args.out, cache_dir=args.cache_dir, keep_checkpoints=args.keep_checkpoints,
-                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]))
+                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]), force_new=args.force_new)
     _print_result(result)
     return 0
 
@@ -137,12 +143,15 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="unstructured masks; flexhinm: FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned masks; "
                         "structured: Torch-Pruning removes channels, timed with OpenVINO on the CPU")
     p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
+    p.add_argument("--force-new", action="store_true",
+                   help="the folder holds results made with other settings: archive them in previous-<time>/ and start again")
     p.add_argument("--cache-dir", help="where trained demo models are cached (default $MM_PLUGIN_CACHE or ~/.cache)")
 
 
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mm-prune", description=__doc__.splitlines()[0])
     parser.add_argument("-v", "--verbose", action="store_true")
+    parser.add_argument("--debug", action="store_true", help="show the traceback of an error")
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="derive ranges and the ten strategies; print and save them")
@@ -199,8 +208,15 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         return args.func(args)
     except MMError as e:
+        if args.debug:
+            raise
         print(f"mm-prune: error: {e}", file=sys.stderr)
         return 2
+    except (OSError, RuntimeError, ValueError, TypeError) as e:  # not a mistake we foresaw: one line, and how to see more
+        if args.debug:
+            raise
+        print(f"mm-prune: error: {type(e).__name__}: {e} (rerun with --debug for the traceback)", file=sys.stderr)
+        return 1
     except KeyboardInterrupt:
         print("mm-prune: interrupted; finished runs are saved, rerun the same command to resume", file=sys.stderr)
         return 130

@@ -41,7 +41,7 @@ from .ranges import (
     derive_ranges,
     threshold_views,
 )
-from .rules import explain, resolve_rules
+from .rules import explain, load_rules, resolve_rules, warn_unmatched
 from .signals import SIGNALS, get_signal, mean_abs_gradients
 from .strategies import Strategy
 
@@ -189,6 +189,7 @@ def plan_units(
     if not units:
         raise NoPrunableLayersError("there is no unit to plan")
     rule_list = resolve_rules(rules, defaults=default_rules)
+    warn_unmatched(units, load_rules(rules) if rules is not None else [])
     ranges = derive_ranges(units, views, rule_list, targets)
     strategies = strat.build_strategies(units, ranges.lo, ranges.hi)
     if len(strategies) < len(strat.NAMED_STRATEGIES):

@@ -22,7 +22,9 @@ Defaults and why they are there (norms and biases are never in the inventory, so
 
 from __future__ import annotations
 
+import difflib
 import json
+import logging
 import re
 from collections.abc import Iterable, Sequence
 from dataclasses import asdict, dataclass, field, fields
@@ -33,6 +35,8 @@ import numpy as np
 
 from ..errors import RuleError
 from ..model import KINDS, Unit
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -116,9 +120,13 @@ def load_rules(source: Any) -> list[Rule]:
     where = "rules"
     if isinstance(source, (str, Path)):
         path = Path(source)
-        if not path.exists():
-            raise RuleError(f"rules file {path} does not exist")
-        text = path.read_text()
+        if not path.is_file():
+            raise RuleError(f"rules file {path} {'is a folder' if path.is_dir() else 'does not exist'}; "
+                            "give the path of a .json or .yaml rules file")
+        try:
+            text = path.read_text()
+        except (OSError, UnicodeDecodeError) as e:
+            raise RuleError(f"rules file {path} cannot be read: {e}") from None
         try:
             if path.suffix in (".yaml", ".yml"):
                 import yaml
@@ -162,6 +170,17 @@ def apply_rules(
             lo[i] = min(max(lo[i], rule.min), rule.max)
             hi[i] = min(max(hi[i], rule.min), rule.max)
     return lo, hi
+
+
+def warn_unmatched(units: Sequence[Unit], user_rules: Sequence[Rule]) -> None:
+    """A user rule that binds no unit is most likely a typo: say so, with the closest unit names."""
+    modules = [u.module for u in units]
+    for rule in user_rules:
+        if rule.enabled and not any(rule.matches(u) for u in units):
+            close = difflib.get_close_matches(rule.pattern or "", modules, n=3, cutoff=0.3) if rule.pattern else []
+            log.warning("rule %r matches no unit (kinds %s, pattern %r); %s", rule.name, list(rule.kinds) or "any",
+                        rule.pattern, f"closest unit names: {', '.join(close)}" if close else
+                        f"the units' kinds are {', '.join(sorted({u.kind for u in units}))}")
 
 
 def explain(layer: Unit, rules: Sequence[Rule]) -> list[str]:

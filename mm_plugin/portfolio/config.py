@@ -6,6 +6,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ValidationError, check_fraction
+from ..planning import load_rules
 from .patterns import get_pattern
 
 
@@ -35,13 +36,18 @@ class RunConfig:
         for name in ("baselines", "targets", "range_targets"):  # fill defaults, so config.json says them
             if getattr(self, name) is None:
                 object.__setattr__(self, name, tuple(getattr(pattern, f"default_{name}")))
+        for name in ("signals", "strategies", "baselines", "targets", "seeds", "range_targets"):
+            value = getattr(self, name)  # a repeated value would run (and count) twice
+            object.__setattr__(self, name, None if value is None else tuple(dict.fromkeys(value)))
         pattern().check(self)
+        if self.rules is not None:
+            load_rules(self.rules)  # a missing, unreadable or malformed rules file stops the run before any work
         for t in self.targets:
             check_fraction(t, "target sparsity")
         if self.epochs < 0:
             raise ValidationError(f"epochs must be >= 0, got {self.epochs}")
-        if not self.seeds:
-            raise ValidationError("give at least one seed")
+        if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
+            raise ValidationError(f"seeds must be one or more integers >= 0, got {list(self.seeds)}")
 
     def to_dict(self) -> dict[str, Any]:
         d = asdict(self)

@@ -23,7 +23,7 @@ from ..files import write_atomic, write_json_atomic
 from ..planning import Plan, Strategy
 from ..training import MODELS, DataSplits, create_model, evaluate, finetune, load_data, pretrained_demo_model
 from .config import RunConfig
-from .folder import append_record, check_folder, checkpoint_path, load_records
+from .folder import RunFolder, fingerprint
 from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
@@ -121,7 +121,7 @@ def _latency(model: nn.Module, job: Job, ctx: RunContext) -> dict[str, float]:
 
 
 def _run_job(job: Job, pattern: Pattern, ctx: RunContext, data: DataSplits, dense_acc: tuple[float, float],
-             out: Path, progress: bool) -> dict:
+             folder: RunFolder, progress: bool) -> dict:
     start = time.perf_counter()
     config = ctx.config
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
@@ -141,10 +141,7 @@ def _run_job(job: Job, pattern: Pattern, ctx: RunContext, data: DataSplits, dens
         "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run,
         "wall_seconds": round(time.perf_counter() - start, 2),
     }
-    ckpt = checkpoint_path(out, job.key)
-    payload = pattern.checkpoint(model, record, extra)
-    write_atomic(ckpt, lambda f: torch.save(payload, f))
-    record["checkpoint"] = str(ckpt.relative_to(out))
+    record.update(folder.save_checkpoint(job.key, pattern.checkpoint(model, record, extra)))
     return record
 
 
@@ -156,20 +153,29 @@ def run(
     progress: bool = True,
     keep_checkpoints: str = "front",
     command: str = "",
+    force_new: bool = False,
     on_record: Callable[[dict], None] | None = None,
 ) -> RunResult:
-    """Run (or resume) the whole portfolio in ``out``; see the module docstring for the files."""
+    """Run (or resume) the whole portfolio in ``out`` (see :mod:`.folder` for what it holds); the folder
+    is locked for the run. ``force_new`` archives results made with other settings and starts again."""
     if keep_checkpoints not in ("front", "all"):
         raise ValidationError(f"keep_checkpoints must be 'front' or 'all', got {keep_checkpoints!r}")
-    out = Path(out)
-    out.mkdir(parents=True, exist_ok=True)
-    check_folder(out, config)
-    data = load_data(config.data, batch_size=config.batch_size, seed=0)
-    dense = _dense_model(config, data, out, cache_dir)
-    example = _check_model_fits_data(dense, data, config.model)
+    command = command or f"mm-prune run --model {config.model} --data {config.data}"
+    folder = RunFolder(out)
+    with folder.locked(command):
+        folder.check(config, force_new=force_new)  # settings first: refuse before any work
+        data = load_data(config.data, batch_size=config.batch_size, seed=0)
+        dense = _dense_model(config, data, folder.path, cache_dir)
+        example = _check_model_fits_data(dense, data, config.model)
+        folder.check(config, fingerprint(config, dense, data))
+        return _run(config, folder, data, dense, example, keep_checkpoints, command, progress, on_record)
+
+
+def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Module, example: torch.Tensor,
+         keep_checkpoints: str, command: str, progress: bool, on_record: Callable[[dict], None] | None) -> RunResult:
+    out = folder.path
     dense_acc = (evaluate(dense, data.val), evaluate(dense, data.test))
     log.info("dense %s: val %.4f, test %.4f", config.model, *dense_acc)
-
     pattern = get_pattern(config.sparsity)()
     calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
     ctx = RunContext(config, dense, example, calibration, plans={})
@@ -178,23 +184,22 @@ def run(
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
         ctx.plans[signal] = p
 
-    done = {r["key"] for r in load_records(out)}
+    done = {r["key"] for r in folder.records()}
     jobs, merged = _jobs(config, pattern, ctx)
     todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
     for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
-        record = _run_job(job, pattern, ctx, data, dense_acc, out, progress=False)
-        append_record(out, record)
+        record = _run_job(job, pattern, ctx, data, dense_acc, folder, progress=False)
+        folder.append(record)
         if on_record is not None:
             on_record(record)
 
-    records = load_records(out)
+    records = folder.records()
     aggs = aggregate(records)
     front = front_of(aggs)
     title = f"{config.model} on {config.data}" + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
-    report = write_report(aggs, out, title, command or f"mm-prune run --model {config.model} --data {config.data}",
-                          merged=merged)
+    report = write_report(aggs, out, title, command, merged=merged)
     plot = plot_pareto(aggs, out / "pareto.png", title)
     if keep_checkpoints == "front":  # both fronts: select picks from either
         keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}

@@ -21,6 +21,8 @@ def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: 
     if sum(x is not None for x in (min_accuracy, max_nonzeros, max_latency)) != 1:
         raise ValidationError("give exactly one of --min-accuracy, --max-nonzeros or --max-latency")
     out = Path(out)
+    if not out.is_dir():
+        raise ConfigError(f"run folder {out} does not exist; give the --out folder of a `mm-prune run`")
     records = load_records(out)
     if not records:
         raise ConfigError(f"{out} has no finished runs (results.jsonl missing or empty); run `mm-prune run` first")

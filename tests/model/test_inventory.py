@@ -65,3 +65,40 @@ def test_embedding_kind():
     model = nn.Sequential(nn.Embedding(100, 16), nn.Flatten(), nn.Linear(16 * 4, 5))
     inv = mm_plugin.inventory(model, torch.randint(0, 100, (2, 4)))
     assert [layer.kind for layer in inv.units] == ["embedding", "head"]
+
+
+class TransformerClassifier(nn.Module):
+    """nn.MultiheadAttention's packed in_proj_weight is its largest weight; its out_proj never runs as a
+    module (the functional attention reads its weight), so module order alone would label it the head."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.embed = nn.Linear(16, 32)
+        self.encoder = nn.TransformerEncoder(nn.TransformerEncoderLayer(32, 4, 64, batch_first=True), 2)
+        self.head = nn.Linear(32, 10)
+
+    def forward(self, x):
+        return self.head(self.encoder(self.embed(x)).mean(1))
+
+
+def test_multihead_attention_is_planned_per_weight_with_the_head_right():
+    torch.manual_seed(0)
+    model, x = TransformerClassifier(), torch.randn(2, 5, 16)
+    units = mm_plugin.inventory(model, x).units
+    names = [u.name for u in units]
+    assert names[1:4] == ["encoder.layers.0.self_attn.in_proj_weight", "encoder.layers.0.self_attn.out_proj.weight",
+                          "encoder.layers.0.linear1.weight"]  # out_proj right after its attention, not last
+    assert {u.name: u.kind for u in units}["encoder.layers.1.self_attn.in_proj_weight"] == "attention"
+    assert [u.name for u in units if u.kind == "head"] == ["head.weight"]
+    p = mm_plugin.plan(model, x, default_rules=False)
+    mm_plugin.prune(model, p.rescale("balanced", 0.8))
+    packed = model.encoder.layers[0].self_attn.in_proj_weight
+    assert 0 < float((packed == 0).float().mean()) < 1 and model(x).shape == (2, 10)
+
+
+def test_torch_transformer_has_every_weight_and_no_false_head():
+    model = nn.Transformer(d_model=32, nhead=4, num_encoder_layers=1, num_decoder_layers=1, dim_feedforward=64,
+                           batch_first=True)
+    units = mm_plugin.inventory(model, (torch.randn(2, 5, 32), torch.randn(2, 3, 32))).units
+    assert sum(u.name.endswith("in_proj_weight") for u in units) == 3  # encoder self, decoder self and cross
+    assert len(units) == 10 and not any(u.kind == "head" for u in units)  # a LayerNorm makes the output

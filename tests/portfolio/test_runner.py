@@ -75,7 +75,7 @@ def test_other_configuration_refused(finished):
     out, _ = finished
     import dataclasses
 
-    with pytest.raises(ConfigError, match=r"different configuration \(epochs: 1 -> 3\)"):
+    with pytest.raises(ConfigError, match=r"other inputs \(settings.epochs: 1 -> 3\).*--force-new"):
         run(dataclasses.replace(CONFIG, epochs=3), out, progress=False)
 
 
