@@ -52,6 +52,10 @@ class StructuredPattern(Pattern):
     timed = True
     BASELINE_RANGE = (0.0, 0.85)  # TP's pruning_ratio; its max_pruning_ratio is 0.9
 
+    @classmethod
+    def range_targets_for(cls, targets: tuple[float, ...]) -> tuple[float, ...]:
+        return cls.default_range_targets  # targets count multiply-adds, range targets channel ratios
+
     def check(self, config: RunConfig) -> None:
         super().check(config)
         for name in config.signals:

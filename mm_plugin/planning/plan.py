@@ -39,6 +39,7 @@ from .ranges import (
     allocation_views,
     default_allocations,
     derive_ranges,
+    guard_for,
     threshold_views,
 )
 from .rules import explain, load_rules, resolve_rules, warn_unmatched
@@ -86,8 +87,24 @@ class Plan:
 
     def rescale(self, strategy: Strategy | str, target: float, cost: str = "params") -> Strategy:
         """The strategy moved inside the ranges until its global sparsity (weighted by ``cost``) is
-        exactly ``target``."""
-        return budget.rescale(self.strategy(strategy), self.units, self.lo, self.hi, target, cost)
+        exactly ``target``; an unreachable target names the units that bound it."""
+        try:
+            return budget.rescale(self.strategy(strategy), self.units, self.lo, self.hi, target, cost)
+        except ValidationError as e:
+            raise ValidationError(f"{e}. {self._binding(target, cost)}") from None
+
+    def _binding(self, target: float, cost: str) -> str:
+        """The units that keep the ranges from reaching ``target`` most, and the rules behind them."""
+        costs = budget.unit_costs(self.units, cost)
+        low, high = self.reach(cost)
+        bound = self.hi if target > high else self.lo
+        short = (target - bound) * costs if target > high else (bound - target) * costs
+        worst = [i for i in np.argsort(-short)[:3] if short[i] > 0]
+        names = "; ".join(f"{self.units[i].name} ({'max' if target > high else 'min'} {bound[i]:.2f}"
+                          + (f", rules {', '.join(self.rules.get(self.units[i].name, []))}"
+                             if self.rules.get(self.units[i].name) else "") + ")" for i in worst)
+        return (f"The units that bind it most: {names}. Reachable: {low:.4f} to {high:.4f}; relax those rules, "
+                "or plan around this target (mm_plugin.plan(..., targets=mm_plugin.planning.around([target])))")
 
     def sample(self, k: int, seed: int = 0) -> list[Strategy]:
         return strat.sample_strategies(self.units, self.lo, self.hi, k, seed)
@@ -177,20 +194,22 @@ def plan_units(
     rules: Any = None,
     default_rules: bool = True,
     targets: Sequence[float] = DEFAULT_TARGETS,
+    reach: Sequence[float] = (),
     samples: int = 0,
     seed: int = 0,
     unit_kind: str = "weight",
     config: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """The engine: ranges from ``views`` at ``targets`` bounded by the rules, then the ten named
-    strategies (plus ``samples`` drawn uniformly in the ranges). ``config`` is recorded in the plan."""
+    """The engine: ranges from ``views`` at ``targets`` (extended until every ``reach`` target is
+    reachable, see :func:`derive_ranges`) bounded by the rules, then the ten named strategies (plus
+    ``samples`` drawn uniformly in the ranges). ``config`` is recorded in the plan."""
     if unit_kind not in UNIT_KINDS:
         raise UnknownNameError("unit kind", unit_kind, UNIT_KINDS)
     if not units:
         raise NoPrunableLayersError("there is no unit to plan")
     rule_list = resolve_rules(rules, defaults=default_rules)
     warn_unmatched(units, load_rules(rules) if rules is not None else [])
-    ranges = derive_ranges(units, views, rule_list, targets)
+    ranges = derive_ranges(units, views, rule_list, targets, reach)
     strategies = strat.build_strategies(units, ranges.lo, ranges.hi)
     if len(strategies) < len(strat.NAMED_STRATEGIES):
         log.warning("ranges are too narrow for ten distinct strategies; kept %d", len(strategies))
@@ -198,8 +217,9 @@ def plan_units(
     log.info("planned %d units, %d strategies", len(units), len(strategies))
     return Plan(
         units=list(units), lo=ranges.lo, hi=ranges.hi, strategies=strategies, signal=signal,
-        rules={u.name: explain(u, rule_list) for u in units},
-        config={**(config or {}), "targets": list(targets), "rules": [r.to_dict() for r in rule_list],
+        rules={u.name: explain(u, rule_list, sum(v.params for v in units)) for u in units},
+        config={**(config or {}), "targets": sorted({float(k.rpartition("@")[2]) for k in ranges.sources}),
+                "reach": list(reach), "rules": [r.to_dict() for r in rule_list],
                 "samples": samples, "seed": seed, "range_sources": {k: v.tolist() for k, v in ranges.sources.items()}},
         unit_kind=unit_kind,
     )
@@ -220,17 +240,23 @@ def plan(
     default_rules: bool = True,
     ignored_scope: IgnoredScope | dict | list | None = None,
     targets: Sequence[float] = DEFAULT_TARGETS,
+    reach: Sequence[float] = (),
     allocations: Sequence[str] | None = None,
     range_mode: str = "allocations",
     samples: int = 0,
     seed: int = 0,
-    min_density: float = 0.01,
+    min_density: float | None = None,
 ) -> Plan:
     """Derive per-weight ranges and the ten named strategies (plus ``samples`` random ones).
 
-    ``calibration`` (an iterable of (inputs, targets) batches) is needed by the gradient signals and
-    the |w g| allocation; without it the default range allocations are global magnitude, LAMP, ERK.
+    ``targets`` are the global sparsities the ranges are derived at; to rescale strategies to some
+    sparsities later, plan at and around them and ask the plan to reach them:
+    ``targets=around([0.9, 0.95]), reach=[0.9, 0.95]``. ``min_density`` (the
+    guard that keeps part of every weight in the threshold views) defaults to 1 %, less when a range
+    target needs it. ``calibration`` (an iterable of (inputs, targets) batches) is needed by the gradient
+    signals and the |w g| allocation; without it the range allocations are global magnitude, LAMP, ERK.
     """
+    min_density = guard_for([*targets, *reach]) if min_density is None else min_density
     get_signal(signal)  # fail on a typo before any work
     if range_mode not in RANGE_MODES:
         raise UnknownNameError("range mode", range_mode, RANGE_MODES)
@@ -259,7 +285,7 @@ def plan(
     else:
         views = allocation_views(inputs, chosen)
     return plan_units(
-        units, views, signal=signal, rules=rules, default_rules=default_rules, targets=targets,
+        units, views, signal=signal, rules=rules, default_rules=default_rules, targets=targets, reach=reach,
         samples=samples, seed=seed,
         config={
             "allocations": list(allocations or default_allocations(grads is not None)),

@@ -33,6 +33,20 @@ class Ranges:
     sources: dict[str, np.ndarray]  # "view@target" -> per-unit sparsity, before rules
 
 
+def around(targets: Sequence[float]) -> tuple[float, ...]:
+    """Range targets at and around the global sparsities that will be asked for: each target's density
+    (1 - t) times 1.5 and divided by 1.5, so a 90 % target is bracketed by 85 % and 93.3 %, and a 99 %
+    one by 98.5 % and 99.3 % (a fixed step would run past 100 % at high sparsity)."""
+    out = {round(t, 4) for t in targets}
+    out |= {round(1 - (1 - t) * f, 4) for t in targets for f in (1.5, 1 / 1.5)}
+    return tuple(sorted(t for t in out if 0.0 < t < 1.0))
+
+
+def guard_for(targets: Sequence[float], default: float = 0.01) -> float:
+    """The minimum-density guard the threshold views can keep at the highest range target."""
+    return min(default, (1.0 - max(targets)) / 2) if targets else default
+
+
 def default_allocations(has_gradients: bool) -> tuple[str, ...]:
     """Global magnitude, LAMP and |w g|; without calibration data ERK stands in as the data-free view."""
     if has_gradients:
@@ -51,11 +65,30 @@ def threshold_views(inputs: AllocationInputs, scores: Mapping[str, Mapping[str, 
 
 
 def derive_ranges(units: Sequence[Unit], views: Mapping[str, View], rules: Sequence[Rule],
-                  targets: Sequence[float] = DEFAULT_TARGETS) -> Ranges:
+                  targets: Sequence[float] = DEFAULT_TARGETS, reach: Sequence[float] = ()) -> Ranges:
+    """Each unit's min and max over the views at ``targets``, bounded by the rules.
+
+    ``reach``: global sparsities (weighted by parameters) the ranges must allow. While one lies outside,
+    the range targets are extended one step further (the density shrunk or grown 1.5x), so that only a
+    rule, or a view that cannot go further, limits what is reachable, never the choice of targets."""
     if not targets:
         raise ValidationError("range targets must hold at least one global sparsity, e.g. [0.7, 0.8, 0.9]")
     targets = [check_fraction(t, "range target") for t in targets]
-    sources = {f"{name}@{t:g}": view(t) for name, view in views.items() for t in targets}
-    stacked = np.stack(list(sources.values()))
-    lo, hi = apply_rules(units, stacked.min(0), stacked.max(0), rules)
-    return Ranges(lo, hi, sources)
+    sizes = np.array([u.params for u in units], dtype=float)
+    sources: dict[str, np.ndarray] = {}
+    while True:
+        sources.update({f"{name}@{t:g}": view(t) for name, view in views.items() for t in targets
+                        if f"{name}@{t:g}" not in sources})
+        stacked = np.stack(list(sources.values()))
+        lo, hi = apply_rules(units, stacked.min(0), stacked.max(0), rules)
+        low, high = float(lo @ sizes / sizes.sum()), float(hi @ sizes / sizes.sum())
+        step = [round(1 - (1 - max(targets)) / 1.5, 4)] if any(t > high + 1e-12 for t in reach) else []
+        step += [round(1 - (1 - min(targets)) * 1.5, 4)] if any(t < low - 1e-12 for t in reach) else []
+        step = [t for t in step if 0.0 < t < 1.0 and t not in targets]
+        try:
+            sources.update({f"{name}@{t:g}": view(t) for name, view in views.items() for t in step})
+        except ValidationError:  # a view cannot go that far (its minimum-density guard): the views' limit
+            step = []
+        if not step:
+            return Ranges(lo, hi, sources)
+        targets += step

@@ -17,7 +17,9 @@ Defaults and why they are there (norms and biases are never in the inventory, so
   floor): they are the only path from pixels into a transformer.
 * ``embedding`` caps token/position embeddings at 0.30, for the same reason.
 * ``tiny-layers`` caps layers under 10 K weights at 0.10: they cost almost nothing to keep and
-  pruning them collapses capacity (the draft's rule).
+  pruning them collapses capacity (the draft's rule). Only layers that also hold under 1 % of the
+  planned weights count as tiny, so the rule scales down with small models (where every layer has
+  fewer than 10 K weights) and is unchanged for ImageNet-size ones.
 """
 
 from __future__ import annotations
@@ -48,6 +50,7 @@ class Rule:
     pattern: str | None = None  # regex searched in the module name
     min_params: int | None = None
     max_params: int | None = None  # matches layers with params < max_params
+    max_share: float | None = None  # matches layers holding less than this share of all planned weights
     position: str | None = None  # "first" or "last" in execution order
     min: float = 0.0
     max: float = 1.0
@@ -63,7 +66,7 @@ class Rule:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise RuleError(f"{where}: unknown kinds {bad}; allowed: {', '.join(KINDS)}")
-        for key in ("min", "max") + (("widen_max",) if self.widen_max is not None else ()):
+        for key in ("min", "max") + tuple(k for k in ("widen_max", "max_share") if getattr(self, k) is not None):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise RuleError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
@@ -77,9 +80,10 @@ class Rule:
             except re.error as e:
                 raise RuleError(f"{where}: pattern {self.pattern!r} is not a valid regex: {e}") from None
 
-    def matches(self, layer: Unit) -> bool:
+    def matches(self, layer: Unit, total_params: int = 0) -> bool:
         return (
-            (not self.kinds or layer.kind in self.kinds)
+            (self.max_share is None or layer.params < self.max_share * total_params)
+            and (not self.kinds or layer.kind in self.kinds)
             and (self._regex is None or self._regex.search(layer.module) is not None)
             and (self.min_params is None or layer.params >= self.min_params)
             and (self.max_params is None or layer.params < self.max_params)
@@ -99,7 +103,7 @@ DEFAULT_RULES: tuple[Rule, ...] = (
     Rule("first-layer", position="first", max=0.10),
     Rule("patch-embedding", kinds=("patch_embedding",), max=0.30),
     Rule("embedding", kinds=("embedding",), max=0.30),
-    Rule("tiny-layers", max_params=10_000, max=0.10),
+    Rule("tiny-layers", max_params=10_000, max_share=0.01, max=0.10),
 )
 
 
@@ -161,9 +165,10 @@ def apply_rules(
 ) -> tuple[np.ndarray, np.ndarray]:
     """Bound each layer's [lo, hi] by every rule that matches it, in order."""
     lo, hi = np.array(lo, dtype=float), np.array(hi, dtype=float)
+    total = sum(u.params for u in layers)
     for i, layer in enumerate(layers):
         for rule in rules:
-            if not rule.matches(layer):
+            if not rule.matches(layer, total):
                 continue
             if rule.widen_max is not None:
                 hi[i] = max(hi[i], rule.widen_max)
@@ -176,13 +181,14 @@ def warn_unmatched(units: Sequence[Unit], user_rules: Sequence[Rule]) -> None:
     """A user rule that binds no unit is most likely a typo: say so, with the closest unit names."""
     modules = [u.module for u in units]
     for rule in user_rules:
-        if rule.enabled and not any(rule.matches(u) for u in units):
+        total = sum(u.params for u in units)
+        if rule.enabled and not any(rule.matches(u, total) for u in units):
             close = difflib.get_close_matches(rule.pattern or "", modules, n=3, cutoff=0.3) if rule.pattern else []
             log.warning("rule %r matches no unit (kinds %s, pattern %r); %s", rule.name, list(rule.kinds) or "any",
                         rule.pattern, f"closest unit names: {', '.join(close)}" if close else
                         f"the units' kinds are {', '.join(sorted({u.kind for u in units}))}")
 
 
-def explain(layer: Unit, rules: Sequence[Rule]) -> list[str]:
+def explain(layer: Unit, rules: Sequence[Rule], total_params: int = 0) -> list[str]:
     """Names of the rules that bound ``layer`` (for tables and reports)."""
-    return [r.name for r in rules if r.matches(layer)]
+    return [r.name for r in rules if r.matches(layer, total_params)]

@@ -26,16 +26,18 @@ class RunConfig:
     seeds: tuple[int, ...] = (0,)
     batch_size: int = 128
     calibration_batches: int = 4
-    range_targets: tuple[float, ...] | None = None  # None: the pattern's
+    range_targets: tuple[float, ...] | None = None  # None: at and around the targets (the pattern's default)
     rules: Any = None  # list of rule dicts or a path
     dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
     sparsity: str = "unstructured"  # a pattern name: "flexhinm", or "structured" (Torch-Pruning channels)
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)
-        for name in ("baselines", "targets", "range_targets"):  # fill defaults, so config.json says them
+        for name in ("baselines", "targets"):  # fill defaults, so config.json says them
             if getattr(self, name) is None:
                 object.__setattr__(self, name, tuple(getattr(pattern, f"default_{name}")))
+        if self.range_targets is None:
+            object.__setattr__(self, "range_targets", pattern.range_targets_for(self.targets))
         for name in ("signals", "strategies", "baselines", "targets", "seeds", "range_targets"):
             value = getattr(self, name)  # a repeated value would run (and count) twice
             object.__setattr__(self, name, None if value is None else tuple(dict.fromkeys(value)))

@@ -28,6 +28,7 @@ from ..planning import (
     plan,
 )
 from ..planning.allocations import allocate
+from ..planning.ranges import around
 from ..planning.signals import mean_abs_gradients
 from ..registry import Needs, Registry
 from .jobs import BaselineJob, Job, RunContext
@@ -53,6 +54,11 @@ class Pattern:
     #: Where the baselines' names (and what each needs) are registered.
     baseline_registry: Registry = ALLOCATIONS
 
+    @classmethod
+    def range_targets_for(cls, targets: tuple[float, ...]) -> tuple[float, ...]:
+        """Ranges are derived at and around the requested targets, so that every one is reachable."""
+        return around(targets) if targets else cls.default_range_targets
+
     def check(self, config: RunConfig) -> None:
         """Refuse names this pattern cannot run, before anything is computed."""
         for name in config.signals:
@@ -67,7 +73,7 @@ class Pattern:
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
-                    targets=c.range_targets)
+                    targets=c.range_targets, reach=c.targets)
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable

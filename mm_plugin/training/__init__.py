@@ -1,10 +1,19 @@
 """Training: the one loop (dense training and masked fine-tuning), the data it reads, the models it trains."""
 
 from .data import DATASETS, DataSplits, load_data
-from .loop import FinetuneResult, TrainingHook, evaluate, finetune, seed_everything
+from .loop import (
+    FinetuneResult,
+    TrainingHook,
+    evaluate,
+    finetune,
+    labels,
+    reestimate_bn,
+    score,
+    seed_everything,
+)
 from .zoo import MODELS, create_model, pretrained_demo_model
 
 __all__ = [
     "DATASETS", "MODELS", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
-    "load_data", "pretrained_demo_model", "seed_everything",
+    "labels", "load_data", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
 ]

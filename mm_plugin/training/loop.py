@@ -37,23 +37,43 @@ def _device_of(model: nn.Module) -> torch.device:
     return tensor.device if tensor is not None else torch.device("cpu")
 
 
+def labels(y: torch.Tensor) -> torch.Tensor:
+    """Class indices of targets that are indices, or class probabilities (a teacher's, for distillation)."""
+    return y.argmax(dim=1) if y.dim() > 1 else y
+
+
 @torch.no_grad()
-def evaluate(model: nn.Module, loader: Iterable) -> float:
-    """Top-1 accuracy in eval mode; the model's previous train/eval mode is restored."""
+def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy in eval mode; the previous train/eval mode is restored.
+    Probability targets (distillation) count a prediction right when it agrees with their top-1."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
     correct = total = 0
+    loss = 0.0
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
-            correct += int((model(x).argmax(dim=1) == y).sum())
-            total += y.numel()
+            logits = model(x)
+            correct += int((logits.argmax(dim=1) == labels(y)).sum())
+            loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
+            total += len(y)
     finally:
         model.train(was_training)
     if total == 0:
         raise ValidationError("evaluate: the loader yielded no samples")
-    return correct / total
+    return correct / total, loss / total
+
+
+def evaluate(model: nn.Module, loader: Iterable) -> float:
+    """Top-1 accuracy (agreement with the teacher for probability targets); see :func:`score`."""
+    return score(model, loader)[0]
+
+
+def reestimate_bn(model: nn.Module, batches: Iterable) -> None:
+    """Recompute BatchNorm running statistics on ``batches`` (pruning shifts every activation's mean
+    and variance; stale statistics make a pruned model look broken before any fine-tuning)."""
+    torch.optim.swa_utils.update_bn(batches, model, device=_device_of(model))
 
 
 @dataclass
@@ -74,6 +94,11 @@ class TrainingHook(Protocol):
     def penalty(self) -> torch.Tensor: ...
 
 
+def _hook_param_groups(model: nn.Module, hooks: Sequence[TrainingHook]) -> list[dict]:
+    """Optimizer groups a hook asks for with ``param_groups(model)`` (e.g. gates with their own lr)."""
+    return [g for hook in hooks if hasattr(hook, "param_groups") for g in hook.param_groups(model)]
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -83,7 +108,7 @@ def finetune(
     train: Iterable,
     val: Iterable,
     *,
-    epochs: int,
+    epochs: float,
     lr: float = 1e-3,
     weight_decay: float = 0.0,
     patience: int | None = 3,
@@ -102,19 +127,23 @@ def finetune(
     state instead (gradual pruning, whose early states are denser than asked).
 
     ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
-    every forward pass and add ``penalty()`` to the loss.
+    every forward pass and add ``penalty()`` to the loss. A hook may also have ``param_groups(model)``
+    (optimizer groups with their own settings; those parameters leave the default group) and
+    ``on_epoch(model, epoch) -> dict`` (merged into that epoch's history row).
     """
     if keep not in ("best", "last"):
         raise ValidationError(f"finetune: keep must be 'best' or 'last', got {keep!r}")
     if epochs < 0:
         raise ValidationError(f"finetune: epochs must be >= 0, got {epochs}")
+    steps = max(1, round(epochs * len(train)))  # a fraction of an epoch ends early in the last one
     if patience is not None and patience < 1:
         raise ValidationError(f"finetune: patience must be >= 1 or None, got {patience}")
     seed_everything(seed)
     device = _device_of(model)
-    params = [p for p in model.parameters() if p.requires_grad]
-    optimizer = torch.optim.AdamW(params, lr=lr, weight_decay=weight_decay)
-    steps = max(1, epochs * len(train))
+    extra = _hook_param_groups(model, hooks)
+    taken = {id(p) for g in extra for p in g["params"]}
+    params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
+    optimizer = torch.optim.AdamW([{"params": params}, *extra], lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
     )
@@ -124,13 +153,15 @@ def finetune(
     best_epoch, best_state = 0, _snapshot(model)
     history = [{"epoch": 0, "val_accuracy": best_acc}]
     label = desc or "finetune"
-    epoch_bar = tqdm(range(1, epochs + 1), desc=label, disable=not progress, unit="epoch")
+    epoch_bar = tqdm(range(1, math.ceil(epochs) + 1), desc=label, disable=not progress, unit="epoch")
     step = 0
     for epoch in epoch_bar:
         model.train()
         loss_sum = correct = seen = 0
         batches = tqdm(train, desc=f"{label} epoch {epoch}", disable=not progress, leave=False, unit="batch")
         for x, y in batches:
+            if step == steps:
+                break
             x, y = x.to(device), y.to(device)
             for hook in hooks:
                 hook.on_step(model, step)
@@ -148,9 +179,9 @@ def finetune(
             optimizer.step()
             scheduler.step()
             step += 1
-            loss_sum += loss.item() * y.numel()
-            correct += int((logits.argmax(dim=1) == y).sum())
-            seen += y.numel()
+            loss_sum += loss.item() * len(y)
+            correct += int((logits.argmax(dim=1) == labels(y)).sum())
+            seen += len(y)
         val_acc, train_loss = evaluate(model, val), loss_sum / max(seen, 1)
         history.append(
             {
@@ -161,7 +192,10 @@ def finetune(
                 "lr": scheduler.get_last_lr()[0],
             }
         )
-        logger.info("%s epoch %d/%d: train loss %.4f, val %.4f", label, epoch, epochs, train_loss, val_acc)
+        for hook in hooks:
+            if hasattr(hook, "on_epoch"):
+                history[-1].update(hook.on_epoch(model, epoch) or {})
+        logger.info("%s epoch %d/%g: train loss %.4f, val %.4f", label, epoch, epochs, train_loss, val_acc)
         epoch_bar.set_postfix(val=f"{val_acc:.4f}", best=f"{max(best_acc, val_acc):.4f}")
         if keep == "last":
             best_acc, best_epoch = val_acc, epoch

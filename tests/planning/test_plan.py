@@ -111,3 +111,30 @@ def test_ignored_scope_has_nncf_semantics(resnet_plan):
         mm_plugin.plan(model, X, ignored_scope={"types": ["Conv2d"]})
     kept = mm_plugin.plan(model, X, ignored_scope={"names": ["nope"], "validate": False}).units
     assert len(kept) == len(p.units) + 1
+
+
+def test_any_requested_target_is_reachable_or_a_rule_is_named():
+    """Ranges follow the targets a user asks for; only a rule may stop one, and the error names it."""
+    from mm_plugin.planning import around
+    from mm_plugin.training import create_model
+
+    model, x = create_model("resnet8", num_classes=10, in_chans=1), torch.randn(1, 1, 28, 28)
+    assert around([0.9]) == (0.85, 0.9, 0.9333)
+    for t in (0.3, 0.7, 0.9, 0.95):
+        p = mm_plugin.plan(model, x, targets=around([t]), reach=[t])
+        assert abs(p.global_sparsity(p.rescale("feature-heavy", t)) - t) < 1e-3
+    with pytest.raises(ValidationError, match=r"target 0.99 is outside .*bind it most: .*rules .*tiny-layers"):
+        mm_plugin.plan(model, x, targets=around([0.99]), reach=[0.99]).rescale("balanced", 0.99)
+    relaxed = [{"name": "tiny-layers", "enabled": False}, {"name": "first-layer", "enabled": False},
+               {"name": "classifier-head", "enabled": False}]
+    p = mm_plugin.plan(model, x, rules=relaxed, targets=around([0.99]), reach=[0.99])
+    assert abs(p.global_sparsity(p.rescale("balanced", 0.99)) - 0.99) < 1e-3
+
+
+def test_tiny_layers_scale_with_the_model():
+    """Under 10 K weights AND under 1 % of the planned weights: a small model's layers are not all tiny."""
+    from mm_plugin.planning import DEFAULT_RULES
+
+    tiny = next(r for r in DEFAULT_RULES if r.name == "tiny-layers")
+    unit = mm_plugin.Unit("w", "m", "conv", (8, 8), 5_000, 0, 0.0)
+    assert tiny.matches(unit, total_params=10_000_000) and not tiny.matches(unit, total_params=100_000)
