@@ -86,6 +86,7 @@ def _run_config(args: argparse.Namespace):
         model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
         baselines=args.baselines, targets=args.targets, epochs=args.epochs, lr=args.lr, seeds=args.seeds,
         batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs, sparsity=args.sparsity,
+        budget=args.budget, candidates=args.candidates, samples=args.samples,
     )
 
 
@@ -142,6 +143,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--sparsity", choices=pattern_names(), default="unstructured",
                    help="unstructured masks; flexhinm: FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned masks; "
                         "structured: Torch-Pruning removes channels, timed with OpenVINO on the CPU")
+    p.add_argument("--budget", type=float, default=None,
+                   help="search the ranges for the best allocation per target, spending this many full fine-tunes "
+                        "(one-shot scores for many candidates, short fine-tunes for the best, full ones for the rest)")
+    p.add_argument("--candidates", type=int, default=24, help="the search's one-shot candidates per target and seed")
+    p.add_argument("--samples", type=int, default=0,
+                   help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
     p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
     p.add_argument("--force-new", action="store_true",
                    help="the folder holds results made with other settings: archive them in previous-<time>/ and start again")

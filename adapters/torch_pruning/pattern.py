@@ -66,7 +66,7 @@ class StructuredPattern(Pattern):
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan_groups(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
-                           targets=c.range_targets)
+                           targets=c.range_targets, samples=c.samples)
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         return strategy.sparsity  # brought to the target when pruned (that needs measured counts)

@@ -30,6 +30,10 @@ class RunConfig:
     rules: Any = None  # list of rule dicts or a path
     dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
     sparsity: str = "unstructured"  # a pattern name: "flexhinm", or "structured" (Torch-Pruning channels)
+    budget: float | None = None  # a strategy search per target and seed, in full fine-tunes (see .search)
+    candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
+    eta: int = 3  # the search keeps the best 1/eta of each rung
+    samples: int = 0  # without a budget: strategies sampled in the ranges, beside the named ones
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)
@@ -48,6 +52,12 @@ class RunConfig:
             check_fraction(t, "target sparsity")
         if self.epochs < 0:
             raise ValidationError(f"epochs must be >= 0, got {self.epochs}")
+        if self.budget is not None and (self.budget < 1 or not self.targets):
+            raise ValidationError(f"a search needs --targets and a --budget of at least 1 full fine-tune, got "
+                                  f"budget {self.budget} and targets {list(self.targets)}")
+        if self.candidates < 1 or self.eta < 2 or self.samples < 0:
+            raise ValidationError(f"need candidates >= 1, eta >= 2 and samples >= 0, got {self.candidates}, "
+                                  f"{self.eta}, {self.samples}")
         if not self.seeds or any(not isinstance(s, int) or s < 0 for s in self.seeds):
             raise ValidationError(f"seeds must be one or more integers >= 0, got {list(self.seeds)}")
 

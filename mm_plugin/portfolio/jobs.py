@@ -9,6 +9,7 @@ import torch
 from torch import nn
 
 from ..planning import Plan
+from ..training import DataSplits
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -22,11 +23,12 @@ class Job:
     target: float | None
     seed: int
     sparsity: dict[str, float] = field(compare=False, hash=False)
+    rung: int | None = None  # a search candidate's rung: 0 one-shot, 1 short fine-tune, 2 full
 
     @property
     def config_key(self) -> str:
         t = "natural" if self.target is None else f"{self.target:.4f}"
-        return f"{self.method}/{self.signal}/{self.name}/{t}"
+        return f"{self.method}/{self.signal}/{self.name}/{t}" + ("" if self.rung is None else f"/rung{self.rung}")
 
     @property
     def key(self) -> str:
@@ -47,6 +49,7 @@ class RunContext:
     config: RunConfig
     dense: nn.Module
     example: torch.Tensor
-    calibration: list | None
+    calibration: list | None  # (inputs, targets) batches, when a signal or baseline needs gradients
     plans: dict[str, Plan]
+    data: DataSplits | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # a pattern's per-run memo (compiled models...)

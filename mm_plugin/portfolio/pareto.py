@@ -59,7 +59,8 @@ def aggregate(records: Iterable[dict]) -> list[Aggregate]:
     """Group finished runs by configuration (everything but the seed) and average them."""
     groups: dict[str, list[dict]] = defaultdict(list)
     for r in records:
-        groups[r["config_key"]].append(r)
+        if r.get("rung") is None:  # a search's rungs are its workings; its pick is a record of its own
+            groups[r["config_key"]].append(r)
     out = []
     for key, rs in groups.items():
         def col(field: str) -> np.ndarray:

@@ -16,7 +16,7 @@ from torch import nn
 
 from ..errors import ConfigError, ValidationError
 from ..flexhinm import FlexHiNMConfig, flexhinm_sparsify_
-from ..masks import apply_masks_, bake_masks_, compute_masks, global_sparsity, measure_sparsity
+from ..masks import apply_masks_, bake_masks_, global_sparsity, masks_from_scores, measure_sparsity
 from ..planning import (
     ALLOCATIONS,
     SIGNALS,
@@ -29,7 +29,7 @@ from ..planning import (
 )
 from ..planning.allocations import allocate
 from ..planning.ranges import around
-from ..planning.signals import mean_abs_gradients
+from ..planning.signals import Scores, mean_abs_gradients
 from ..registry import Needs, Registry
 from .jobs import BaselineJob, Job, RunContext
 
@@ -73,7 +73,7 @@ class Pattern:
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
-                    targets=c.range_targets, reach=c.targets)
+                    targets=c.range_targets, reach=c.targets, samples=c.samples)
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable
@@ -98,9 +98,16 @@ class Pattern:
             for name in ctx.config.baselines
         ]
 
+    def scores(self, job: Job, ctx: RunContext) -> Scores:
+        """The job's signal scores of the dense model's weights, computed once per signal and run."""
+        key = f"scores/{job.signal}"
+        if key not in ctx.cache:
+            ctx.cache[key] = compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration)
+        return ctx.cache[key]
+
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         """Prune a copy of the dense model; return it and extra checkpoint entries."""
-        apply_masks_(model, compute_masks(model, job.sparsity, signal=job.signal, calibration=ctx.calibration))
+        apply_masks_(model, masks_from_scores(self.scores(job, ctx), job.sparsity))
         return model, {}
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
@@ -121,9 +128,8 @@ class FlexHiNMPattern(Pattern):
     needs = Needs(example_inputs=True)
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
-        scores = compute_scores(model, list(job.sparsity), job.signal, ctx.calibration)
         result = flexhinm_sparsify_(model, job.sparsity, FlexHiNMConfig(seed=job.seed),
-                                    example_inputs=(ctx.example,), scores=scores)
+                                    example_inputs=(ctx.example,), scores=self.scores(job, ctx))
         return model, {"nm_regions": result.nm_regions}  # where 2:4 must hold, for validate_nm
 
 

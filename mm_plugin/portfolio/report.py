@@ -6,6 +6,8 @@ from collections import defaultdict
 from collections.abc import Callable, Mapping, Sequence
 from pathlib import Path
 
+import numpy as np
+
 from ..files import write_atomic, write_text_atomic
 from .pareto import Aggregate, front_of, interpolate, latency_front_of
 
@@ -43,8 +45,75 @@ def comparison(aggregates: Sequence[Aggregate], merged: Mapping[str, Sequence[st
     return rows
 
 
+def spearman(xs: Sequence[float], ys: Sequence[float]) -> float | None:
+    """Rank correlation, or None with fewer than 4 pairs or no spread."""
+    from scipy.stats import spearmanr
+
+    if len(xs) < 4 or len(set(xs)) < 2 or len(set(ys)) < 2:
+        return None
+    return float(spearmanr(xs, ys).statistic)
+
+
+def search_summary(records: Sequence[dict]) -> list[dict]:
+    """Per target: the search's rungs and budget, its pick, the baselines picked on validation with the
+    same selection effort (one full fine-tune each), and how well one-shot scores ranked the candidates."""
+    rows = []
+    for target in sorted({r["target"] for r in records if r.get("picked")}):
+        at = [r for r in records if r["target"] == target]
+        picks = [r for r in at if r.get("picked")]
+        seeds = sorted({r["seed"] for r in picks})
+        base = [max((r for r in at if r["method"] == "baseline" and r["seed"] == s), key=lambda r: r["val_accuracy"],
+                    default=None) for s in seeds]
+        base = [b for b in base if b is not None]
+        rungs = {k: [r for r in at if r.get("rung") == k] for k in (0, 1, 2)}
+        by_name = {(r["seed"], r["name"]): r for r in rungs[0]}
+        pairs = [(by_name[(r["seed"], r["name"])]["val_accuracy"], r["val_accuracy"]) for r in rungs[1] + rungs[2]
+                 if (r["seed"], r["name"]) in by_name]
+        rows.append({
+            "target": target, "seeds": len(seeds), "rungs": [len(rungs[k]) / max(len(seeds), 1) for k in (0, 1, 2)],
+            "budget": picks[0]["search"]["budget"], "eta": picks[0]["search"]["eta"],
+            "pick": picks, "baselines": base, "n_baselines": len({r["name"] for r in at if r["method"] == "baseline"}),
+            "rho_oneshot": spearman([a for a, _ in pairs], [b for _, b in pairs]),
+            "rho_pairs": len(pairs), "search_seconds": sum(r["wall_seconds"] for r in rungs[0] + rungs[1] + rungs[2]),
+            "baseline_seconds": sum(r["wall_seconds"] for r in at if r["method"] == "baseline"),
+        })
+    return rows
+
+
+def _mean_std(values: Sequence[float]) -> str:
+    arr = np.array(values, dtype=float)
+    return _pm(float(arr.mean()), float(arr.std()), len(arr)) if len(arr) else "—"
+
+
+def _search_section(records: Sequence[dict]) -> list[str]:
+    rows = search_summary(records)
+    if not rows:
+        return []
+    lines = ["", "## Strategy search at equal budget", "",
+             "Per target and seed, candidates (named strategies first, then Optuna TPE proposals inside the ranges, "
+             "all rescaled to the target) are scored one-shot after BatchNorm re-estimation; the best 1/eta get a "
+             "short fine-tune (1/eta of the epochs), the best of those the full one, and the pick is the finalist "
+             "best on validation. Budgets count full fine-tunes (FFE). The baselines get one full fine-tune each, and "
+             "the best of them is picked on validation per seed: the same selection effort. Test accuracy, mean ± "
+             "std over seeds; ρ: Spearman rank correlation of one-shot val accuracy with the val accuracy after "
+             "fine-tuning, over the candidates that were fine-tuned.", "",
+             "| target | candidates / short / full per seed | search budget (FFE) | search pick (test) | picks | "
+             "best baseline on val (test) | picked | baselines' budget (FFE) | ρ one-shot vs fine-tuned | wall s search / baselines |",
+             "|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        picks = sorted({p["picked"] for p in r["pick"]})
+        names = sorted({b["name"] for b in r["baselines"]})
+        rho = "—" if r["rho_oneshot"] is None else f"{r['rho_oneshot']:.2f} (n={r['rho_pairs']})"
+        lines.append(
+            f"| {r['target']:.3f} | {' / '.join(f'{n:g}' for n in r['rungs'])} | {r['budget']:.2f} | "
+            f"{_mean_std([p['test_accuracy'] for p in r['pick']])} | {', '.join(picks)} | "
+            f"{_mean_std([b['test_accuracy'] for b in r['baselines']])} | {', '.join(names)} | {r['n_baselines']} | "
+            f"{rho} | {r['search_seconds']:.0f} / {r['baseline_seconds']:.0f} |")
+    return lines
+
+
 def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command: str,
-                 merged: Mapping[str, Sequence[str]] | None = None) -> Path:
+                 merged: Mapping[str, Sequence[str]] | None = None, records: Sequence[dict] = ()) -> Path:
     """``out/report.md``; ``merged`` names, per run configuration, the strategies that rescaled to the
     same per-layer sparsities and were therefore run only once."""
     front = {a.key for a in front_of(aggregates)}
@@ -96,6 +165,7 @@ def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command
                   "per-layer sparsities at a target, so each such set was run once: "
                   + "; ".join(f"`{key}` stands also for {', '.join(names)}" for key, names in sorted(merged.items()))
                   + "."]
+    lines += _search_section(records)
     lines += _latency_section(aggregates)
     return write_text_atomic(out / "report.md", "\n".join(lines) + "\n")
 

@@ -12,6 +12,7 @@ import time
 from collections.abc import Callable
 from dataclasses import asdict, dataclass
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
@@ -21,13 +22,24 @@ from ..deploy import backend
 from ..errors import ConfigError, ValidationError
 from ..files import write_atomic, write_json_atomic
 from ..planning import Plan, Strategy
-from ..training import MODELS, DataSplits, create_model, evaluate, finetune, load_data, pretrained_demo_model
+from ..training import (
+    MODELS,
+    DataSplits,
+    create_model,
+    evaluate,
+    finetune,
+    load_data,
+    pretrained_demo_model,
+    reestimate_bn,
+    score,
+)
 from .config import RunConfig
 from .folder import RunFolder, fingerprint
 from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
+from .search import Candidate, Schedule, promote, propose
 
 log = logging.getLogger(__name__)
 
@@ -85,10 +97,11 @@ def _same_at(plan: Plan, strategy: Strategy, target: float, cost: str) -> tuple:
 
 
 def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Job], dict[str, list[str]]]:
-    """Every run to make, and the strategies merged into another one's runs (config key -> names)."""
+    """Every run to make, and the strategies merged into another one's runs (config key -> names). With
+    a budget, the strategies are the search's candidates instead (see :func:`_search`)."""
     jobs: list[Job] = []
     merged: dict[str, list[str]] = {}
-    for signal, p in ctx.plans.items():
+    for signal, p in ctx.plans.items() if config.budget is None else ():
         chosen = [p.strategy(n) for n in config.strategies] if config.strategies else p.strategies
         for t in config.targets:
             first: dict[tuple, Job] = {}
@@ -120,29 +133,82 @@ def _latency(model: nn.Module, job: Job, ctx: RunContext) -> dict[str, float]:
     return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
 
 
-def _run_job(job: Job, pattern: Pattern, ctx: RunContext, data: DataSplits, dense_acc: tuple[float, float],
-             folder: RunFolder, progress: bool) -> dict:
+def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
+    """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
+    scores: what ranks candidates before any fine-tuning."""
+    model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
+    if "bn_batches" not in ctx.cache:
+        ctx.cache["bn_batches"] = ctx.data.calibration(ctx.config.calibration_batches)
+    reestimate_bn(model, ctx.cache["bn_batches"])
+    (val, val_loss), test = score(model, ctx.data.val), evaluate(model, ctx.data.test)
+    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss, "oneshot_test_accuracy": test}
+
+
+def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
+    return {"key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
+            "name": job.name, "target": job.target, "seed": job.seed, "pattern": ctx.config.sparsity,
+            **({} if job.rung is None else {"rung": job.rung}), "planned_sparsity": job.sparsity,
+            "dense_val_accuracy": ctx.cache["dense_accuracy"][0], "dense_test_accuracy": ctx.cache["dense_accuracy"][1],
+            **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
+
+
+def _run_job(job: Job, pattern: Pattern, ctx: RunContext, folder: RunFolder, epochs: float | None = None,
+             progress: bool = False) -> dict:
+    """Prune, score one-shot, fine-tune (``epochs``: the config's, or fewer for a search rung, then
+    nothing is saved but the scores) and measure."""
     start = time.perf_counter()
     config = ctx.config
-    model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
-    oneshot_val, oneshot_test = evaluate(model, data.val), evaluate(model, data.test)
-    ft = finetune(model, data.train, data.val, epochs=config.epochs, lr=config.lr, patience=config.patience,
-                  seed=job.seed, progress=progress, desc=job.key)
-    test = evaluate(model, data.test)
-    record = {
-        "key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
-        "name": job.name, "target": job.target, "seed": job.seed, "pattern": config.sparsity,
-        "planned_sparsity": job.sparsity,
-        **pattern.measure(model, job, ctx),
-        **(_latency(model, job, ctx) if pattern.timed else {}),
-        "dense_val_accuracy": dense_acc[0], "dense_test_accuracy": dense_acc[1],
-        "oneshot_val_accuracy": oneshot_val, "oneshot_test_accuracy": oneshot_test,
-        "val_accuracy": ft.best_val_accuracy, "test_accuracy": test,
-        "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run,
-        "wall_seconds": round(time.perf_counter() - start, 2),
-    }
+    model, extra, oneshot = _oneshot(job, pattern, ctx)
+    if epochs == 0:
+        return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
+                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=oneshot["oneshot_test_accuracy"])
+    ft = finetune(model, ctx.data.train, ctx.data.val, epochs=config.epochs if epochs is None else epochs,
+                  lr=config.lr, patience=config.patience, seed=job.seed, progress=progress, desc=job.key)
+    val_loss, test = score(model, ctx.data.val)[1], evaluate(model, ctx.data.test)
+    trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss, "test_accuracy": test,
+               "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run}
+    if epochs is not None:
+        return _record(job, ctx, start, **trained)
+    record = _record(job, ctx, start, **pattern.measure(model, job, ctx),
+                     **(_latency(model, job, ctx) if pattern.timed else {}), **trained)
     record.update(folder.save_checkpoint(job.key, pattern.checkpoint(model, record, extra)))
     return record
+
+
+def _search(target: float, seed: int, pattern: Pattern, ctx: RunContext, folder: RunFolder,
+            add: Callable[[dict], None]) -> None:
+    """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
+    the finalist best on validation is recorded again as the run's ``search`` pick."""
+    config = ctx.config
+    schedule = Schedule.for_budget(config.budget, config.candidates, config.eta)
+    recorded = {r["key"]: r for r in folder.records()}
+
+    def job(candidate: Candidate, rung: int) -> Job:
+        return Job("search", candidate.signal, candidate.name, target, seed, candidate.sparsity, rung)
+
+    def evaluated(candidate: Candidate, rung: int, epochs: float | None) -> dict:
+        key = job(candidate, rung).key
+        if key not in recorded:
+            recorded[key] = _run_job(job(candidate, rung), pattern, ctx, folder, epochs)
+            add(recorded[key])
+        return recorded[key]
+
+    done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
+             if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
+    scored = propose(config, ctx.plans, target, seed, folder.path / "search.db",
+                     lambda c: (lambda r: (r["val_accuracy"], r["val_loss"]))(evaluated(c, 0, 0)), done0)
+    if schedule.short:
+        short = promote(scored, schedule.short)
+        scored = [(c, r["val_accuracy"], r["val_loss"]) for c in short
+                  for r in [evaluated(c, 1, config.epochs / schedule.eta)]]
+    finals = [evaluated(c, 2, None) for c in promote(scored, schedule.full)]
+    pick = max(finals, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
+    if chosen.key not in recorded:
+        add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
+             "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
+             "search": {"budget": schedule.cost, "candidates": schedule.candidates, "short": schedule.short,
+                        "full": schedule.full, "eta": schedule.eta}})
 
 
 def run(
@@ -174,15 +240,20 @@ def run(
 def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Module, example: torch.Tensor,
          keep_checkpoints: str, command: str, progress: bool, on_record: Callable[[dict], None] | None) -> RunResult:
     out = folder.path
-    dense_acc = (evaluate(dense, data.val), evaluate(dense, data.test))
-    log.info("dense %s: val %.4f, test %.4f", config.model, *dense_acc)
     pattern = get_pattern(config.sparsity)()
     calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
-    ctx = RunContext(config, dense, example, calibration, plans={})
+    ctx = RunContext(config, dense, example, calibration, plans={}, data=data)
+    ctx.cache["dense_accuracy"] = (evaluate(dense, data.val), evaluate(dense, data.test))
+    log.info("dense %s: val %.4f, test %.4f", config.model, *ctx.cache["dense_accuracy"])
     for i, signal in enumerate(config.signals):
         p = pattern.plan(ctx, signal)
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
         ctx.plans[signal] = p
+
+    def add(record: dict) -> None:
+        folder.append(record)
+        if on_record is not None:
+            on_record(record)
 
     done = {r["key"] for r in folder.records()}
     jobs, merged = _jobs(config, pattern, ctx)
@@ -190,23 +261,26 @@ def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Modul
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
     for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
-        record = _run_job(job, pattern, ctx, data, dense_acc, folder, progress=False)
-        folder.append(record)
-        if on_record is not None:
-            on_record(record)
+        add(_run_job(job, pattern, ctx, folder))
+    if config.budget is not None:
+        for target, seed in tqdm([(t, s) for t in config.targets for s in config.seeds], disable=not progress,
+                                 desc=f"{config.model} searches", unit="search"):
+            _search(target, seed, pattern, ctx, folder, add)
 
     records = folder.records()
     aggs = aggregate(records)
     front = front_of(aggs)
     title = f"{config.model} on {config.data}" + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
-    report = write_report(aggs, out, title, command, merged=merged)
+    report = write_report(aggs, out, title, command, merged=merged, records=records)
     plot = plot_pareto(aggs, out / "pareto.png", title)
     if keep_checkpoints == "front":  # both fronts: select picks from either
         keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}
+        kept = {r["checkpoint"] for r in records if r["config_key"] in keep and "checkpoint" in r}
         for r in records:
-            if r["config_key"] not in keep:
+            if r.get("checkpoint") not in kept | {None}:
                 (out / r["checkpoint"]).unlink(missing_ok=True)
     write_json_atomic(out / "front.json", [
-        {**asdict(a), "checkpoints": [r["checkpoint"] for r in records if r["config_key"] == a.key]} for a in front
+        {**asdict(a), "checkpoints": [r["checkpoint"] for r in records if r["config_key"] == a.key and "checkpoint" in r]}
+        for a in front
     ])
     return RunResult(out, records, aggs, front, report, plot)

@@ -1,0 +1,74 @@
+"""The budgeted strategy search: rungs recorded, budget kept, resumable, the pick beside the baselines."""
+
+import dataclasses
+
+import pytest
+
+import mm_plugin.portfolio.runner as runner
+from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio.report import search_summary
+from mm_plugin.portfolio.search import Schedule
+
+CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
+                   baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
+                   rules=[{"name": "first-layer", "enabled": False}])
+
+
+@pytest.mark.parametrize("budget, short, full", [(1, 0, 1), (2, 3, 1), (4, 6, 2), (6, 9, 3)])
+def test_schedule_spends_the_budget(budget, short, full):
+    s = Schedule.for_budget(budget, candidates=24, eta=3)
+    assert (s.short, s.full) == (short, full) and s.cost <= budget + 1e-9
+
+
+@pytest.fixture(scope="module")
+def searched(tmp_path_factory):
+    out = tmp_path_factory.mktemp("search")
+    return out, run(CONFIG, out, progress=False)
+
+
+def test_rungs_are_recorded_and_halved(searched):
+    out, result = searched
+    rungs = {k: [r for r in result.records if r.get("rung") == k] for k in (0, 1, 2)}
+    assert len(rungs[0]) == 9 and len(rungs[1]) == 3 and len(rungs[2]) == 1
+    assert len({r["name"] for r in rungs[0]}) == 9  # distinct candidates, named strategies first
+    # the constant-position strategies all rescale to one allocation: the first of them stands for all
+    assert {"magnitude/conservative", "magnitude/parameter-proportional"} <= {r["name"] for r in rungs[0]}
+    best0 = sorted(rungs[0], key=lambda r: (-r["val_accuracy"], r["val_loss"]))[:3]
+    assert {r["name"] for r in rungs[1]} == {r["name"] for r in best0}  # promotion by one-shot val
+    (pick,) = [r for r in result.records if r.get("picked")]
+    assert pick["picked"] == rungs[2][0]["name"] and pick["search"]["budget"] == 2
+    assert abs(pick["sparsity"] - 0.8) < 0.01  # measured after fine-tuning
+    assert (out / "search.db").exists()
+    aggregates = {a.name for a in result.aggregates}
+    assert aggregates == {"search", "global_magnitude", "lamp"}  # the rungs stay out of the front and tables
+    (row,) = search_summary(result.records)
+    assert row["rungs"] == [9, 3, 1] and row["n_baselines"] == 2 and row["rho_pairs"] == 4
+    assert "## Strategy search at equal budget" in result.report.read_text()
+
+
+def test_an_interrupted_search_resumes_without_repeating(tmp_path, monkeypatch, searched):
+    calls = {"n": 0}
+    real = runner._run_job
+
+    def flaky(*args, **kwargs):
+        calls["n"] += 1
+        if calls["n"] == 6:
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(runner, "_run_job", flaky)
+    with pytest.raises(KeyboardInterrupt):
+        run(CONFIG, tmp_path, progress=False)
+    first = load_records(tmp_path)
+    monkeypatch.setattr(runner, "_run_job", real)
+    run(CONFIG, tmp_path, progress=False)
+    records = load_records(tmp_path)
+    assert len(records) == len({r["key"] for r in records}) == len(searched[1].records)
+    assert {r["key"] for r in first} <= {r["key"] for r in records}
+    picked = lambda rs: [r["picked"] for r in rs if r.get("picked")]  # noqa: E731
+    assert picked(records) == picked(searched[1].records)  # the same seeded search, resumed
+
+
+def test_a_search_needs_targets_and_a_budget_of_one():
+    with pytest.raises(Exception, match="a search needs --targets and a --budget of at least 1"):
+        dataclasses.replace(CONFIG, budget=0.5)
