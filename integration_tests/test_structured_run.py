@@ -116,3 +116,16 @@ def test_cli_structured_errors_are_one_line(capsys):
     assert main(["run", "--model", "resnet8", "--sparsity", "structured", "--baselines", "lamp", "--out", "x"]) == 2
     err = capsys.readouterr().err.strip()
     assert err.count("\n") == 0 and "unknown structured baseline 'lamp' at baselines" in err
+
+
+def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path):
+    import dataclasses
+
+    config = dataclasses.replace(CONFIG, strategies=None, budget=2, candidates=4, seeds=(0,))
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(Timer, "SETTINGS", {"threads": 1, "warmup": 1, "rounds": 1, "runs": 2})
+        records = run(config, tmp_path, progress=False).records
+    rung0 = [r for r in records if r.get("rung") == 0]
+    assert len(rung0) == 4 and all(r["test_accuracy"] is None for r in rung0)  # ranked on validation only
+    (pick,) = [r for r in records if r.get("picked")]
+    assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0

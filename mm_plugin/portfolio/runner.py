@@ -133,15 +133,17 @@ def _latency(model: nn.Module, job: Job, ctx: RunContext) -> dict[str, float]:
     return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
 
 
-def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
+def _oneshot(job: Job, pattern: Pattern, ctx: RunContext, test: bool = True
+             ) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
-    scores: what ranks candidates before any fine-tuning."""
+    scores: what ranks candidates before any fine-tuning (the test split only for the record)."""
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
     if "bn_batches" not in ctx.cache:
         ctx.cache["bn_batches"] = ctx.data.calibration(ctx.config.calibration_batches)
     reestimate_bn(model, ctx.cache["bn_batches"])
-    (val, val_loss), test = score(model, ctx.data.val), evaluate(model, ctx.data.test)
-    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss, "oneshot_test_accuracy": test}
+    val, val_loss = score(model, ctx.data.val)
+    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss,
+                          **({"oneshot_test_accuracy": evaluate(model, ctx.data.test)} if test else {})}
 
 
 def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
@@ -158,13 +160,14 @@ def _run_job(job: Job, pattern: Pattern, ctx: RunContext, folder: RunFolder, epo
     nothing is saved but the scores) and measure."""
     start = time.perf_counter()
     config = ctx.config
-    model, extra, oneshot = _oneshot(job, pattern, ctx)
-    if epochs == 0:
+    model, extra, oneshot = _oneshot(job, pattern, ctx, test=epochs is None)
+    if epochs == 0:  # a search's rung 0: the validation split ranks, the test split stays unread
         return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
-                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=oneshot["oneshot_test_accuracy"])
+                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=None)
     ft = finetune(model, ctx.data.train, ctx.data.val, epochs=config.epochs if epochs is None else epochs,
                   lr=config.lr, patience=config.patience, seed=job.seed, progress=progress, desc=job.key)
-    val_loss, test = score(model, ctx.data.val)[1], evaluate(model, ctx.data.test)
+    val_loss = score(model, ctx.data.val)[1]
+    test = evaluate(model, ctx.data.test) if epochs is None else None  # rungs rank on validation only
     trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss, "test_accuracy": test,
                "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run}
     if epochs is not None:
@@ -195,7 +198,7 @@ def _search(target: float, seed: int, pattern: Pattern, ctx: RunContext, folder:
 
     done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
-    scored = propose(config, ctx.plans, target, seed, folder.path / "search.db",
+    scored = propose(config, ctx.plans, target, seed, folder.path / "search.db", pattern.scaled,
                      lambda c: (lambda r: (r["val_accuracy"], r["val_loss"]))(evaluated(c, 0, 0)), done0)
     if schedule.short:
         short = promote(scored, schedule.short)

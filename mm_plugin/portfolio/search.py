@@ -64,13 +64,15 @@ def _named_positions(plan: Plan) -> dict[str, np.ndarray]:
 
 
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
+            scaled: Callable[[Plan, Strategy, float], dict[str, float]],
             score: Callable[[Candidate], tuple[float, float]],
             done: dict[str, tuple[float, float]]) -> list[tuple[Candidate, float, float]]:
     """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val accuracy, val loss).
 
-    ``score`` evaluates one candidate (and records it); ``done`` holds the scores already recorded (by
-    candidate name), so a resumed search re-scores nothing. Named strategies that rescale to the same
-    sparsities as an earlier candidate are skipped."""
+    ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
+    the shape the pruning step bisects on); ``score`` evaluates one candidate (and records it); ``done``
+    holds the scores already recorded (by candidate name), so a resumed search re-scores nothing.
+    Candidates whose sparsities equal an earlier one's are skipped."""
     study = optuna.create_study(study_name=f"target{target:.4f}-seed{seed}", storage=f"sqlite:///{storage}",
                                 load_if_exists=True, direction="minimize")
     units = next(iter(plans.values())).units
@@ -98,7 +100,7 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
         plan = plans[signal]
         position = np.array([params[f"a{i}"] for i in range(len(units))])
         shape = Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo))
-        sparsity = plan.rescale(shape, target).sparsity
+        sparsity = scaled(plan, shape, target)
         label = named[number][1] if number < len(named) else f"tpe-{number:03d}"
         key = (signal, tuple(round(v, 6) for v in sparsity.values()))
         candidate = Candidate(f"{signal}/{label}", signal, sparsity)

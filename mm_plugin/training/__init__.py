@@ -1,5 +1,6 @@
 """Training: the one loop (dense training and masked fine-tuning), the data it reads, the models it trains."""
 
+from .crops import imagenet_crops
 from .data import DATASETS, DataSplits, load_data
 from .loop import (
     FinetuneResult,
@@ -15,5 +16,6 @@ from .zoo import MODELS, create_model, pretrained_demo_model
 
 __all__ = [
     "DATASETS", "MODELS", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
+    "imagenet_crops",
     "labels", "load_data", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
 ]

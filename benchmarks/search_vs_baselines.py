@@ -1,0 +1,140 @@
+"""Equal-compute comparison: the budgeted Mix-and-Match search against the allocations users already have.
+
+For every testbed and target, ``mm-prune run --budget B`` searches (one-shot scores, short fine-tunes, full
+ones; B full fine-tunes in all) while GMP, LAMP, ERK and uniform+ get one full fine-tune each (four in all),
+the best baseline picked on validation per seed. Test accuracy (agreement with the dense model for
+EfficientNet-Lite0) of both picks, over seeds. A second run per testbed fine-tunes the named strategies and
+``--samples`` sampled ones fully, to measure how well one-shot scores rank final accuracy. Structured
+testbeds compare structured Mix-and-Match with Torch-Pruning's uniform and global pruning at equal
+multiply-adds. Every run is an ordinary run folder (resumable); rerunning the command resumes.
+
+    python benchmarks/search_vs_baselines.py --seeds 0,1,2 --out docs/results/search
+"""
+
+from __future__ import annotations
+
+import argparse
+import dataclasses
+import logging
+from pathlib import Path
+
+import numpy as np
+
+from mm_plugin.files import write_json_atomic, write_text_atomic
+from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio.report import search_summary, spearman
+
+BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
+TESTBEDS = {
+    "resnet8": RunConfig(model="resnet8", targets=(0.9, 0.95), baselines=BASELINES, epochs=2, budget=4),
+    "vit_mnist": RunConfig(model="vit_mnist", targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4),
+    "efficientnet_lite0": RunConfig(model="efficientnet_lite0", data="imagenet_crops", targets=(0.5, 0.7),
+                                    baselines=BASELINES, epochs=1, budget=4, candidates=12, batch_size=32),
+    "vit_mnist-structured": RunConfig(model="vit_mnist", sparsity="structured", targets=(0.3, 0.5), epochs=2,
+                                      budget=4, candidates=12),
+    "efficientnet_lite0-structured": RunConfig(model="efficientnet_lite0", data="imagenet_crops", epochs=1,
+                                               sparsity="structured", targets=(0.2, 0.4), budget=4, candidates=8,
+                                               batch_size=32),
+}
+
+
+def rank_run(config: RunConfig, samples: int) -> RunConfig:
+    """Every named strategy and ``samples`` sampled ones fine-tuned fully at the first target, one seed."""
+    return dataclasses.replace(config, budget=None, samples=samples, targets=config.targets[:1], seeds=(0,),
+                               baselines=())
+
+
+def correlation(records: list[dict]) -> dict[str, float | None]:
+    done = [r for r in records if r.get("rung") is None and r["method"] == "mix_and_match"]
+    return {"n": len(done),
+            "rho_val": spearman([r["oneshot_val_accuracy"] for r in done], [r["val_accuracy"] for r in done]),
+            "rho_test": spearman([r["oneshot_val_accuracy"] for r in done], [r["test_accuracy"] for r in done]),
+            "rho_loss": spearman([-r["oneshot_val_loss"] for r in done], [r["test_accuracy"] for r in done])}
+
+
+def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
+    rows = []
+    for row in search_summary(records):
+        pick = [p["test_accuracy"] for p in row["pick"]]
+        base = [b["test_accuracy"] for b in row["baselines"]]
+        each = {b: [r["test_accuracy"] for r in records if r["method"] == "baseline" and r["name"] == b
+                    and r["target"] == row["target"]] for b in sorted({r["name"] for r in records if r["method"] == "baseline"})}
+        rows.append({"testbed": name, "target": row["target"], "seeds": row["seeds"],
+                     "dense": records[0]["dense_test_accuracy"], "search": float(np.mean(pick)),
+                     "search_std": float(np.std(pick)), "best_baseline": float(np.mean(base)),
+                     "best_baseline_std": float(np.std(base)), "picked_baselines": [b["name"] for b in row["baselines"]],
+                     "picks": [p["picked"] for p in row["pick"]], "budget": row["budget"],
+                     "baselines_budget": row["n_baselines"], "each": {b: float(np.mean(v)) for b, v in each.items() if v},
+                     "rho_search": row["rho_oneshot"], "rank": correlation(rank) if rank else None,
+                     "search_seconds": row["search_seconds"], "baseline_seconds": row["baseline_seconds"]})
+    return rows
+
+
+def table(rows: list[dict]) -> str:
+    lines = ["| testbed | target | dense | search pick (test) | best baseline on val (test) | difference | "
+             "GMP | LAMP | ERK | uniform+ / TP | ρ one-shot vs final (n) | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    for r in rows:
+        e = r["each"]
+        rank = r["rank"]
+        rho = "—" if not rank or rank["rho_test"] is None else f"{rank['rho_test']:.2f} ({rank['n']})"
+        other = e.get("uniform_plus", e.get("tp_global"))
+        lines.append(
+            f"| {r['testbed']} | {r['target']:.2f} | {100 * r['dense']:.2f} | {100 * r['search']:.2f} ± "
+            f"{100 * r['search_std']:.2f} | {100 * r['best_baseline']:.2f} ± {100 * r['best_baseline_std']:.2f} | "
+            f"{100 * (r['search'] - r['best_baseline']):+.2f} | "
+            + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in BASELINES[:3])
+            + f" | {'' if other is None else f'{100 * other:.2f}'} | {rho} | {r['seeds']} |")
+    return "\n".join(lines)
+
+
+def plot(rows: list[dict], path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    labels = [f"{r['testbed']}\n{100 * r['target']:.0f} %" for r in rows]
+    x = np.arange(len(rows))
+    fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
+    drop = lambda key: [100 * (r["dense"] - r[key]) for r in rows]  # noqa: E731
+    ax.bar(x - 0.2, drop("search"), 0.4, yerr=[100 * r["search_std"] for r in rows], capsize=3,
+           label="Mix-and-Match search pick")
+    ax.bar(x + 0.2, drop("best_baseline"), 0.4, yerr=[100 * r["best_baseline_std"] for r in rows], capsize=3,
+           label="best baseline, picked on val")
+    ax.set_xticks(x, labels, fontsize=8)
+    ax.set_ylabel("test accuracy drop from dense (points; lower is better)")
+    ax.set_title("Equal budget: search (B full fine-tunes) vs four baselines (one each)")
+    ax.legend(fontsize=8)
+    ax.grid(axis="y", alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(path, dpi=120)
+    plt.close(fig)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    parser.add_argument("--testbeds", default=",".join(TESTBEDS))
+    parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--rank-samples", type=int, default=6, help="sampled strategies in the rank-correlation run")
+    parser.add_argument("--out", default="docs/results/search")
+    args = parser.parse_args()
+    logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
+    out = Path(args.out)
+    seeds = tuple(int(s) for s in args.seeds.split(","))
+    for name in args.testbeds.split(","):
+        config = dataclasses.replace(TESTBEDS[name], seeds=seeds)
+        command = f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
+        run(config, out / name, command=command, progress=False)
+        if config.sparsity == "unstructured":
+            run(rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
+    rows = [row for name in TESTBEDS if (out / name / "results.jsonl").exists()
+            for row in summarize(name, load_records(out / name), load_records(out / f"{name}-rank"))]
+    write_json_atomic(out / "summary.json", rows)
+    write_text_atomic(out / "summary.md", table(rows) + "\n")
+    plot(rows, out / "summary.png")
+    print(table(rows))
+
+
+if __name__ == "__main__":
+    main()
