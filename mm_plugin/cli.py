@@ -99,7 +99,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
     from .portfolio import run
 
     result = run(_run_config(args), args.out, cache_dir=args.cache_dir, keep_checkpoints=args.keep_checkpoints,
-                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]), force_new=args.force_new)
+                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]), force_new=args.force_new,
+                 executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_trial)
     _print_result(result)
     return 0
 
@@ -149,6 +150,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=24, help="the search's one-shot candidates per target and seed")
     p.add_argument("--samples", type=int, default=0,
                    help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
+    p.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
+                   help="ray: every job a Ray task, on a local Ray or the cluster at --address (pip extra 'ray')")
+    p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. HEAD:6379)")
+    p.add_argument("--cpus-per-trial", type=int, default=None,
+                   help="CPUs per job (Ray task) and torch threads per job; default: this process's threads (sequential), 1 (ray)")
     p.add_argument("--keep-checkpoints", choices=("front", "all"), default="front")
     p.add_argument("--force-new", action="store_true",
                    help="the folder holds results made with other settings: archive them in previous-<time>/ and start again")

@@ -10,7 +10,7 @@ import dataclasses
 import logging
 import time
 from collections.abc import Callable
-from dataclasses import asdict, dataclass
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -34,6 +34,7 @@ from ..training import (
     score,
 )
 from .config import RunConfig
+from .executors import EXECUTORS, Executor
 from .folder import RunFolder, fingerprint
 from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
@@ -122,17 +123,6 @@ def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Jo
     return jobs, merged
 
 
-def _latency(model: nn.Module, job: Job, ctx: RunContext) -> dict[str, float]:
-    """Measured latency against the dense model, once per configuration (fine-tuning changes no shape)."""
-    if "timer" not in ctx.cache:
-        ctx.cache["timer"], ctx.cache["latency"] = backend().Timer(ctx.dense, ctx.example), {}
-    timed = ctx.cache["latency"]
-    if job.config_key not in timed:
-        timed[job.config_key] = ctx.cache["timer"].time(model)
-    dense_ms, pruned_ms = timed[job.config_key]
-    return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
-
-
 def _oneshot(job: Job, pattern: Pattern, ctx: RunContext, test: bool = True
              ) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
@@ -154,64 +144,102 @@ def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
             **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
-def _run_job(job: Job, pattern: Pattern, ctx: RunContext, folder: RunFolder, epochs: float | None = None,
-             progress: bool = False) -> dict:
-    """Prune, score one-shot, fine-tune (``epochs``: the config's, or fewer for a search rung, then
-    nothing is saved but the scores) and measure."""
+def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None]) -> tuple[dict, Any, Any]:
+    """One job, anywhere (an executor's task): prune, score one-shot, fine-tune (``epochs``: the config's,
+    or fewer for a search rung, then only the scores count) and measure. Returns the record, the
+    checkpoint payload and, for a timed pattern, the model; nothing is written here."""
+    (pattern, ctx), (job, epochs) = shared, item
     start = time.perf_counter()
     config = ctx.config
     model, extra, oneshot = _oneshot(job, pattern, ctx, test=epochs is None)
     if epochs == 0:  # a search's rung 0: the validation split ranks, the test split stays unread
         return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
-                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=None)
+                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=None), None, None
     ft = finetune(model, ctx.data.train, ctx.data.val, epochs=config.epochs if epochs is None else epochs,
-                  lr=config.lr, patience=config.patience, seed=job.seed, progress=progress, desc=job.key)
+                  lr=config.lr, patience=config.patience, seed=job.seed, progress=False, desc=job.key)
     val_loss = score(model, ctx.data.val)[1]
     test = evaluate(model, ctx.data.test) if epochs is None else None  # rungs rank on validation only
     trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss, "test_accuracy": test,
                "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run}
     if epochs is not None:
-        return _record(job, ctx, start, **trained)
-    record = _record(job, ctx, start, **pattern.measure(model, job, ctx),
-                     **(_latency(model, job, ctx) if pattern.timed else {}), **trained)
-    record.update(folder.save_checkpoint(job.key, pattern.checkpoint(model, record, extra)))
-    return record
+        return _record(job, ctx, start, **trained), None, None
+    record = _record(job, ctx, start, **pattern.measure(model, job, ctx), **trained)
+    return record, pattern.checkpoint(model, record, extra), model if pattern.timed else None
 
 
-def _search(target: float, seed: int, pattern: Pattern, ctx: RunContext, folder: RunFolder,
-            add: Callable[[dict], None]) -> None:
+@dataclass
+class _Driver:
+    """The only writer of the run folder: hands jobs to the executor, then times (timed patterns), saves
+    the checkpoint and appends the record of each as it comes back."""
+
+    pattern: Pattern
+    ctx: RunContext
+    folder: RunFolder
+    executor: Executor
+    on_record: Callable[[dict], None] | None
+    timer: Any = None
+    latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+
+    def add(self, record: dict) -> None:
+        self.folder.append(record)
+        if self.on_record is not None:
+            self.on_record(record)
+
+    def _time(self, job: Job, model: nn.Module) -> dict[str, float]:
+        """Latency against the dense model, once per configuration (fine-tuning changes no shape), here
+        in the driver: one timing at a time, never beside a training task."""
+        if self.timer is None:
+            self.timer = backend().Timer(self.ctx.dense, self.ctx.example)
+        if job.config_key not in self.latency:
+            self.latency[job.config_key] = self.timer.time(model)
+        dense_ms, pruned_ms = self.latency[job.config_key]
+        return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
+
+    def run(self, items: list[tuple[Job, float | None]], desc: str) -> dict[str, dict]:
+        """Every (job, epochs); their records by key, as they finish."""
+        out = {}
+        for (job, _), (record, payload, model) in self.executor.map(_run_job, (self.pattern, self.ctx), items, desc):
+            if model is not None:
+                record.update(self._time(job, model))
+                payload["record"] = record
+            if payload is not None:
+                record.update(self.folder.save_checkpoint(job.key, payload))
+            self.add(record)
+            out[job.key] = record
+        return out
+
+
+def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
-    the finalist best on validation is recorded again as the run's ``search`` pick."""
-    config = ctx.config
+    each rung's candidates run together (in parallel on a cluster). The finalist best on validation is
+    recorded again as the run's ``search`` pick."""
+    config = driver.ctx.config
     schedule = Schedule.for_budget(config.budget, config.candidates, config.eta)
-    recorded = {r["key"]: r for r in folder.records()}
+    recorded = {r["key"]: r for r in driver.folder.records()}
 
-    def job(candidate: Candidate, rung: int) -> Job:
-        return Job("search", candidate.signal, candidate.name, target, seed, candidate.sparsity, rung)
+    def rung(candidates: list[Candidate], k: int, epochs: float | None) -> list[dict]:
+        jobs = [Job("search", c.signal, c.name, target, seed, c.sparsity, k) for c in candidates]
+        recorded.update(driver.run([(j, epochs) for j in jobs if j.key not in recorded], f"rung {k}"))
+        return [recorded[j.key] for j in jobs]
 
-    def evaluated(candidate: Candidate, rung: int, epochs: float | None) -> dict:
-        key = job(candidate, rung).key
-        if key not in recorded:
-            recorded[key] = _run_job(job(candidate, rung), pattern, ctx, folder, epochs)
-            add(recorded[key])
-        return recorded[key]
+    def scored(records: list[dict]) -> list[tuple[float, float]]:
+        return [(r["val_accuracy"], r["val_loss"]) for r in records]
 
     done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
-    scored = propose(config, ctx.plans, target, seed, folder.path / "search.db", pattern.scaled,
-                     lambda c: (lambda r: (r["val_accuracy"], r["val_loss"]))(evaluated(c, 0, 0)), done0)
+    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", driver.pattern.scaled,
+                     lambda cs: scored(rung(cs, 0, 0)), done0)
     if schedule.short:
-        short = promote(scored, schedule.short)
-        scored = [(c, r["val_accuracy"], r["val_loss"]) for c in short
-                  for r in [evaluated(c, 1, config.epochs / schedule.eta)]]
-    finals = [evaluated(c, 2, None) for c in promote(scored, schedule.full)]
+        short = promote(ranked, schedule.short)
+        ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / schedule.eta)))]
+    finals = rung(promote(ranked, schedule.full), 2, None)
     pick = max(finals, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
     if chosen.key not in recorded:
-        add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
-             "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
-             "search": {"budget": schedule.cost, "candidates": schedule.candidates, "short": schedule.short,
-                        "full": schedule.full, "eta": schedule.eta}})
+        driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
+                    "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
+                    "search": {"budget": schedule.cost, "candidates": schedule.candidates, "short": schedule.short,
+                               "full": schedule.full, "eta": schedule.eta}})
 
 
 def run(
@@ -224,9 +252,14 @@ def run(
     command: str = "",
     force_new: bool = False,
     on_record: Callable[[dict], None] | None = None,
+    executor: str = "sequential",
+    address: str | None = None,
+    cpus_per_trial: int | None = None,
 ) -> RunResult:
     """Run (or resume) the whole portfolio in ``out`` (see :mod:`.folder` for what it holds); the folder
-    is locked for the run. ``force_new`` archives results made with other settings and starts again."""
+    is locked for the run. ``force_new`` archives results made with other settings and starts again.
+    ``executor="ray"`` runs every job as a Ray task (``address``: a cluster to join; ``cpus_per_trial``:
+    CPUs per task, and torch threads per job for either executor)."""
     if keep_checkpoints not in ("front", "all"):
         raise ValidationError(f"keep_checkpoints must be 'front' or 'all', got {keep_checkpoints!r}")
     command = command or f"mm-prune run --model {config.model} --data {config.data}"
@@ -237,11 +270,17 @@ def run(
         dense = _dense_model(config, data, folder.path, cache_dir)
         example = _check_model_fits_data(dense, data, config.model)
         folder.check(config, fingerprint(config, dense, data))
-        return _run(config, folder, data, dense, example, keep_checkpoints, command, progress, on_record)
+        options = {"address": address} if executor == "ray" else {}
+        runner = EXECUTORS.get(executor, where="executor")(cpus_per_trial=cpus_per_trial, progress=progress, **options)
+        try:
+            return _run(config, folder, data, dense, example, keep_checkpoints, command, progress, on_record, runner)
+        finally:
+            runner.close()
 
 
 def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Module, example: torch.Tensor,
-         keep_checkpoints: str, command: str, progress: bool, on_record: Callable[[dict], None] | None) -> RunResult:
+         keep_checkpoints: str, command: str, progress: bool, on_record: Callable[[dict], None] | None,
+         executor: Executor) -> RunResult:
     out = folder.path
     pattern = get_pattern(config.sparsity)()
     calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
@@ -253,22 +292,17 @@ def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Modul
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
         ctx.plans[signal] = p
 
-    def add(record: dict) -> None:
-        folder.append(record)
-        if on_record is not None:
-            on_record(record)
-
+    driver = _Driver(pattern, ctx, folder, executor, on_record)
     done = {r["key"] for r in folder.records()}
     jobs, merged = _jobs(config, pattern, ctx)
     todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
-    for job in tqdm(todo, desc=f"{config.model} runs", disable=not progress, unit="run"):
-        add(_run_job(job, pattern, ctx, folder))
+    driver.run([(j, None) for j in todo], f"{config.model} runs")
     if config.budget is not None:
         for target, seed in tqdm([(t, s) for t in config.targets for s in config.seeds], disable=not progress,
                                  desc=f"{config.model} searches", unit="search"):
-            _search(target, seed, pattern, ctx, folder, add)
+            _search(target, seed, driver)
 
     records = folder.records()
     aggs = aggregate(records)

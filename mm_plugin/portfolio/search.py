@@ -63,16 +63,21 @@ def _named_positions(plan: Plan) -> dict[str, np.ndarray]:
     return {name: np.asarray(position(plan.units), dtype=float) for name, position in NAMED_STRATEGIES.items()}
 
 
+#: Proposals per sampler step, scored together (in parallel on a cluster) before the sampler learns from
+#: them: the same for every executor, so a cluster proposes exactly what one machine would.
+BATCH = 4
+
+
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
             scaled: Callable[[Plan, Strategy, float], dict[str, float]],
-            score: Callable[[Candidate], tuple[float, float]],
+            score: Callable[[list[Candidate]], list[tuple[float, float]]],
             done: dict[str, tuple[float, float]]) -> list[tuple[Candidate, float, float]]:
     """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val accuracy, val loss).
 
     ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
-    the shape the pruning step bisects on); ``score`` evaluates one candidate (and records it); ``done``
-    holds the scores already recorded (by candidate name), so a resumed search re-scores nothing.
-    Candidates whose sparsities equal an earlier one's are skipped."""
+    the shape the pruning step bisects on); ``score`` evaluates (and records) a batch of candidates;
+    ``done`` holds the scores already recorded (by candidate name), so a resumed search re-scores
+    nothing. Candidates whose sparsities equal an earlier one's are skipped."""
     study = optuna.create_study(study_name=f"target{target:.4f}-seed{seed}", storage=f"sqlite:///{storage}",
                                 load_if_exists=True, direction="minimize")
     units = next(iter(plans.values())).units
@@ -82,41 +87,39 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
     trials = {t.number: t for t in study.trials}
     number = 0
     while len(out) < config.candidates and number < 4 * config.candidates:
-        existing = trials.get(number)
-        if existing is not None and existing.state != optuna.trial.TrialState.WAITING:
-            params = existing.params  # asked before: told already, or cut short by a crash (told below)
-            trial = None if existing.state.is_finished() else number
-        else:
-            if number < len(named) and number not in trials:
-                study.enqueue_trial({"signal": named[number][0],
-                                     **{f"a{i}": float(v) for i, v in enumerate(named[number][2])}})
-            # a sampler seeded by the trial number: a resumed search proposes what it would have
-            study.sampler = optuna.samplers.TPESampler(seed=seed * 10_000 + number, multivariate=True,
-                                                       n_startup_trials=8)
-            trial = study.ask()
-            params = {"signal": trial.suggest_categorical("signal", list(plans)),
-                      **{f"a{i}": trial.suggest_float(f"a{i}", 0.0, 1.0) for i in range(len(units))}}
-        signal = params["signal"]
-        plan = plans[signal]
-        position = np.array([params[f"a{i}"] for i in range(len(units))])
-        shape = Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo))
-        sparsity = scaled(plan, shape, target)
-        label = named[number][1] if number < len(named) else f"tpe-{number:03d}"
-        key = (signal, tuple(round(v, 6) for v in sparsity.values()))
-        candidate = Candidate(f"{signal}/{label}", signal, sparsity)
-        if key in seen:
-            value = None  # the same allocation as an earlier candidate: nothing new to learn
-        else:
-            seen[key] = candidate.name
-            acc, loss = done[candidate.name] if candidate.name in done else score(candidate)
-            out.append((candidate, acc, loss))
-            value = loss
-        if trial is not None:
-            if value is None:
-                study.tell(trial, state=optuna.trial.TrialState.PRUNED)
+        batch = []  # (trial to tell, candidate, duplicate?)
+        for _ in range(min(BATCH, config.candidates - len(out))):
+            existing = trials.get(number)
+            if existing is not None and existing.state != optuna.trial.TrialState.WAITING:
+                params = existing.params  # asked before: told already, or cut short by a crash (told below)
+                trial = None if existing.state.is_finished() else number
             else:
-                study.tell(trial, value)
-        number += 1
+                if number < len(named):
+                    study.enqueue_trial({"signal": named[number][0],
+                                         **{f"a{i}": float(v) for i, v in enumerate(named[number][2])}})
+                # a sampler seeded by the trial number: a resumed search proposes what it would have
+                study.sampler = optuna.samplers.TPESampler(seed=seed * 10_000 + number, multivariate=True,
+                                                           n_startup_trials=8)
+                trial = study.ask()
+                params = {"signal": trial.suggest_categorical("signal", list(plans)),
+                          **{f"a{i}": trial.suggest_float(f"a{i}", 0.0, 1.0) for i in range(len(units))}}
+            plan = plans[params["signal"]]
+            position = np.array([params[f"a{i}"] for i in range(len(units))])
+            sparsity = scaled(plan, Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo)), target)
+            label = named[number][1] if number < len(named) else f"tpe-{number:03d}"
+            candidate = Candidate(f"{params['signal']}/{label}", params["signal"], sparsity)
+            key = (candidate.signal, tuple(round(v, 6) for v in sparsity.values()))
+            batch.append((trial, candidate, key in seen))  # a repeat teaches the sampler nothing new
+            seen.setdefault(key, candidate.name)
+            number += 1
+        fresh = [c for _, c, repeat in batch if not repeat and c.name not in done]
+        results = {**done, **{c.name: s for c, s in zip(fresh, score(fresh) if fresh else [])}}
+        for trial, candidate, repeat in batch:
+            if not repeat:
+                out.append((candidate, *results[candidate.name]))
+            if trial is not None:
+                study.tell(trial, *((None, optuna.trial.TrialState.PRUNED) if repeat else
+                                    (results[candidate.name][1],)))
     return out
 
 
