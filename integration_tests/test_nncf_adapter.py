@@ -257,7 +257,10 @@ def test_int8_quantization_after_pruning_keeps_the_zeros(tmp_path):
     assert not mnncf.wrapping.mask_hooks(stripped) and mnncf.wrapping.mask_hooks(model)
     assert {type(h).__name__ for _, h in mnncf.wrapping.hook_storage(stripped).named_hooks()} <= {
         "FakeQuantize", "SQMultiply"}
-    assert {n: int((stripped.get_parameter(n) == 0).sum()) for n in planned} == planned
+    hooks = mnncf.wrapping.mask_hooks(model)
+    for name, zeros in planned.items():  # NATIVE strip may fake-quantize a weight in place: rounding adds zeros
+        w = stripped.get_parameter(name)
+        assert bool((w[~hooks[name].binary_mask] == 0).all()) and int((w == 0).sum()) >= zeros, name
     report = ctrl.export(tmp_path / "int8.xml")
     assert report.kept  # every planned zero is still an exact zero of the int8 weight
     by_name = {c.name: c for c in report.constants}
@@ -273,8 +276,8 @@ def test_int8_quantization_after_pruning_keeps_the_zeros(tmp_path):
 
 
 def test_cli_runs_the_same_config(tmp_path):
-    config = {"input_info": {"sample_size": [1, 1, 28, 28]},
-              "compression": {"algorithm": "mix_and_match", "strategy": "aggressive"}}
+    config = {"input_info": {"sample_size": [1, 1, 28, 28]},  # the strategy as planned at these range targets
+              "compression": {"algorithm": "mix_and_match", "strategy": "aggressive", "range_targets": [0.7, 0.8, 0.9]}}
     (tmp_path / "cfg.json").write_text(json.dumps(config))
     parser = argparse.ArgumentParser(prog="mm-prune")
     mnncf.add_cli(parser.add_subparsers(dest="command"))
@@ -296,14 +299,13 @@ def test_cli_runs_the_same_config(tmp_path):
 # ---------------------------------------------------------------------------------------- bad configs
 def _cfg(**compression):
     return {"input_info": {"sample_size": [1, 3, 32, 32]},
-            "compression": [{"algorithm": "mix_and_match", **compression}]}
+            "compression": [{"algorithm": "mix_and_match", "target_sparsity": 0.5, **compression}]}
 
 
 BAD_CONFIGS = [
-    pytest.param({**_cfg(), "epochs": 3}, [r"\$\.epochs: unknown key", "allowed keys: compression, input_info"],
-                 id="unknown-top-key"),
     pytest.param(_cfg(sparsity_target=0.5), [r"compression\[0\]\.sparsity_target: unknown key",
-                                             "use target_sparsity", "allowed keys: algorithm"], id="nncf2-key"),
+                                             r"params\.sparsity_target, or target_sparsity", "allowed keys: algorithm"],
+                 id="nncf2-key"),
     pytest.param(_cfg(target_sparsity="0.5"), [r"compression\[0\]\.target_sparsity: expected a number, got string"],
                  id="wrong-type"),
     pytest.param(_cfg(target_sparsity=1.2), [r"compression\[0\]\.target_sparsity: 1.2 is out of range",
@@ -325,7 +327,8 @@ BAD_CONFIGS = [
                  [r"compression\[0\]\.rules\.classifier-head: .*max must be a number in \[0, 1\]"], id="bad-rule"),
     pytest.param(_cfg(rules=[{"name": "x", "kinds": ["lstm"]}]),
                  [r"compression\[0\]\.rules\[0\]: .*unknown kinds \['lstm'\]", "allowed: conv"], id="rule-kind"),
-    pytest.param(_cfg(ignored_scopes=3), [r"compression\[0\]\.ignored_scopes: expected an array"],
+    pytest.param(_cfg(ignored_scopes=3), [(r"compression\[0\]\.ignored_scopes: expected a string or an array or an "
+                                          "object, got number")],
                  id="scope-type"),
     pytest.param(_cfg(ignored_scopes=["{re}(("]), [r"compression\[0\]\.ignored_scopes\[0\]: '\(\(' is not a valid"],
                  id="scope-regex"),
@@ -340,8 +343,9 @@ BAD_CONFIGS = [
     pytest.param({"compression": {"algorithm": "mix_and_match"}}, [r"\$\.input_info: is required"],
                  id="missing-input-info"),
     pytest.param({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": {"algorithm": "magnitude_sparsity"}},
-                 [r"compression\.algorithm: unknown algorithm 'magnitude_sparsity'", "nncf.prune",
-                  "allowed values: mix_and_match, flexhinm, quantization"], id="unknown-algorithm"),
+                 [r"compression\.algorithm: unknown algorithm 'magnitude_sparsity' \(rename it to mix_and_match",
+                  "allowed values: mix_and_match, flexhinm, quantization, knowledge_distillation"],
+                 id="unknown-algorithm"),
     pytest.param({"input_info": {"sample_size": [1, 3, 32, 32]},
                   "compression": [{"algorithm": "quantization"}, {"algorithm": "mix_and_match"}]},
                  [r"compression\[1\]\.algorithm: 'mix_and_match' must come before quantization"], id="order"),
@@ -362,6 +366,11 @@ def test_bad_config_gets_its_message(config, messages):
     for pattern in messages:
         assert _search(pattern, str(info.value)), f"{pattern!r} not in {info.value}"
     assert not is_wrapped(model)  # refused before NNCF touched the model
+
+
+def test_training_script_keys_at_the_root_are_accepted():
+    """NNCF 2.x accepted any root key (training scripts read theirs); only compression steps are strict."""
+    assert mnncf.load_config({**_cfg(), "epochs": 3, "optimizer": {"type": "SGD"}}).raw["epochs"] == 3
 
 
 def _search(pattern: str, text: str) -> bool:
@@ -395,7 +404,7 @@ def test_flexhinm_through_nncf_hooks():
 
 @pytest.mark.parametrize("params, message", [
     ({"permutation": "random"}, (r"compression\.flexhinm\.permutation: unknown value 'random'; allowed values: "
-                                 r"greedy, gyro, none")),
+                                 r"(.*, )?greedy, gyro, none")),
     ({"tile_rows": 6}, r"compression\.flexhinm: tile_rows must be None or a positive multiple of 4"),
     ({"tile": 64}, r"compression\.flexhinm\.tile: unknown key .*allowed keys: effort, importance"),
 ])
@@ -407,9 +416,9 @@ def test_bad_flexhinm_params_name_their_path(params, message):
 
 @pytest.mark.parametrize("scope, messages", [
     ({"names": ["layers.0.blocks.0.attn.qkv"]},
-     [r"compression\[0\]\.ignored_scopes\.names: \['layers.0.blocks.0.attn.qkv'\] match no node",
-      "layers/0/blocks/0/attn/qkv/linear/0"]),
-    (["head.fc"], [r"compression\[0\]\.ignored_scopes: \['head.fc'\] match no node", "head/fc/linear/0"]),
+     [r"compression\[0\]\.ignored_scopes\.names\[0\]: 'layers.0.blocks.0.attn.qkv' matches no node",
+      "closest by module path: layers/0/blocks/0/attn/qkv/linear/0"]),
+    (["head.fc"], [r"compression\[0\]\.ignored_scopes\[0\]: 'head.fc' matches no node", "path: head/fc/linear/0"]),
     ({"types": ["Linear"]}, [r"compression\[0\]\.ignored_scopes\.types: \['Linear'\] match no operation type",
                              "allowed values: .*linear"]),
     ({"patterns": ["blocks/9/.*"]}, [r"compression\[0\]\.ignored_scopes\.patterns: \['blocks/9/\.\*'\] match no"]),
@@ -463,7 +472,8 @@ class FunctionalProj(nn.Module):
 def test_nncf_weights_outside_the_inventory_stay_dense_and_are_reported():
     ctrl, model = mnncf.create_compressed_model(FunctionalProj(), {
         "input_info": {"sample_size": [1, 32]},
-        "compression": {"algorithm": "mix_and_match", "strategy": "aggressive", "default_rules": False}})
+        "compression": {"algorithm": "mix_and_match", "strategy": "aggressive", "default_rules": False,
+                        "range_targets": [0.7, 0.8, 0.9]}})
     assert ctrl.unplanned == ("proj",)
     assert ctrl.weights["proj"] == ("PTLinearMetatype",)  # the kind NNCF's graph gives it
     assert set(mnncf.wrapping.mask_hooks(model)) == {"fc1.weight", "head.weight"}
@@ -474,7 +484,7 @@ def test_nncf_weights_outside_the_inventory_stay_dense_and_are_reported():
 def test_bare_sequential_root_is_refused_with_a_fix():
     with pytest.raises(UnsupportedModelError, match="bare Sequential root.*own forward"):
         mnncf.create_compressed_model(nn.Sequential(nn.Linear(4, 4)), {
-            "input_info": {"sample_size": [1, 4]}, "compression": {"algorithm": "mix_and_match"}})
+            "input_info": {"sample_size": [1, 4]}, "compression": {"algorithm": "mix_and_match", "target_sparsity": 0.5}})
 
 
 def test_torchao_comes_with_the_nncf_extra():

@@ -13,22 +13,22 @@ experience back on NNCF 3.4's own machinery::
     print(ctrl.statistics())          # per-layer plan vs. NNCF's own pruning_statistic
     ctrl.export("out/model.xml")      # nncf.strip -> OpenVINO IR, zeros checked
 
+NNCF 2.x configs run as they are once their algorithm is renamed ``mix_and_match``: :mod:`.legacy`
+reads their options (schedules, filter pruning), :mod:`.scopes` their scope strings.
+
 :mod:`.config` validates configs against ``schema.json``; :mod:`.algorithm` turns one into the core's
-plan and masks as NNCF hooks; :mod:`.cli` is ``mm-prune nncf``.
+plan and masks as NNCF hooks (:mod:`.structured`: channels removed through the structured pattern;
+:mod:`.schedule`: NNCF 2.x's gradual schedules); :mod:`.cli` is ``mm-prune nncf``.
 """
 
-from .algorithm import (
-    CompressionController,
-    CompressionStatistics,
-    ExportReport,
-    LayerStatistic,
-    create_compressed_model,
-    unwrap_model,
-)
+from .algorithm import CompressionController, ExportReport, create_compressed_model, unwrap_model
 from .cli import add_cli, run_cli
-from .config import CompressionConfig, load_config, schema
+from .config import CompressionConfig, load_config, schema, strip_comments
+from .schedule import Schedule, Scheduler
+from .statistics import CompressionStatistics, LayerStatistic
 
 __all__ = [
     "CompressionConfig", "CompressionController", "CompressionStatistics", "ExportReport", "LayerStatistic",
-    "add_cli", "create_compressed_model", "load_config", "run_cli", "schema", "unwrap_model",
+    "Schedule", "Scheduler", "add_cli", "create_compressed_model", "load_config", "run_cli", "schema",
+    "strip_comments", "unwrap_model",
 ]

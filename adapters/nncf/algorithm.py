@@ -3,7 +3,9 @@ statistics and strip, int8 with ``nncf.quantize``, and the export checked zero b
 
 Each keep-mask goes in as NNCF's stock ``UnstructuredPruningMask`` on the weight constant, so
 ``nncf.pruning_statistic``, ``nncf.strip`` and ``nncf.torch.get_config`` / ``load_from_config`` work
-unchanged. NNCF's own ratio updates rewrite every mask with one ratio: do not run them on these models.
+unchanged. NNCF's own ratio updates rewrite every mask with one ratio: do not run them on these models;
+NNCF 2.x schedules run through ``ctrl.scheduler``, which re-masks with the core's masks. Filter-pruning
+options remove channels instead (:mod:`.structured`).
 """
 
 from __future__ import annotations
@@ -13,7 +15,6 @@ import logging
 import os
 import time
 from collections.abc import Callable, Iterable, Mapping
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
@@ -27,23 +28,31 @@ from mm_plugin.errors import (
     ConfigError,
     MMError,
     NoPrunableLayersError,
+    UnsupportedModelError,
     ValidationError,
+    check_fraction,
 )
 from mm_plugin.flexhinm import flexhinm_sparsify_
 from mm_plugin.masks import bake_masks_
+from mm_plugin.model import forward_eval
 from mm_plugin.planning import ALLOCATIONS, SIGNALS, Plan, Strategy, compute_scores
-from mm_plugin.tables import format_table
 
 from .config import CompressionConfig, PruningStep, Step, load_config
+from .schedule import Schedule, Scheduler
+from .scopes import ignored_modules, resolve
+from .statistics import CompressionStatistics, LayerStatistic
+from .structured import ChannelPruning, prune_channels
+from .targets import MIN_DENSITY, check_reach, range_targets
 from .wrapping import (
     bake_mask_hooks,
+    build_graph,
     check_model,
     hook_storage,
     mask_hooks,
     model_inputs,
     nncf_hooks,
+    one_line,
     require_nncf,
-    resolve_scope,
     unwrap_model,
     weight_metatypes,
 )
@@ -53,56 +62,9 @@ log = logging.getLogger(__name__)
 #: NNCF's C++ quantization kernels compile on first use (about 2.5 min on 2 cores); the stock 60 s
 #: timeout then fails. Used only when NNCF_EXTENSION_LOAD_TIMEOUT is not set.
 EXTENSION_LOAD_TIMEOUT_S = "900"
-
-
-# --- statistics and export reports --------------------------------------------------------------
-@dataclass(frozen=True)
-class LayerStatistic:
-    name: str  # parameter name == NNCF weight constant name
-    kind: str  # the core's unit kind
-    metatype: str  # NNCF metatype of the op(s) using the weight
-    shape: tuple[int, ...]
-    numel: int
-    planned_ratio: float
-    ratio: float  # from nncf.pruning_statistic (masks) or from the weights once baked
-    zeros: int
-
-
-@dataclass(frozen=True)
-class CompressionStatistics:
-    algorithm: str
-    strategy: str
-    target_sparsity: float | None
-    planned_ratio: float  # the plan's global sparsity over the planned weights
-    pruning_ratio: float  # zeros / planned weights, as measured (NNCF's "Prunable parameters" ratio)
-    global_pruning_ratio: float  # zeros / all parameters of the model
-    layers: tuple[LayerStatistic, ...]
-    unplanned: tuple[str, ...]  # NNCF prunable weights outside the core inventory: left dense
-    ignored: tuple[str, ...]  # weights left dense by ignored_scopes
-    quantized: bool
-    left_dense: dict[str, str]  # flexhinm: planned weights it left dense, with the reason
-    source: str  # "nncf.pruning_statistic" or "weights"
-    nncf: Any = field(default=None, repr=False, compare=False)  # NNCF's ModelPruningStatistic while masks are hooks
-
-    def to_dict(self) -> dict[str, Any]:
-        return {k: v for k, v in asdict(self).items() if k != "nncf"}
-
-    def to_str(self, max_rows: int | None = None) -> str:
-        rows = [[s.name, s.kind, s.metatype.removeprefix("PT").removesuffix("Metatype"), "x".join(map(str, s.shape)),
-                 f"{s.planned_ratio:.4f}", f"{s.ratio:.4f}"] for s in self.layers]
-        footer = [["PLANNED WEIGHTS", "", "", "", f"{self.planned_ratio:.4f}", f"{self.pruning_ratio:.4f}"],
-                  ["ALL PARAMETERS", "", "", "", "", f"{self.global_pruning_ratio:.4f}"]]
-        title = (f"{self.algorithm}: strategy {self.strategy}"
-                 + (f", target {self.target_sparsity:g}" if self.target_sparsity is not None else "")
-                 + (", int8" if self.quantized else "") + f" (source: {self.source})")
-        extra = [f"dense by ignored_scopes: {len(self.ignored)} weights"] if self.ignored else []
-        extra += [f"dense, outside the Mix-and-Match inventory: {', '.join(self.unplanned)}"] if self.unplanned else []
-        extra += [f"dense, left by FlexHiNM: {name} ({reason})" for name, reason in self.left_dense.items()]
-        table = format_table(["weight", "kind", "metatype", "shape", "planned", "masked"], rows, 4,
-                             max_rows=max_rows, footer=footer)
-        return "\n".join([title, table, *extra])
-
-    __str__ = to_str
+#: How ``create_compressed_model`` callers pass calibration data (the CLI names its own flag).
+PYTHON_CALIBRATION = ("create_compressed_model(..., calibration=<batches>) (tensors, (inputs, targets) pairs or "
+                      "dicts with 'x')")
 
 
 # --- the controller -----------------------------------------------------------------------------
@@ -112,7 +74,7 @@ class CompressionController:
     def __init__(self, model: nn.Module, config: CompressionConfig, example_inputs: Any) -> None:
         self.model, self.config, self.example_inputs = model, config, example_inputs
         self.plan: Plan | None = None
-        self.strategy: Strategy | None = None
+        self.strategy: Strategy | None = None  # the strategy the masks hold now
         self.step: PruningStep | None = None
         self.quantized = False
         self.weights: dict[str, tuple[str, ...]] = {}  # weight -> NNCF metatypes of the ops using it
@@ -121,78 +83,145 @@ class CompressionController:
         self.seconds: dict[str, float] = {}
         self.left_dense: dict[str, str] = {}  # FlexHiNM: planned weights it could not give the pattern
         self.flexhinm_result: Any = None
+        self.channels: ChannelPruning | None = None  # filter_pruning options: what Torch-Pruning removed
+        self.scheduler = Scheduler(None, self.set_sparsity_level)
+        self._base: Strategy | None = None  # the named strategy, before it is brought to a level
+        self._calibration: Iterable | None = None  # what the plan's signal reads, kept for re-masking
+        self._loss_fn: Callable | None = None
         self._planned_zeros: dict[str, np.ndarray] = {}  # param -> flat bool "must be zero"
+
+    @property
+    def notes(self) -> tuple:
+        """The config's NNCF 2.x options that are not honoured as NNCF 2.x did (logged when loaded)."""
+        return self.config.notes
+
+    @property
+    def schedule(self) -> Schedule | None:
+        """The NNCF 2.x gradual schedule (``sparsity_at(epoch)``, ``final_level``), or None: one shot."""
+        return self.scheduler.schedule
+
+    def loss(self) -> torch.Tensor:
+        """NNCF 2.x's compression loss term: zero, the masks are not trained."""
+        return torch.zeros(())
 
     def _timed(self, what: str, start: float) -> None:
         self.seconds[what] = time.perf_counter() - start
 
-    def _apply_pruning(self, step: PruningStep, calibration: Iterable | None, loss_fn: Callable | None) -> None:
-        from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
+    def _apply_pruning(self, step: PruningStep, calibration: Iterable | None, loss_fn: Callable | None,
+                       final_level: bool) -> None:
         from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
         from nncf.torch.function_hook.pruning.prune_model import get_prunable_parameters
         from nncf.torch.function_hook.wrapper import register_post_function_hook, wrap_model
 
         t = time.perf_counter()
         model = wrap_model(self.model)
-        graph = build_nncf_graph(model, self.example_inputs)
+        graph = build_graph(model, self.example_inputs)
         self._timed("nncf_graph", t)
         t = time.perf_counter()
+        scope = resolve(step.scopes, graph, model)
         all_weights = get_prunable_parameters(graph, None)
-        scope = resolve_scope(step, graph)
         prunable = get_prunable_parameters(graph, scope) if scope is not None else set(all_weights)
-        self.weights = weight_metatypes(graph)
-        inventory = set(mm_plugin.inventory(model, self.example_inputs).names)
-        self.ignored, self.unplanned = tuple(sorted(all_weights - prunable)), tuple(sorted(prunable - inventory))
-        if self.unplanned:
-            log.warning("NNCF finds weights the Mix-and-Match inventory does not plan (left dense): %s",
-                        ", ".join(f"{n} ({'/'.join(self.weights[n])})" for n in self.unplanned))
-        if not inventory & prunable:
-            where = f"{step.path}.ignored_scopes" if step.ignored_scope is not None else step.path
-            raise ConfigError(f"{where}: no prunable weight is left: every Conv/Linear/Embedding weight is ignored")
+        self.weights, self.step = weight_metatypes(graph), step
+        self.ignored = tuple(sorted(all_weights - prunable))
         signal, allocations = step.get("signal"), step.get("allocations")
         if not (SIGNALS.needs(signal).calibration or ALLOCATIONS.any_needs(allocations or (), "calibration")):
             calibration = None  # data given for int8 calibration alone does not change the plan
-        dense = sorted(inventory - prunable)  # ignored by scope, or not a weight in NNCF's graph
+        self._calibration, self._loss_fn = calibration, loss_fn
+        if step.structured:
+            keep_whole = ignored_modules(scope, graph) if scope is not None else set()
+            self.channels = prune_channels(unwrap_model(model), self.example_inputs, step, calibration, keep_whole)
+            self.model, self.plan, self.strategy = model, self.channels.plan, self.channels.strategy
+            self._timed("plan", t)
+            return
+        inventory = {u.name: u for u in mm_plugin.inventory(model, self.example_inputs).units}
+        self.unplanned = tuple(sorted(prunable - set(inventory)))
+        if self.unplanned:
+            log.warning("NNCF finds weights the Mix-and-Match inventory does not plan (left dense): %s",
+                        ", ".join(f"{n} ({'/'.join(self.weights[n])})" for n in self.unplanned))
+        units = [u for name, u in inventory.items() if name in prunable]
+        if not units:
+            where = step.scopes.path if step.scopes is not None else step.path
+            raise ConfigError(f"{where}: no prunable weight is left: every Conv/Linear/Embedding weight is ignored")
+        dense = sorted(set(inventory) - prunable)  # ignored by scope, or not a weight in NNCF's graph
+        targets = range_targets(step, units)
         try:
             plan = mm_plugin.plan(
                 model, self.example_inputs, signal=signal, calibration=calibration, loss_fn=loss_fn,
                 rules=list(step.rules) if step.rules is not None else None, default_rules=step.get("default_rules"),
                 ignored_scope=mm_plugin.IgnoredScope(names=tuple(dense)) if dense else None,
-                targets=step.range_targets, allocations=allocations, range_mode=step.get("range_mode"),
-                samples=step.get("samples"), seed=step.get("seed"),
+                targets=targets, allocations=allocations, range_mode=step.get("range_mode"),
+                samples=step.get("samples"), seed=step.get("seed"), min_density=MIN_DENSITY,
             )
         except NoPrunableLayersError as e:
             raise ConfigError(f"{step.path}.ignored_scopes: {e}") from None
+        except ValidationError as e:
+            raise ConfigError(f"{step.path}: {one_line(e)}") from None
         names = [s.name for s in plan.strategies]
         if step.get("strategy") not in names:
             raise ConfigError(f"{step.path}.strategy: strategy {step.get('strategy')!r} is not in this model's plan "
                               f"(the ranges are too narrow to tell it apart); allowed values: {', '.join(names)}")
-        strategy = plan.strategy(step.get("strategy"))
-        if step.get("target_sparsity") is not None:
-            try:
-                strategy = plan.rescale(strategy, step.get("target_sparsity"))
-            except ValidationError as e:
-                hint = "" if "range_targets" in step.options else \
-                    f" (range_targets were derived as {list(step.range_targets)})"
-                raise ConfigError(f"{step.path}.target_sparsity: {e}{hint}; set {step.path}.range_targets "
-                                  "to bracket the target") from None
+        self.plan, self._base = plan, plan.strategy(step.get("strategy"))
+        if step.target is not None:
+            check_reach(plan, step, *_peak(step))
+        self.scheduler = Scheduler(step.schedule, self.set_sparsity_level)
+        schedule = step.schedule
+        strategy = self._strategy_at(step.target if schedule is None else schedule.final_level if final_level else
+                                     schedule.sparsity_at(-1))
         self._timed("plan", t)
         t = time.perf_counter()
         if step.algorithm == "flexhinm":
             masks = self._flexhinm_masks(model, step, strategy, calibration, loss_fn)
         else:
-            masks = mm_plugin.compute_masks(model, strategy, signal=signal, calibration=calibration,
-                                            loss_fn=loss_fn, plan=plan)
+            masks = self._masks(model, strategy)
         for unit in plan.units:
             keep = masks[unit.name]
             hook = UnstructuredPruningMask(tuple(keep.shape)).to(device=keep.device)
             hook.binary_mask.copy_(keep)
             register_post_function_hook(model, unit.name, 0, hook)
-            self._planned_zeros[unit.name] = (~keep).reshape(-1).cpu().numpy()
+        self._record(masks)
         self._timed("masks", t)
-        self.model, self.plan, self.strategy, self.step = model, plan, strategy, step
+        self.model, self.strategy = model, strategy
         log.info("%s: %d weights masked, planned global sparsity %.4f", step.path, len(plan.units),
                  plan.global_sparsity(strategy))
+
+    def _strategy_at(self, level: float | None) -> Strategy:
+        """The plan's strategy at a global level: rescaled inside the ranges; below their floor (where a
+        schedule starts), the floor's per-layer ratios scaled down alike. None: as planned."""
+        if level is None:
+            return self._base
+        low = self.plan.reach()[0]
+        if level >= low:
+            return self.plan.rescale(self._base, level)
+        floor = self.plan.rescale(self._base, low)
+        return Strategy(f"{self._base.name}@{level:g}", {n: s * level / low for n, s in floor.sparsity.items()})
+
+    def _masks(self, model: nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
+        return mm_plugin.compute_masks(model, strategy, signal=self.step.get("signal"), calibration=self._calibration,
+                                       loss_fn=self._loss_fn, plan=self.plan)
+
+    def _record(self, masks: Mapping[str, torch.Tensor]) -> None:
+        self._planned_zeros.update({name: (~keep).reshape(-1).cpu().numpy() for name, keep in masks.items()})
+
+    def set_sparsity_level(self, level: float) -> None:
+        """NNCF 2.x's ``set_sparsity_level``: re-mask every planned weight for a new global level (the
+        plan's strategy at that level, the core's masks for it, written into the NNCF hooks). The
+        scheduler calls it; a run without training can pass ``ctrl.schedule.final_level``."""
+        if self.plan is None or self.step.algorithm != "mix_and_match" or self.channels is not None:
+            raise MMError("set_sparsity_level: only a mix_and_match step with unstructured masks changes level "
+                          "(flexhinm and filter-pruning steps prune once)")
+        hooks = mask_hooks(self.model)
+        if not hooks:
+            raise MMError("set_sparsity_level: the masks are baked into the weights (strip / prepare_for_export); "
+                          "compress the model again to change the level")
+        level = check_fraction(level, "sparsity level")
+        check_reach(self.plan, self.step, max(level, self.plan.reach()[0]), "set_sparsity_level")
+        strategy = self._strategy_at(level)
+        masks = self._masks(self.model, strategy)
+        with torch.no_grad():
+            for name, keep in masks.items():
+                hooks[name].binary_mask.copy_(keep)
+        self._record(masks)
+        self.strategy = strategy
 
     def _flexhinm_masks(self, model: nn.Module, step: PruningStep, strategy: Strategy,
                         calibration: Iterable | None, loss_fn: Callable | None) -> dict[str, torch.Tensor]:
@@ -218,33 +247,40 @@ class CompressionController:
 
     def _apply_quantization(self, step: Step, calibration: Iterable | None) -> None:
         import nncf
+        from nncf.torch.function_hook.wrapper import wrap_model
 
         os.environ.setdefault("NNCF_EXTENSION_LOAD_TIMEOUT", EXTENSION_LOAD_TIMEOUT_S)
         scope = None
-        if step.ignored_scope is not None:
-            from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
-            from nncf.torch.function_hook.wrapper import wrap_model
-
-            scope = resolve_scope(step, build_nncf_graph(wrap_model(self.model), self.example_inputs))
+        if step.scopes is not None:
+            model = wrap_model(self.model)
+            scope = resolve(step.scopes, build_graph(model, self.example_inputs), model)
+        device = self.config.raw.get("target_device", "ANY")
         t = time.perf_counter()
-        self.model = nncf.quantize(
-            self.model, nncf.Dataset(calibration, model_inputs),
-            preset=nncf.QuantizationPreset.PERFORMANCE if step.get("preset") == "performance" else
-            nncf.QuantizationPreset.MIXED,
-            subset_size=step.get("subset_size"), fast_bias_correction=step.get("fast_bias_correction"),
-            model_type=nncf.ModelType.TRANSFORMER if step.get("model_type") == "transformer" else None,
-            ignored_scope=scope,
-        )
+        try:
+            self.model = nncf.quantize(
+                self.model, nncf.Dataset(calibration, model_inputs),
+                preset=nncf.QuantizationPreset.PERFORMANCE if step.get("preset") == "performance" else
+                nncf.QuantizationPreset.MIXED,
+                target_device=nncf.TargetDevice[device if device != "TRIAL" else "ANY"],
+                subset_size=step.get("subset_size"), fast_bias_correction=step.get("fast_bias_correction"),
+                model_type=nncf.ModelType.TRANSFORMER if step.get("model_type") == "transformer" else None,
+                ignored_scope=scope,
+            )
+        except Exception as e:
+            raise UnsupportedModelError(f"{step.path}: nncf.quantize failed: {one_line(e)}") from e
         self.quantized = True
         self._timed("quantize", t)
 
     def statistics(self) -> CompressionStatistics:
         """Plan vs. what the model computes with, per weight: from ``nncf.pruning_statistic`` while the
-        masks are NNCF hooks, from the weights themselves once baked."""
+        masks are NNCF hooks, from the weights themselves once baked (per channel group, as Torch-Pruning
+        measured it, when filter-pruning options removed channels)."""
         import nncf
 
         if self.plan is None:
             raise MMError("this config has no pruning step; there is nothing to report or verify")
+        if self.channels is not None:
+            return self._channel_statistics()
         nncf_stat = nncf.pruning_statistic(self.model) if mask_hooks(self.model) else None
         if nncf_stat is not None:
             measured = {t.tensor_name: (t.pruned_ratio, round(t.pruned_ratio * int(np.prod(t.shape))))
@@ -264,11 +300,27 @@ class CompressionController:
             pruning_ratio = total / sum(s.numel for s in layers)
             global_ratio = total / sum(p.numel() for p in self.model.parameters())
         return CompressionStatistics(
-            algorithm=self.step.algorithm, strategy=self.strategy.name, target_sparsity=self.step.get("target_sparsity"),
+            algorithm=self.step.algorithm, strategy=self.strategy.name, target_sparsity=self.step.target,
             planned_ratio=float(self.plan.global_sparsity(self.strategy)), pruning_ratio=float(pruning_ratio),
             global_pruning_ratio=float(global_ratio), layers=layers, unplanned=self.unplanned, ignored=self.ignored,
             quantized=self.quantized, left_dense=dict(self.left_dense),
-            source="nncf.pruning_statistic" if nncf_stat is not None else "weights", nncf=nncf_stat,
+            source="nncf.pruning_statistic" if nncf_stat is not None else "weights",
+            schedule_level=self.scheduler.current_sparsity_level, nncf=nncf_stat,
+        )
+
+    def _channel_statistics(self) -> CompressionStatistics:
+        record = self.channels.record
+        layers = []
+        for u in self.plan.units:
+            channels, removed = u.items * u.copies, float(record["layer_sparsity"][u.name])
+            layers.append(LayerStatistic(name=u.name, kind=u.kind, metatype="channels", shape=(channels,),
+                                         numel=channels, planned_ratio=float(self.strategy.sparsity[u.name]),
+                                         ratio=removed, zeros=round(removed * channels)))
+        return CompressionStatistics(
+            algorithm=self.step.algorithm, strategy=self.strategy.name, target_sparsity=self.step.target,
+            planned_ratio=self.step.target, pruning_ratio=1.0 - float(record["macs_ratio"]),
+            global_pruning_ratio=float(record["sparsity"]), layers=tuple(layers), unplanned=(), ignored=self.ignored,
+            quantized=self.quantized, left_dense={}, source="torch_pruning", structured=True,
         )
 
     def strip(self, do_copy: bool = True) -> nn.Module:
@@ -313,7 +365,12 @@ class CompressionController:
         model = self._ready_for_export(copy.deepcopy(self.model))
         self._timed("strip", t)
         t = time.perf_counter()
-        xml = deploy.export(model, self.example_inputs, path, compress_to_fp16=compress_to_fp16)
+        try:
+            xml = deploy.export(model, self.example_inputs, path, compress_to_fp16=compress_to_fp16)
+        except MMError:
+            raise
+        except Exception as e:
+            raise UnsupportedModelError(f"export to {path}: {backend_name} conversion failed: {one_line(e)}") from e
         self._timed("convert", t)
         t = time.perf_counter()
         constants = deploy.weight_constants(xml)
@@ -322,16 +379,28 @@ class CompressionController:
                             quantized=self.quantized, seconds={k: self.seconds[k] for k in ("strip", "convert", "verify")})
 
 
-def _check_calibration(cfg: CompressionConfig, calibration: Iterable | None) -> None:
-    """Fail before any work when a step needs calibration data that was not given."""
+def _peak(step: PruningStep) -> tuple[float, str]:
+    """The highest level the step asks for (the plan must reach it) and where the config says it."""
+    schedule = step.schedule
+    if schedule is not None and schedule.kind == "multistep":
+        i = max(range(len(schedule.levels)), key=lambda k: schedule.levels[k])
+        return schedule.levels[i], f"{step.path}.params.multistep_sparsity_levels[{i}]"
+    if schedule is not None and schedule.init > schedule.target:
+        return schedule.init, f"{step.path}.sparsity_init"
+    return step.target, step.target_path
+
+
+def check_calibration(cfg: CompressionConfig, calibration: Iterable | None, how: str = PYTHON_CALIBRATION) -> None:
+    """Fail before any work when a step needs calibration data that was not given; ``how`` says how to
+    pass it (the CLI names its flag)."""
     if calibration is not None:
         return
     for step in cfg.steps:
         if step.algorithm == "quantization":
-            raise CalibrationRequiredError(
-                f"{step.path}: 'quantization' needs calibration data: pass create_compressed_model(..., "
-                "calibration=<batches>) (tensors, (inputs, targets) pairs or dicts with 'x')"
-            )
+            raise CalibrationRequiredError(f"{step.path}: 'quantization' needs calibration data: pass {how}; or "
+                                           f"remove {step.path} from the config to stop after pruning")
+        if step.algorithm == "knowledge_distillation":
+            continue
         signal, allocations = step.get("signal"), step.get("allocations") or ()
         if SIGNALS.needs(signal).calibration:
             where, what = "signal", signal
@@ -339,40 +408,55 @@ def _check_calibration(cfg: CompressionConfig, calibration: Iterable | None) -> 
             where, what = "allocations", next(a for a in allocations if ALLOCATIONS.needs(a).calibration)
         else:
             continue
-        raise CalibrationRequiredError(
-            f"{step.path}.{where}: {what!r} needs calibration data: pass "
-            "create_compressed_model(..., calibration=<(inputs, targets) batches>) or use 'magnitude'"
-        )
+        raise CalibrationRequiredError(f"{step.path}.{where}: {what!r} needs calibration data: pass {how}; or "
+                                       "use 'magnitude'")
+
+
+def check_inputs(model: nn.Module, inputs: Any, cfg: CompressionConfig, given: bool) -> None:
+    """Run the model once on its example inputs, so a wrong ``input_info`` is one line naming it."""
+    try:
+        forward_eval(model, inputs)
+    except UnsupportedModelError as e:
+        what = "example_inputs" if given else "input_info"
+        shapes = ", ".join(i.describe() for i in cfg.input_info) if not given else "the example inputs"
+        raise ConfigError(f"{what}: {type(model).__name__} fails on {shapes}: {one_line(e)}; give the inputs its "
+                          "forward() takes") from e
 
 
 def create_compressed_model(
     model: nn.Module,
-    config: Mapping[str, Any] | str | os.PathLike,
+    config: CompressionConfig | Mapping[str, Any] | str | os.PathLike,
     *,
     calibration: Iterable | None = None,
     loss_fn: Callable | None = None,
     example_inputs: Any = None,
+    final_level: bool = False,
 ) -> tuple[CompressionController, nn.Module]:
     """NNCF 2.x-style entry point: ``(controller, compressed_model)`` from a JSON-like config.
 
     ``config``: a dict, the path of a JSON file, or JSON text. ``calibration``: batches for the gradient
     signals (``(inputs, targets)`` pairs) and for int8 quantization (tensors or pairs).
     ``example_inputs`` overrides the tensors built from ``input_info``. The model is wrapped by NNCF in
-    place (as NNCF 3.x does); with quantization the returned model is NNCF's quantized copy.
+    place (as NNCF 3.x does); with quantization the returned model is NNCF's quantized copy. With an
+    NNCF 2.x schedule the masks start at its first level: drive ``ctrl.scheduler`` from the training loop;
+    ``final_level`` starts them at the level the schedule ends at instead (for runs without training).
     """
-    cfg = load_config(config)
+    cfg = config if isinstance(config, CompressionConfig) else load_config(config)
     require_nncf()
     check_model(model)
-    _check_calibration(cfg, calibration)
+    check_calibration(cfg, calibration)
     device = next((p.device for p in model.parameters()), torch.device("cpu"))
-    ctrl = CompressionController(model, cfg, example_inputs if example_inputs is not None else cfg.example_inputs(device))
+    given = example_inputs is not None
+    inputs = example_inputs if given else cfg.example_inputs(device, model.forward)
+    check_inputs(model, inputs, cfg, given)
+    ctrl = CompressionController(model, cfg, inputs)
     was_training = model.training
     model.eval()
     try:
         for step in cfg.steps:
             if isinstance(step, PruningStep):
-                ctrl._apply_pruning(step, calibration, loss_fn)
-            else:
+                ctrl._apply_pruning(step, calibration, loss_fn, final_level)
+            elif step.algorithm == "quantization":
                 ctrl._apply_quantization(step, calibration)
     finally:
         ctrl.model.train(was_training)

@@ -1,9 +1,8 @@
 """NNCF plumbing: wrapping, its hook storage (pruning masks as NNCF's own ``UnstructuredPruningMask``),
-weight metatypes, and ignored scopes matched by NNCF's own matcher over its graph."""
+weight metatypes, calibration batches, and errors from below cut to one line."""
 
 from __future__ import annotations
 
-import difflib
 import importlib.util
 from collections.abc import Mapping
 from typing import Any
@@ -11,9 +10,7 @@ from typing import Any
 import torch
 from torch import nn
 
-from mm_plugin.errors import ConfigError, MMError, UnsupportedModelError
-
-from .config import Step
+from mm_plugin.errors import MMError, UnsupportedModelError
 
 
 def require_nncf():
@@ -88,37 +85,14 @@ def check_model(model: Any) -> None:
         )
 
 
-def resolve_scope(step: Step, graph: Any):
-    """The step's ignored scope matched by NNCF's own matcher over the NNCF graph (None when empty)."""
-    core, path = step.ignored_scope, step.scope_path
-    if core is None:
-        return None
-    import nncf
-    from nncf.scopes import get_difference_ignored_scope, get_matched_ignored_scope_info
+def build_graph(model: nn.Module, example_inputs: Any) -> Any:
+    """NNCF's graph of a wrapped model; a tracing failure is one line naming the model."""
+    from nncf.torch.function_hook.nncf_graph.nncf_graph_builder import build_nncf_graph
 
-    scope = nncf.IgnoredScope(names=list(core.names), patterns=list(core.patterns), types=list(core.types),
-                              validate=core.validate)
-    matched, _ = get_matched_ignored_scope_info(scope, [graph])
-    missing = get_difference_ignored_scope(scope, matched)
-    if scope.validate and (missing.names or missing.patterns or missing.types):
-        listed = isinstance(step.options["ignored_scopes"], list)
-        nodes = sorted(n.node_name for n in graph.get_all_nodes())
-        if missing.names:
-            name = missing.names[0]
-            close = difflib.get_close_matches(name, nodes, n=5, cutoff=0.4)
-            contains = [n for n in nodes if name.replace(".", "/") in n][:5]
-            suggestions = list(dict.fromkeys(contains + close))[:5] or nodes[:5]
-            raise ConfigError(
-                f"{path if listed else path + '.names'}: {missing.names} match no node of the NNCF graph (names "
-                "are NNCF node names, e.g. 'layer1/0/conv1/conv2d/0'; '{re}' or 'patterns' for regular "
-                f"expressions); allowed values (closest node names): {', '.join(suggestions)}")
-        if missing.patterns:
-            raise ConfigError(f"{path if listed else path + '.patterns'}: {missing.patterns} match no node name of "
-                              f"the NNCF graph (re.match from the start); node names look like: {', '.join(nodes[:5])}")
-        types = sorted({n.node_type for n in graph.get_all_nodes()})
-        raise ConfigError(f"{path}.types: {missing.types} match no operation type of the NNCF graph; "
-                          f"allowed values: {', '.join(types)}")
-    return matched if (matched.names or matched.patterns or matched.types) else None
+    try:
+        return build_nncf_graph(model, example_inputs)
+    except Exception as e:  # the forward itself ran (create_compressed_model checked it)
+        raise UnsupportedModelError(f"NNCF cannot trace {type(model).__name__}: {one_line(e)}") from e
 
 
 def weight_metatypes(graph: Any) -> dict[str, tuple[str, ...]]:
@@ -145,3 +119,9 @@ def model_inputs(batch: Any) -> Any:
     return batch
 
 
+def one_line(error: BaseException) -> str:
+    """An exception as one line: the first line of its text, after its type unless it is the plugin's own."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, MMError) and lines:
+        return lines[0]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__
