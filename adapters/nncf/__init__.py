@@ -21,10 +21,12 @@ plan and masks as NNCF hooks (:mod:`.structured`: channels removed through the s
 :mod:`.schedule`: NNCF 2.x's gradual schedules); :mod:`.cli` is ``mm-prune nncf``.
 """
 
+from mm_plugin.planning import Schedule
+
 from .algorithm import CompressionController, ExportReport, create_compressed_model, unwrap_model
 from .cli import add_cli, run_cli
 from .config import CompressionConfig, load_config, schema, strip_comments
-from .schedule import Schedule, Scheduler
+from .schedule import Scheduler
 from .statistics import CompressionStatistics, LayerStatistic
 
 __all__ = [

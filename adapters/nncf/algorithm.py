@@ -35,10 +35,10 @@ from mm_plugin.errors import (
 from mm_plugin.flexhinm import flexhinm_sparsify_
 from mm_plugin.masks import bake_masks_
 from mm_plugin.model import forward_eval
-from mm_plugin.planning import ALLOCATIONS, SIGNALS, Plan, Strategy, compute_scores
+from mm_plugin.planning import ALLOCATIONS, SIGNALS, Plan, Schedule, Strategy, compute_scores
 
 from .config import CompressionConfig, PruningStep, Step, load_config
-from .schedule import Schedule, Scheduler
+from .schedule import Scheduler
 from .scopes import ignored_modules, resolve
 from .statistics import CompressionStatistics, LayerStatistic
 from .structured import ChannelPruning, prune_channels

@@ -22,10 +22,9 @@ import torch
 from mm_plugin.config_schema import json_type, merged, validate
 from mm_plugin.errors import ConfigError, MMError, RuleError
 from mm_plugin.flexhinm import IMPORTANCES, PERMUTATIONS, FlexHiNMConfig
-from mm_plugin.planning import NAMED_STRATEGIES, Rule, list_allocations, list_signals, load_rules
+from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals, load_rules
 
 from .legacy import Note, distillation_note, pruning_plan, quantization_options, root_notes
-from .schedule import Schedule
 from .scopes import Scopes, parse_scopes
 
 log = logging.getLogger(__name__)

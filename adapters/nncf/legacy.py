@@ -2,7 +2,7 @@
 
 A ``magnitude_sparsity``, ``rb_sparsity``, ``const_sparsity`` or ``filter_pruning`` step keeps its
 options once its algorithm is renamed ``mix_and_match``. Sparsity options (``sparsity_init``,
-``params.schedule`` ...) become a gradual :class:`~.schedule.Schedule`; filter-pruning options
+``params.schedule`` ...) become a gradual :class:`mm_plugin.planning.Schedule`; filter-pruning options
 (``pruning_init``, ``params.pruning_target`` / ``pruning_flops_target`` ...) select structured
 Mix-and-Match. An option that cannot be honoured becomes a :class:`Note` (its JSON path, and what is
 done instead), logged once as a WARNING. No target is ever assumed: NNCF 2.x's default of 0.5 is not.
@@ -15,8 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm_plugin.errors import ConfigError
-
-from .schedule import Schedule
+from mm_plugin.planning import Schedule
 
 #: ``params`` keys that NNCF 2.x's sparsity algorithms read to schedule the level.
 SCHEDULE_KEYS = frozenset({"schedule", "sparsity_target", "sparsity_target_epoch", "sparsity_freeze_epoch",

@@ -87,7 +87,9 @@ class StructuredPattern(Pattern):
         """The knob that brings ``job``'s method to its target, by bisection on measured multiply-adds."""
         knobs = ctx.cache.setdefault("knobs", {})
         if job.config_key not in knobs:
-            dense_macs = ctx.cache.setdefault("dense_macs", macs_of(ctx.dense, ctx.example))
+            if "dense_macs" not in ctx.cache:
+                ctx.cache["dense_macs"] = macs_of(ctx.dense, ctx.example)
+            dense_macs = ctx.cache["dense_macs"]
 
             @cache
             def removed(knob: float) -> float:
@@ -108,7 +110,9 @@ class StructuredPattern(Pattern):
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]
-        dense_params = ctx.cache.setdefault("dense_params", sum(p.numel() for p in ctx.dense.parameters()))
+        if "dense_params" not in ctx.cache:
+            ctx.cache["dense_params"] = sum(p.numel() for p in ctx.dense.parameters())
+        dense_params = ctx.cache["dense_params"]
         params = sum(p.numel() for p in model.parameters())
         macs = macs_of(model, ctx.example)
         kept = kept_channels(model, plan)
