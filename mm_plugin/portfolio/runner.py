@@ -155,8 +155,12 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None])
     if epochs == 0:  # a search's rung 0: the validation split ranks, the test split stays unread
         return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
                        val_loss=oneshot["oneshot_val_loss"], test_accuracy=None), None, None
-    ft = finetune(model, ctx.data.train, ctx.data.val, epochs=config.epochs if epochs is None else epochs,
-                  lr=config.lr, patience=config.patience, seed=job.seed, progress=False, desc=job.key)
+    epochs_run = config.epochs if epochs is None else epochs
+    hooks = pattern.hooks(model, job, ctx, steps=max(1, round(epochs_run * len(ctx.data.train))))
+    ft = finetune(model, ctx.data.train, ctx.data.val, epochs=epochs_run, lr=config.lr,
+                  patience=None if hooks else config.patience, seed=job.seed, progress=False, desc=job.key,
+                  hooks=hooks, keep="last" if hooks else "best")  # a schedule needs its whole budget
+    extra.update(pattern.finish_(model, hooks))
     val_loss = score(model, ctx.data.val)[1]
     test = evaluate(model, ctx.data.test) if epochs is None else None  # rungs rank on validation only
     trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss, "test_accuracy": test,
@@ -227,8 +231,9 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
 
     done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
-    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", driver.pattern.scaled,
-                     lambda cs: scored(rung(cs, 0, 0)), done0)
+    views = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
+    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", views,
+                     driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0)
     if schedule.short:
         short = promote(ranked, schedule.short)
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / schedule.eta)))]

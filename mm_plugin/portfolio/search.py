@@ -2,8 +2,9 @@
 those fine-tuned fully, within a budget counted in full fine-tunes (FFE).
 
 Candidates are per-unit positions inside the ranges, ``rho_l = lo_l + a_l (hi_l - lo_l)``, rescaled to
-the target (so every candidate meets it exactly), for every signal. The named strategies go first; the
-rest come from Optuna's TPE sampler, which learns from the one-shot scores where good allocations lie.
+the target (so every candidate meets it exactly), for every signal. The named strategies go first, then
+the allocations the ranges are built from, bounded by the rules; the rest come from Optuna's TPE
+sampler, which learns from the one-shot scores where good allocations lie.
 Its study lives in ``search.db`` (SQLite) in the run folder, so a rerun resumes the sampler too.
 Promotion is synchronous successive halving (Jamieson & Talwalkar 2016): all candidates of a rung are
 scored before the best ``1/eta`` move on, so every rung can run its candidates in parallel, and the
@@ -58,9 +59,16 @@ class Candidate:
     sparsity: dict[str, float]
 
 
-def _named_positions(plan: Plan) -> dict[str, np.ndarray]:
-    """The named strategies as positions (their shape survives rescaling to the target)."""
-    return {name: np.asarray(position(plan.units), dtype=float) for name, position in NAMED_STRATEGIES.items()}
+def _named_positions(plan: Plan, views: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """The named strategies as positions (their shape survives rescaling to the target), then the views
+    the ranges come from (global magnitude, LAMP, ERK... at the target), bounded by the rules: the hull
+    of the ranges is searched from its corners, so the search starts where the usual allocations are."""
+    named = {name: np.asarray(position(plan.units), dtype=float) for name, position in NAMED_STRATEGIES.items()}
+    width = np.where(plan.hi > plan.lo, plan.hi - plan.lo, 1.0)
+    for name, sparsity in views.items():
+        rho = np.array([sparsity[u.name] for u in plan.units])
+        named[f"view-{name}"] = np.clip((rho - plan.lo) / width, 0.0, 1.0)
+    return named
 
 
 #: Proposals per sampler step, scored together (in parallel on a cluster) before the sampler learns from
@@ -69,19 +77,20 @@ BATCH = 4
 
 
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
-            scaled: Callable[[Plan, Strategy, float], dict[str, float]],
+            views: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
             score: Callable[[list[Candidate]], list[tuple[float, float]]],
             done: dict[str, tuple[float, float]]) -> list[tuple[Candidate, float, float]]:
     """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val accuracy, val loss).
 
-    ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
+    ``views``: per-unit sparsities of the usual allocations at the target, searched first after the named
+    strategies. ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
     the shape the pruning step bisects on); ``score`` evaluates (and records) a batch of candidates;
     ``done`` holds the scores already recorded (by candidate name), so a resumed search re-scores
     nothing. Candidates whose sparsities equal an earlier one's are skipped."""
     study = optuna.create_study(study_name=f"target{target:.4f}-seed{seed}", storage=f"sqlite:///{storage}",
                                 load_if_exists=True, direction="minimize")
     units = next(iter(plans.values())).units
-    named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s]).items()]
+    named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s], views).items()]
     seen: dict[tuple, str] = {}
     out: list[tuple[Candidate, float, float]] = []
     trials = {t.number: t for t in study.trials}
