@@ -104,7 +104,7 @@ def plot(rows: list[dict], path: Path) -> None:
            label="best baseline, picked on val")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("test accuracy drop from dense (points; lower is better)")
-    ax.set_title("Equal budget: search (B full fine-tunes) vs four baselines (one each)")
+    ax.set_title("Equal budget: M&M search vs best of four baselines", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()

@@ -115,12 +115,15 @@ def swin_tiny_mnist(
 
 @MODELS.register("vit_mnist")
 def vit_mnist(num_classes: int = 10, in_chans: int = 1, img_size: int | tuple[int, int] = 28) -> nn.Module:
-    """~206K-parameter ViT (patch 4: 49 tokens, dim 64, depth 6, 4 heads, MLP ratio 2) for 28x28 digits:
-    the transformer testbed, trained to over 97 % on the bundled digits (its recipe is below)."""
+    """~206K-parameter ViT (patch 4: 49 tokens averaged, no class token; dim 64, depth 6, 4 heads, MLP ratio
+    2, stochastic depth 0.1) for 28x28 digits: the transformer testbed, trained to 98.5 % test accuracy
+    on the bundled digits by its recipe below (shipped in assets/; 60 epochs without the averaging and
+    stochastic depth gave 96.0 %)."""
     from timm.models.vision_transformer import VisionTransformer
 
     return VisionTransformer(img_size=img_size, patch_size=4, in_chans=in_chans, num_classes=num_classes,
-                             embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0)
+                             embed_dim=64, depth=6, num_heads=4, mlp_ratio=2.0, class_token=False,
+                             global_pool="avg", drop_path_rate=0.1)
 
 
 @MODELS.register("efficientnet_lite0")
@@ -206,7 +209,7 @@ class TrainRecipe:
 DEMO_RECIPES: dict[str, TrainRecipe] = {
     "resnet8": TrainRecipe(epochs=10, lr=5e-3, weight_decay=1e-4, batch_size=32),
     "swin_tiny_mnist": TrainRecipe(epochs=20, lr=2e-3, weight_decay=0.05, batch_size=32),
-    "vit_mnist": TrainRecipe(epochs=60, lr=1e-3, weight_decay=0.05, batch_size=32),
+    "vit_mnist": TrainRecipe(epochs=150, lr=1e-3, weight_decay=0.05, batch_size=32),
     "efficientnet_lite0": TrainRecipe(epochs=0),
 }
 DEFAULT_RECIPE = TrainRecipe(epochs=10)
