@@ -22,7 +22,7 @@ pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 
 from mm_plugin.adapters import nncf as mnncf
-from mm_plugin.adapters.nncf.schedule import Schedule
+from mm_plugin.adapters.nncf import Schedule
 from mm_plugin.adapters.nncf.scopes import legacy_name, op_nodes, translate
 from mm_plugin.adapters.nncf.wrapping import build_graph, mask_hooks
 from nncf.torch.function_hook.wrapper import wrap_model

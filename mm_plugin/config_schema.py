@@ -1,20 +1,95 @@
-"""JSON Schema validation whose errors read like the rest of the plugin's: one line with the JSON path
-(``compression[0].strategy``), what is wrong and what is allowed there.
+"""JSON configs: read (a dict, a file or JSON text, with the comments NNCF 2.x's reader accepted), then
+validated by JSON Schema with errors that read like the rest of the plugin's: one line with the JSON
+path (``compression[0].strategy``), what is wrong and what is allowed there.
 
 Schemas may carry a few extra keywords the validator ignores: ``x-noun`` (what a value is called in
-the message), ``x-hints`` (value -> hint), ``x-key-hints`` (unknown key -> what to write instead) and
-``x-allowed`` (descriptions of pattern-matched values).
+the message), ``x-hints`` (value -> hint), ``x-key-hints`` (unknown key -> what to write instead),
+``x-allowed`` (descriptions of pattern-matched values) and ``x-registry`` (an enum filled from a
+registry's names, :func:`fill_registries`).
 """
 
 from __future__ import annotations
 
+import copy
 import difflib
-from collections.abc import Iterator
+import json
+import os
+import re
+from collections.abc import Iterator, Mapping
+from pathlib import Path
 from typing import Any
 
 import jsonschema
 
 from .errors import ConfigError
+
+#: JSON strings, then what NNCF 2.x's reader (jstyleson) also accepted: comments and trailing commas.
+_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
+_TRAILING_COMMAS = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
+
+
+# --- reading ----------------------------------------------------------------------------------------
+def strip_comments(text: str) -> str:
+    """JSON text without ``//`` and ``/* */`` comments and trailing commas (strings untouched); a
+    comment becomes blanks, so error positions stay where they were."""
+    text = _COMMENTS.sub(lambda m: m[0] if m[0].startswith('"') else re.sub(r"[^\n]", " ", m[0]), text)
+    return _TRAILING_COMMAS.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
+
+
+def read_json(config: Any) -> dict[str, Any]:
+    """A config object from a dict (copied), the path of a JSON file or JSON text, comments allowed."""
+    if isinstance(config, Mapping):
+        return copy.deepcopy(dict(config))
+    if not isinstance(config, (str, os.PathLike)):
+        raise ConfigError(f"config must be a dict, a JSON file path or JSON text, got {type(config).__name__}")
+    if isinstance(config, str) and strip_comments(config).lstrip().startswith("{"):
+        text, where = config, "<JSON text>"
+    else:
+        path = Path(config)
+        if not path.is_file():
+            raise ConfigError(f"config file {path} does not exist (pass a dict, a JSON file path or JSON text)")
+        try:
+            text, where = path.read_text(), str(path)
+        except (OSError, UnicodeDecodeError) as e:
+            raise ConfigError(f"config file {path} cannot be read: {e}") from None
+    try:
+        data = json.loads(strip_comments(text))
+    except json.JSONDecodeError as e:
+        raise ConfigError(f"{where}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
+    if not isinstance(data, dict):
+        raise ConfigError(f"{where}: the top level must be a JSON object, got {json_type(data)}")
+    return data
+
+
+def check_required(config: Mapping[str, Any], hints: Mapping[str, str]) -> None:
+    """A missing root key (``hints``: key -> what to write), with the key meant when one is misspelt."""
+    for key, hint in hints.items():
+        if key not in config:
+            close = difflib.get_close_matches(key, [str(k) for k in config], n=1)
+            hint = f"did you mean {close[0]!r}?" if close else hint
+            raise ConfigError(f"$.{key}: is required; {hint}")
+
+
+# --- schemas ----------------------------------------------------------------------------------------
+def fill_registries(schema: dict[str, Any], registries: Mapping[str, list[str]]) -> dict[str, Any]:
+    """``schema`` with the ``enum`` of every node marked ``x-registry`` set to that registry's names."""
+    def fill(node: Any) -> None:
+        if isinstance(node, dict):
+            if "x-registry" in node:
+                node["enum"] = registries[node["x-registry"]]
+            for value in node.values():
+                fill(value)
+        elif isinstance(node, list):
+            for value in node:
+                fill(value)
+
+    fill(schema)
+    return schema
+
+
+def defaults(root: dict[str, Any], node: dict[str, Any]) -> dict[str, Any]:
+    """The ``default`` of every property of ``node`` (and of the schemas it refers to)."""
+    return {k: v["default"] for k, v in merged(root, node, "properties").items() if "default" in v}
 
 
 # --- jsonschema errors as one line with the JSON path --------------------------------------------

@@ -65,3 +65,11 @@ def check_fraction(value: float, name: str, *, upper_inclusive: bool = False) ->
         bound = "[0, 1]" if upper_inclusive else "[0, 1)"
         raise ValidationError(f"{name} must lie in {bound}, got {value}")
     return value
+
+
+def one_line(error: BaseException) -> str:
+    """An exception as one line: the first line of its text, after its type unless it is the plugin's own."""
+    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
+    if isinstance(error, MMError) and lines:
+        return lines[0]
+    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

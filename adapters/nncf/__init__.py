@@ -18,16 +18,15 @@ reads their options (schedules, filter pruning), :mod:`.scopes` their scope stri
 
 :mod:`.config` validates configs against ``schema.json``; :mod:`.algorithm` turns one into the core's
 plan and masks as NNCF hooks (:mod:`.structured`: channels removed through the structured pattern;
-:mod:`.schedule`: NNCF 2.x's gradual schedules); :mod:`.cli` is ``mm-prune nncf``.
+``ctrl.scheduler``: NNCF 2.x's gradual schedules, driven by the core's :class:`~mm_plugin.planning.Scheduler`); :mod:`.cli` is ``mm-prune nncf``.
 """
 
-from mm_plugin.planning import Schedule
+from mm_plugin.config_schema import strip_comments
+from mm_plugin.planning import CompressionStatistics, LayerStatistic, Schedule, Scheduler
 
 from .algorithm import CompressionController, ExportReport, create_compressed_model, unwrap_model
 from .cli import add_cli, run_cli
-from .config import CompressionConfig, load_config, schema, strip_comments
-from .schedule import Scheduler
-from .statistics import CompressionStatistics, LayerStatistic
+from .config import CompressionConfig, load_config, schema
 
 __all__ = [
     "CompressionConfig", "CompressionController", "CompressionStatistics", "ExportReport", "LayerStatistic",

@@ -5,7 +5,7 @@ Each keep-mask goes in as NNCF's stock ``UnstructuredPruningMask`` on the weight
 ``nncf.pruning_statistic``, ``nncf.strip`` and ``nncf.torch.get_config`` / ``load_from_config`` work
 unchanged. NNCF's own ratio updates rewrite every mask with one ratio: do not run them on these models;
 NNCF 2.x schedules run through ``ctrl.scheduler``, which re-masks with the core's masks. Filter-pruning
-options remove channels instead (:mod:`.structured`).
+options remove channels instead (:func:`mm_plugin.portfolio.channels.prune_channels`).
 """
 
 from __future__ import annotations
@@ -14,7 +14,7 @@ import copy
 import logging
 import os
 import time
-from collections.abc import Callable, Iterable, Mapping
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from typing import Any
 
 import numpy as np
@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 import mm_plugin
-from mm_plugin.deploy import ExportReport, backend, check_export
+from mm_plugin.deploy import ExportReport, export_checked
 from mm_plugin.errors import (
     CalibrationRequiredError,
     ConfigError,
@@ -31,33 +31,44 @@ from mm_plugin.errors import (
     UnsupportedModelError,
     ValidationError,
     check_fraction,
+    one_line,
 )
 from mm_plugin.flexhinm import flexhinm_sparsify_
 from mm_plugin.masks import bake_masks_
-from mm_plugin.model import forward_eval
-from mm_plugin.planning import ALLOCATIONS, SIGNALS, Plan, Schedule, Strategy, compute_scores
+from mm_plugin.model import Unit, forward_eval
+from mm_plugin.planning import (
+    CompressionStatistics,
+    Plan,
+    Schedule,
+    Scheduler,
+    Strategy,
+    batch_inputs,
+    calibration_need,
+    channel_statistics,
+    compute_scores,
+    weight_statistics,
+)
+from mm_plugin.planning.reach import check_reach, range_targets_for
+from mm_plugin.portfolio.channels import ChannelPruning, prune_channels
 
 from .config import CompressionConfig, PruningStep, Step, load_config
-from .schedule import Scheduler
 from .scopes import ignored_modules, resolve
-from .statistics import CompressionStatistics, LayerStatistic
-from .structured import ChannelPruning, prune_channels
-from .targets import MIN_DENSITY, check_reach, range_targets
 from .wrapping import (
     bake_mask_hooks,
     build_graph,
     check_model,
     hook_storage,
     mask_hooks,
-    model_inputs,
     nncf_hooks,
-    one_line,
     require_nncf,
     unwrap_model,
     weight_metatypes,
 )
 
 log = logging.getLogger(__name__)
+
+#: Passed to ``mm_plugin.plan``: every weight tensor keeps at least this fraction of its weights.
+MIN_DENSITY = 0.01
 
 #: NNCF's C++ quantization kernels compile on first use (about 2.5 min on 2 cores); the stock 60 s
 #: timeout then fails. Used only when NNCF_EXTENSION_LOAD_TIMEOUT is not set.
@@ -124,12 +135,17 @@ class CompressionController:
         self.weights, self.step = weight_metatypes(graph), step
         self.ignored = tuple(sorted(all_weights - prunable))
         signal, allocations = step.get("signal"), step.get("allocations")
-        if not (SIGNALS.needs(signal).calibration or ALLOCATIONS.any_needs(allocations or (), "calibration")):
+        if calibration_need(signal, allocations or ()) is None:
             calibration = None  # data given for int8 calibration alone does not change the plan
         self._calibration, self._loss_fn = calibration, loss_fn
         if step.structured:
             keep_whole = ignored_modules(scope, graph) if scope is not None else set()
-            self.channels = prune_channels(unwrap_model(model), self.example_inputs, step, calibration, keep_whole)
+            self.channels = prune_channels(
+                unwrap_model(model), self.example_inputs, target=step.target, signal=signal,
+                strategy=step.get("strategy"), rules=step.rules or (), default_rules=step.get("default_rules"),
+                range_targets=step.range_targets, calibration=calibration, keep_whole=keep_whole,
+                where={"inputs": "input_info", "signal": f"{step.path}.signal", "strategy": f"{step.path}.strategy",
+                       "target": step.target_path, "step": step.path})
             self.model, self.plan, self.strategy = model, self.channels.plan, self.channels.strategy
             self._timed("plan", t)
             return
@@ -143,7 +159,7 @@ class CompressionController:
             where = step.scopes.path if step.scopes is not None else step.path
             raise ConfigError(f"{where}: no prunable weight is left: every Conv/Linear/Embedding weight is ignored")
         dense = sorted(set(inventory) - prunable)  # ignored by scope, or not a weight in NNCF's graph
-        targets = range_targets(step, units)
+        targets = _range_targets(step, units)
         try:
             plan = mm_plugin.plan(
                 model, self.example_inputs, signal=signal, calibration=calibration, loss_fn=loss_fn,
@@ -162,11 +178,11 @@ class CompressionController:
                               f"(the ranges are too narrow to tell it apart); allowed values: {', '.join(names)}")
         self.plan, self._base = plan, plan.strategy(step.get("strategy"))
         if step.target is not None:
-            check_reach(plan, step, *_peak(step))
+            _check_reach(plan, step, *_peak(step))
         self.scheduler = Scheduler(step.schedule, self.set_sparsity_level)
         schedule = step.schedule
-        strategy = self._strategy_at(step.target if schedule is None else schedule.final_level if final_level else
-                                     schedule.sparsity_at(-1))
+        level = step.target if schedule is None else schedule.final_level if final_level else schedule.sparsity_at(-1)
+        strategy = plan.at_level(self._base, level)
         self._timed("plan", t)
         t = time.perf_counter()
         if step.algorithm == "flexhinm":
@@ -183,17 +199,6 @@ class CompressionController:
         self.model, self.strategy = model, strategy
         log.info("%s: %d weights masked, planned global sparsity %.4f", step.path, len(plan.units),
                  plan.global_sparsity(strategy))
-
-    def _strategy_at(self, level: float | None) -> Strategy:
-        """The plan's strategy at a global level: rescaled inside the ranges; below their floor (where a
-        schedule starts), the floor's per-layer ratios scaled down alike. None: as planned."""
-        if level is None:
-            return self._base
-        low = self.plan.reach()[0]
-        if level >= low:
-            return self.plan.rescale(self._base, level)
-        floor = self.plan.rescale(self._base, low)
-        return Strategy(f"{self._base.name}@{level:g}", {n: s * level / low for n, s in floor.sparsity.items()})
 
     def _masks(self, model: nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
         return mm_plugin.compute_masks(model, strategy, signal=self.step.get("signal"), calibration=self._calibration,
@@ -214,8 +219,8 @@ class CompressionController:
             raise MMError("set_sparsity_level: the masks are baked into the weights (strip / prepare_for_export); "
                           "compress the model again to change the level")
         level = check_fraction(level, "sparsity level")
-        check_reach(self.plan, self.step, max(level, self.plan.reach()[0]), "set_sparsity_level")
-        strategy = self._strategy_at(level)
+        _check_reach(self.plan, self.step, max(level, self.plan.reach()[0]), "set_sparsity_level")
+        strategy = self.plan.at_level(self._base, level)
         masks = self._masks(self.model, strategy)
         with torch.no_grad():
             for name, keep in masks.items():
@@ -258,7 +263,7 @@ class CompressionController:
         t = time.perf_counter()
         try:
             self.model = nncf.quantize(
-                self.model, nncf.Dataset(calibration, model_inputs),
+                self.model, nncf.Dataset(calibration, batch_inputs),
                 preset=nncf.QuantizationPreset.PERFORMANCE if step.get("preset") == "performance" else
                 nncf.QuantizationPreset.MIXED,
                 target_device=nncf.TargetDevice[device if device != "TRIAL" else "ANY"],
@@ -279,49 +284,20 @@ class CompressionController:
 
         if self.plan is None:
             raise MMError("this config has no pruning step; there is nothing to report or verify")
+        fields = {"algorithm": self.step.algorithm, "ignored": self.ignored, "quantized": self.quantized}
         if self.channels is not None:
-            return self._channel_statistics()
+            return channel_statistics(self.plan, self.strategy, self.channels.record, target=self.step.target,
+                                      source="torch_pruning", **fields)
+        fields |= {"target_sparsity": self.step.target, "unplanned": self.unplanned, "left_dense": dict(self.left_dense),
+                   "schedule_level": self.scheduler.current_sparsity_level}
         nncf_stat = nncf.pruning_statistic(self.model) if mask_hooks(self.model) else None
-        if nncf_stat is not None:
-            measured = {t.tensor_name: (t.pruned_ratio, round(t.pruned_ratio * int(np.prod(t.shape))))
-                        for t in nncf_stat.pruned_tensors}
-        else:
-            zeros = {u.name: int((self.model.get_parameter(u.name) == 0).sum()) for u in self.plan.units}
-            measured = {u.name: (zeros[u.name] / u.params, zeros[u.name]) for u in self.plan.units}
-        layers = tuple(LayerStatistic(
-            name=u.name, kind=u.kind, metatype="/".join(dict.fromkeys(self.weights.get(u.name, ()))),
-            shape=tuple(u.shape), numel=u.params, planned_ratio=float(self.strategy.sparsity[u.name]),
-            ratio=float(measured.get(u.name, (0.0, 0))[0]), zeros=measured.get(u.name, (0.0, 0))[1],
-        ) for u in self.plan.units)
-        if nncf_stat is not None:
-            pruning_ratio, global_ratio = nncf_stat.pruning_ratio, nncf_stat.global_pruning_ratio
-        else:
-            total = sum(s.zeros for s in layers)
-            pruning_ratio = total / sum(s.numel for s in layers)
-            global_ratio = total / sum(p.numel() for p in self.model.parameters())
-        return CompressionStatistics(
-            algorithm=self.step.algorithm, strategy=self.strategy.name, target_sparsity=self.step.target,
-            planned_ratio=float(self.plan.global_sparsity(self.strategy)), pruning_ratio=float(pruning_ratio),
-            global_pruning_ratio=float(global_ratio), layers=layers, unplanned=self.unplanned, ignored=self.ignored,
-            quantized=self.quantized, left_dense=dict(self.left_dense),
-            source="nncf.pruning_statistic" if nncf_stat is not None else "weights",
-            schedule_level=self.scheduler.current_sparsity_level, nncf=nncf_stat,
-        )
-
-    def _channel_statistics(self) -> CompressionStatistics:
-        record = self.channels.record
-        layers = []
-        for u in self.plan.units:
-            channels, removed = u.items * u.copies, float(record["layer_sparsity"][u.name])
-            layers.append(LayerStatistic(name=u.name, kind=u.kind, metatype="channels", shape=(channels,),
-                                         numel=channels, planned_ratio=float(self.strategy.sparsity[u.name]),
-                                         ratio=removed, zeros=round(removed * channels)))
-        return CompressionStatistics(
-            algorithm=self.step.algorithm, strategy=self.strategy.name, target_sparsity=self.step.target,
-            planned_ratio=self.step.target, pruning_ratio=1.0 - float(record["macs_ratio"]),
-            global_pruning_ratio=float(record["sparsity"]), layers=tuple(layers), unplanned=(), ignored=self.ignored,
-            quantized=self.quantized, left_dense={}, source="torch_pruning", structured=True,
-        )
+        if nncf_stat is None:
+            return weight_statistics(self.model, self.plan, self.strategy, ops=self.weights, **fields)
+        return weight_statistics(
+            self.model, self.plan, self.strategy, ops=self.weights, source="nncf.pruning_statistic", nncf=nncf_stat,
+            measured={t.tensor_name: t.pruned_ratio for t in nncf_stat.pruned_tensors},
+            pruning_ratio=float(nncf_stat.pruning_ratio), global_pruning_ratio=float(nncf_stat.global_pruning_ratio),
+            **fields)
 
     def strip(self, do_copy: bool = True) -> nn.Module:
         """``nncf.strip``: masks baked into the weights (``StripFormat.IN_PLACE``); with int8, quantizers
@@ -359,24 +335,28 @@ class CompressionController:
     def export(self, path: str | os.PathLike, *, compress_to_fp16: bool = False, verify: bool = True,
                backend_name: str = "openvino") -> ExportReport:
         """Export a stripped copy (``self.model`` is left as it is) with the deployment backend (OpenVINO
-        IR by default), then check the file's zeros against the plan (:func:`mm_plugin.deploy.check_export`)."""
-        deploy = backend(backend_name)
+        IR by default), then check the file's zeros against the plan (:func:`mm_plugin.deploy.export_checked`)."""
         t = time.perf_counter()
         model = self._ready_for_export(copy.deepcopy(self.model))
         self._timed("strip", t)
-        t = time.perf_counter()
-        try:
-            xml = deploy.export(model, self.example_inputs, path, compress_to_fp16=compress_to_fp16)
-        except MMError:
-            raise
-        except Exception as e:
-            raise UnsupportedModelError(f"export to {path}: {backend_name} conversion failed: {one_line(e)}") from e
-        self._timed("convert", t)
-        t = time.perf_counter()
-        constants = deploy.weight_constants(xml)
-        self._timed("verify", t)
-        return check_export(xml, constants, self._planned_zeros if self.plan is not None else {}, verify=verify,
-                            quantized=self.quantized, seconds={k: self.seconds[k] for k in ("strip", "convert", "verify")})
+        report = export_checked(model, self.example_inputs, path, self._planned_zeros,
+                                backend_name=backend_name, compress_to_fp16=compress_to_fp16, verify=verify,
+                                quantized=self.quantized, seconds={"strip": self.seconds["strip"]})
+        self.seconds.update(report.seconds)
+        return report
+
+
+def _range_targets(step: PruningStep, units: Sequence[Unit]) -> tuple[float, ...]:
+    """The step's range targets: as given, or ``target`` +- 0.1 clipped to what the guard allows."""
+    return range_targets_for(step.target, units, MIN_DENSITY, given=step.range_targets,
+                             where=f"{step.path}.range_targets")
+
+
+def _check_reach(plan: Plan, step: PruningStep, level: float, path: str) -> None:
+    ranges = (f"range_targets {list(step.range_targets)}" if step.range_targets is not None else
+              f"range_targets derived as {list(_range_targets(step, plan.units))}")
+    check_reach(plan, level, path, ranges=ranges, fix_low=f"set {step.path}.range_targets to bracket the target",
+                min_density=MIN_DENSITY)
 
 
 def _peak(step: PruningStep) -> tuple[float, str]:
@@ -401,13 +381,10 @@ def check_calibration(cfg: CompressionConfig, calibration: Iterable | None, how:
                                            f"remove {step.path} from the config to stop after pruning")
         if step.algorithm == "knowledge_distillation":
             continue
-        signal, allocations = step.get("signal"), step.get("allocations") or ()
-        if SIGNALS.needs(signal).calibration:
-            where, what = "signal", signal
-        elif ALLOCATIONS.any_needs(allocations, "calibration"):
-            where, what = "allocations", next(a for a in allocations if ALLOCATIONS.needs(a).calibration)
-        else:
+        need = calibration_need(step.get("signal"), step.get("allocations") or ())
+        if need is None:
             continue
+        where, what = need
         raise CalibrationRequiredError(f"{step.path}.{where}: {what!r} needs calibration data: pass {how}; or "
                                        "use 'magnitude'")
 

@@ -4,25 +4,24 @@ error names its JSON path and what is allowed there; NNCF 2.x options are read b
 
 from __future__ import annotations
 
-import copy
-import difflib
-import inspect
 import json
 import logging
 import os
 import re
 from collections.abc import Callable, Mapping
-from dataclasses import dataclass, field, fields
+from dataclasses import dataclass, field
 from functools import cache
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from mm_plugin.config_schema import json_type, merged, validate
-from mm_plugin.errors import ConfigError, MMError, RuleError
+from mm_plugin.config_schema import check_required, defaults, fill_registries, read_json, validate
+from mm_plugin.errors import ConfigError, MMError
 from mm_plugin.flexhinm import IMPORTANCES, PERMUTATIONS, FlexHiNMConfig
-from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals, load_rules
+from mm_plugin.model import InputInfo, make_inputs
+from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals
+from mm_plugin.planning.rules import load_rules_at
 
 from .legacy import Note, distillation_note, pruning_plan, quantization_options, root_notes
 from .scopes import Scopes, parse_scopes
@@ -32,56 +31,17 @@ log = logging.getLogger(__name__)
 SCHEMA_PATH = Path(__file__).with_name("schema.json")
 PRUNING_ALGORITHMS = ("mix_and_match", "flexhinm")
 _SAMPLE = re.compile(r"sample-(\d\d+)")
-#: JSON strings, then what NNCF 2.x's reader (jstyleson) also accepted: comments and trailing commas.
-_COMMENTS = re.compile(r'"(?:\\.|[^"\\])*"|//[^\n]*|/\*.*?\*/', re.DOTALL)
-_TRAILING_COMMAS = re.compile(r'"(?:\\.|[^"\\])*"|,(?=\s*[}\]])')
 
 
 @cache
 def schema() -> dict[str, Any]:
     """``schema.json`` with every ``x-registry`` enum filled from the plugin's registries."""
-    registries = {"signals": list_signals(), "allocations": list_allocations(), "strategies": list(NAMED_STRATEGIES),
-                  "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names()}
-    data = json.loads(SCHEMA_PATH.read_text())
-
-    def fill(node: Any) -> None:
-        if isinstance(node, dict):
-            if "x-registry" in node:
-                node["enum"] = registries[node["x-registry"]]
-            for value in node.values():
-                fill(value)
-        elif isinstance(node, list):
-            for value in node:
-                fill(value)
-
-    fill(data)
-    return data
+    return fill_registries(json.loads(SCHEMA_PATH.read_text()), {
+        "signals": list_signals(), "allocations": list_allocations(), "strategies": list(NAMED_STRATEGIES),
+        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names()})
 
 
 # --- the validated config --------------------------------------------------------------------------
-@dataclass(frozen=True)
-class InputInfo:
-    """One model input, as in NNCF 2.x ``input_info``."""
-
-    sample_size: tuple[int, ...]
-    type: str = "float"
-    filler: str = "ones"
-    keyword: str | None = None
-    path: str = "input_info"
-
-    def make(self, device: torch.device | str = "cpu") -> torch.Tensor:
-        dtype = torch.float32 if self.type == "float" else torch.long
-        if self.filler != "random":
-            return (torch.ones if self.filler == "ones" else torch.zeros)(self.sample_size, dtype=dtype, device=device)
-        gen = torch.Generator().manual_seed(0)
-        if dtype == torch.long:
-            return torch.randint(0, 2, self.sample_size, generator=gen).to(device)
-        return torch.randn(self.sample_size, generator=gen).to(device)
-
-    def describe(self) -> str:
-        return f"{self.type} {list(self.sample_size)}" + (f" as {self.keyword}=" if self.keyword else "")
-
-
 @dataclass(frozen=True)
 class Step:
     """One compression step: its JSON path, algorithm, the options the schema accepted and its scopes."""
@@ -120,50 +80,7 @@ class CompressionConfig:
                        forward: Callable | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
         """The inputs ``input_info`` describes, in ``forward``'s positional order (a ``keyword`` input
         goes to the position of its parameter)."""
-        tensors = [info.make(device) for info in self.input_info]
-        if forward is not None and any(info.keyword for info in self.input_info):
-            tensors = _by_position(self.input_info, tensors, forward)
-        return tensors[0] if len(tensors) == 1 else tuple(tensors)
-
-
-def _by_position(infos: tuple[InputInfo, ...], tensors: list[torch.Tensor], forward: Callable) -> list[torch.Tensor]:
-    params = [p.name for p in inspect.signature(forward).parameters.values()
-              if p.kind in (p.POSITIONAL_ONLY, p.POSITIONAL_OR_KEYWORD)]
-    ordered = [t for info, t in zip(infos, tensors) if not info.keyword]
-    by_name = {info.keyword: (info, t) for info, t in zip(infos, tensors) if info.keyword}
-    for name, (info, _) in by_name.items():
-        if name not in params[len(ordered):]:
-            taken = " (that position is taken by an input without keyword)" if name in params else ""
-            raise ConfigError(f"{info.path}.keyword: {name!r} is not a free positional parameter of forward()"
-                              f"{taken}; allowed values: {', '.join(params[len(ordered):]) or 'none'}")
-    for name in params[len(ordered):]:
-        if name not in by_name:
-            break
-        ordered.append(by_name.pop(name)[1])
-    if by_name:
-        info = next(iter(by_name.values()))[0]
-        raise ConfigError(f"{info.path}.keyword: {info.keyword!r} comes after {params[len(ordered)]!r} in forward(), "
-                          f"which has no input; add an input_info entry for {params[len(ordered)]!r}")
-    return ordered
-
-
-def _rules(value: Any, path: str) -> tuple[Rule, ...]:
-    if isinstance(value, Mapping):  # {"rule-name": {fields}}: NNCF-style keyed overrides
-        entries = []
-        for name, fields_ in value.items():
-            if not isinstance(fields_, Mapping):
-                raise ConfigError(f"{path}.{name}: expected an object of rule fields, got {json_type(fields_)}")
-            entries.append(({**fields_, "name": name}, f"{path}.{name}"))
-    else:
-        entries = [(r, f"{path}[{i}]") for i, r in enumerate(value)]
-    rules = []
-    for entry, where in entries:
-        try:
-            rules.append(load_rules([entry])[0])
-        except (RuleError, TypeError) as e:
-            message = re.sub(r"^rules\[0\]:\s*", "", str(e))
-            raise ConfigError(f"{where}: {message}") from None
-    return tuple(rules)
+        return make_inputs(self.input_info, device, forward)
 
 
 def _pruning_step(options: dict[str, Any], path: str, algorithm: str) -> tuple[PruningStep, tuple[Note, ...]]:
@@ -178,7 +95,7 @@ def _pruning_step(options: dict[str, Any], path: str, algorithm: str) -> tuple[P
             flexhinm = FlexHiNMConfig(**options.get("flexhinm", {}))
         except (MMError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}.flexhinm: {str(e).replace('FlexHiNMConfig.', '')}") from None
-    rules = _rules(options["rules"], f"{path}.rules") if "rules" in options else None
+    rules = load_rules_at(options["rules"], f"{path}.rules") if "rules" in options else None
     scopes = parse_scopes(options, path)
     legacy = pruning_plan(options, path, algorithm)
     range_targets = tuple(options["range_targets"]) if "range_targets" in options else None
@@ -187,40 +104,8 @@ def _pruning_step(options: dict[str, Any], path: str, algorithm: str) -> tuple[P
     return step, legacy.notes
 
 
-def strip_comments(text: str) -> str:
-    """JSON text without ``//`` and ``/* */`` comments and trailing commas (strings untouched); a
-    comment becomes blanks, so error positions stay where they were."""
-    text = _COMMENTS.sub(lambda m: m[0] if m[0].startswith('"') else re.sub(r"[^\n]", " ", m[0]), text)
-    return _TRAILING_COMMAS.sub(lambda m: m[0] if m[0].startswith('"') else " ", text)
-
-
-def _read(config: Any) -> dict[str, Any]:
-    if isinstance(config, Mapping):
-        return copy.deepcopy(dict(config))
-    if not isinstance(config, (str, os.PathLike)):
-        raise ConfigError(f"config must be a dict, a JSON file path or JSON text, got {type(config).__name__}")
-    if isinstance(config, str) and strip_comments(config).lstrip().startswith("{"):
-        text, where = config, "<JSON text>"
-    else:
-        path = Path(config)
-        if not path.is_file():
-            raise ConfigError(f"config file {path} does not exist (pass a dict, a JSON file path or JSON text)")
-        try:
-            text, where = path.read_text(), str(path)
-        except (OSError, UnicodeDecodeError) as e:
-            raise ConfigError(f"config file {path} cannot be read: {e}") from None
-    try:
-        data = json.loads(strip_comments(text))
-    except json.JSONDecodeError as e:
-        raise ConfigError(f"{where}: not valid JSON at line {e.lineno}, column {e.colno}: {e.msg}") from None
-    if not isinstance(data, dict):
-        raise ConfigError(f"{where}: the top level must be a JSON object, got {json_type(data)}")
-    return data
-
-
 def _defaults(algorithm: str) -> dict[str, Any]:
-    return {k: v["default"] for k, v in merged(schema(), schema()["$defs"][algorithm], "properties").items()
-            if "default" in v}
+    return defaults(schema(), schema()["$defs"][algorithm])
 
 
 _REQUIRED_HINTS = {
@@ -230,22 +115,12 @@ _REQUIRED_HINTS = {
 }
 
 
-def _check_required(raw: dict[str, Any]) -> None:
-    """A missing root key, with what to write (and the key meant, when one is misspelt)."""
-    for key, hint in _REQUIRED_HINTS.items():
-        if key not in raw:
-            close = difflib.get_close_matches(key, [str(k) for k in raw], n=1)
-            hint = f"did you mean {close[0]!r}?" if close else hint
-            raise ConfigError(f"$.{key}: is required; {hint}")
-
-
 def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionConfig:
     """Parse and validate a config (dict, path of a JSON file, or JSON text) without touching a model.
     NNCF 2.x options that are not honoured as NNCF 2.x did are logged once each, as WARNINGs."""
-    raw = _read(config)
-    _check_required(raw)
+    raw = read_json(config)
+    check_required(raw, _REQUIRED_HINTS)
     validate(raw, schema())
-    info = raw["input_info"] if isinstance(raw["input_info"], list) else [raw["input_info"]]
     comp = raw["compression"]
     entries = [(c, f"compression[{i}]") for i, c in enumerate(comp)] if isinstance(comp, list) else \
         [(comp, "compression")]
@@ -272,8 +147,4 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionCon
         notes += step_notes
     for note in notes:
         log.warning("%s", note)
-    paths = [f"input_info[{i}]" for i in range(len(info))] if isinstance(raw["input_info"], list) else ["input_info"]
-    known = {f.name for f in fields(InputInfo)}
-    inputs = tuple(InputInfo(**{k: (tuple(v) if k == "sample_size" else v) for k, v in i.items() if k in known},
-                             path=p) for i, p in zip(info, paths))
-    return CompressionConfig(inputs, tuple(steps), raw, tuple(notes))
+    return CompressionConfig(InputInfo.parse(raw["input_info"]), tuple(steps), raw, tuple(notes))

@@ -1,16 +1,15 @@
 """NNCF plumbing: wrapping, its hook storage (pruning masks as NNCF's own ``UnstructuredPruningMask``),
-weight metatypes, calibration batches, and errors from below cut to one line."""
+the graph and its weight metatypes."""
 
 from __future__ import annotations
 
 import importlib.util
-from collections.abc import Mapping
 from typing import Any
 
 import torch
 from torch import nn
 
-from mm_plugin.errors import MMError, UnsupportedModelError
+from mm_plugin.errors import MMError, UnsupportedModelError, one_line
 
 
 def require_nncf():
@@ -109,19 +108,3 @@ def weight_metatypes(graph: Any) -> dict[str, tuple[str, ...]]:
                 found.setdefault(const.node_name, []).append(node.metatype.__name__)
     return {c: tuple(m) for c, m in found.items()}
 
-
-def model_inputs(batch: Any) -> Any:
-    """Calibration batch -> what the model takes: a tensor, the first of a pair, or a dict's 'x'/'input'."""
-    if isinstance(batch, Mapping):
-        return batch["x"] if "x" in batch else batch["input"]
-    if isinstance(batch, (tuple, list)):
-        return batch[0]
-    return batch
-
-
-def one_line(error: BaseException) -> str:
-    """An exception as one line: the first line of its text, after its type unless it is the plugin's own."""
-    lines = [line.strip() for line in str(error).splitlines() if line.strip()]
-    if isinstance(error, MMError) and lines:
-        return lines[0]
-    return f"{type(error).__name__}: {lines[0]}" if lines else type(error).__name__

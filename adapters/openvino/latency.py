@@ -7,14 +7,14 @@ is slower without AMX: every helper here sets the precision it is asked for.
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Callable, Mapping
 from typing import Any
 
 import numpy as np
 import torch
 from torch import nn
 
-from mm_plugin.deploy import Latency, interleaved, time_calls
+from mm_plugin.deploy import BlockTimer, Latency, time_calls
 from mm_plugin.errors import ValidationError
 
 from .convert import convert, openvino_module, read
@@ -105,28 +105,14 @@ def infer(model: Any, inputs: Any) -> list[np.ndarray]:
     return [np.asarray(result[o]) for o in compiled.outputs]
 
 
-class Timer:
-    """The runner's latency backend: the dense model compiled once; ``time(pruned)`` is (dense ms,
-    pruned ms), medians of ``rounds`` alternating blocks of ``runs`` inferences after ``warmup`` runs
-    of each, ``threads`` threads, fp32 (what the structured results report)."""
+class Timer(BlockTimer):
+    """The runner's latency backend (:class:`mm_plugin.deploy.BlockTimer`): OpenVINO on the CPU, fp32
+    (what the structured results report), one synchronous stream of ``threads`` threads."""
 
-    SETTINGS = {"threads": 1, "warmup": 10, "rounds": 7, "runs": 20}
+    precision, device = "f32", "CPU"
 
-    def __init__(self, dense: nn.Module, example_inputs: Any, **settings: int) -> None:
-        s = {**self.SETTINGS, **settings}
-        self.inputs, self.threads, self.warmup, self.rounds, self.runs = (
-            example_inputs, s["threads"], s["warmup"], s["rounds"], s["runs"])
-        self.dense = self._compile(dense)
-
-    def _compile(self, model: nn.Module) -> Any:
-        return compile_for_latency(convert(model, self.inputs), threads=self.threads, precision="f32")
-
-    def time(self, pruned: nn.Module) -> tuple[float, float]:
-        compiled = self._compile(pruned)
-        for c in (self.dense, compiled):
-            measure_latency(c, self.inputs, self.threads, "f32", warmup=self.warmup, repeats=1)
-
-        def block(c: Any) -> float:
-            return measure_latency(c, self.inputs, self.threads, "f32", warmup=0, repeats=self.runs).median_ms
-
-        return interleaved(lambda: block(self.dense), lambda: block(compiled), self.rounds)
+    def compile(self, model: nn.Module) -> Callable[[], Any]:
+        compiled = compile_for_latency(convert(model, self.inputs), threads=self.threads, precision=self.precision,
+                                       device=self.device)
+        request, data = compiled.create_infer_request(), _numpy_inputs(self.inputs)
+        return lambda: request.infer(data)

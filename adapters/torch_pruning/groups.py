@@ -27,12 +27,12 @@ from mm_plugin.errors import (
     UnsupportedModelError,
     check_fraction,
 )
-from mm_plugin.model import Unit, inventory
+from mm_plugin.model import ChannelGroup, Unit, group_units, inventory, param_owner
 from mm_plugin.planning import (
     SIGNALS,
     AllocationInputs,
     Plan,
-    calibration_losses,
+    accumulate_gradients,
     plan_units,
     threshold_views,
 )
@@ -60,7 +60,6 @@ IMPORTANCES.register("taylor", Needs(calibration=True))(lambda: tp.importance.Gr
 SIGNAL_IMPORTANCE = {"magnitude": "magnitude", "product": "taylor"}  # |w g| summed over a group is Taylor
 DATA_FREE_IMPORTANCES = ("magnitude", "lamp", "filter_l1")
 CALIBRATED_IMPORTANCES = ("magnitude", "lamp", "taylor")
-_PRIORITY_KINDS = ("patch_embedding", "embedding", "head")
 
 
 def signal_importance(signal: str) -> tp.importance.Importance:
@@ -69,13 +68,6 @@ def signal_importance(signal: str) -> tp.importance.Importance:
     if signal not in allowed:
         raise UnknownNameError("structured signal", signal, allowed, where="signals")
     return IMPORTANCES.get(SIGNAL_IMPORTANCE[signal])()
-
-
-def accumulate_gradients(model: nn.Module, calibration: Iterable | None, loss_fn: Callable | None = None) -> None:
-    """Sum dL/dw over the calibration batches into ``.grad`` (what TP's Taylor importance reads)."""
-    model.zero_grad(set_to_none=True)
-    for loss in calibration_losses(model, calibration, loss_fn, who="Taylor importance"):
-        loss.backward()
 
 
 @dataclass
@@ -96,14 +88,6 @@ def _scope_key(dg: Any, group: Any, names: dict[nn.Module, str], types: tuple[ty
     return None
 
 
-def _owner_of(model: nn.Module, param: torch.Tensor) -> tuple[str, str, str]:
-    for mname, m in model.named_modules():
-        for pname, p in m.named_parameters(recurse=False):
-            if p is param:
-                return mname, pname, type(m).__name__
-    return "?", "?", "?"
-
-
 def _check_group(model: nn.Module, dg: Any, group: Any, root_name: str) -> None:
     """Fail, naming the module, when TP would prune a parameter along the wrong dimension."""
     n = len(group[0].idxs)
@@ -115,7 +99,7 @@ def _check_group(model: nn.Module, dg: Any, group: Any, root_name: str) -> None:
         size = target.shape[dim]
         idxs = list(item.idxs)
         if len(idxs) != size or (idxs and max(idxs) >= size):
-            mname, pname, cls = _owner_of(model, target)
+            mname, pname, cls = param_owner(model, target)
             raise UnsupportedModelError(
                 f"module '{mname}' ({cls}) cannot be pruned by Torch-Pruning: its parameter '{pname}' of "
                 f"shape {tuple(target.shape)} is used outside any layer TP knows (Conv, Linear, norms, "
@@ -192,7 +176,7 @@ def find_groups(model: nn.Module, example_inputs: Any, ignored_layers: Iterable[
     inv = {u.module: u for u in inventory(model, example_inputs).units}
     positions = {model.get_submodule(u.module): u.macs // u.params for u in inv.values()}
     scorers = {c: IMPORTANCES.get(c)() for c in importances}
-    raw: list[dict[str, Any]] = []
+    found: list[ChannelGroup] = []
     fixed: list[str] = []
     skipped: dict[str, str] = {}
     scores: dict[str, dict[str, torch.Tensor]] = {c: {} for c in importances}
@@ -239,43 +223,19 @@ def find_groups(model: nn.Module, example_inputs: Any, ignored_layers: Iterable[
                 if dg.is_out_channel_pruning_fn(item.dep.handler):
                     producers.append(names[mod])
         root = group[0].dep.target.module
-        raw.append({
-            "key": key_name, "total": len(group[0].idxs), "ch_groups": ch_groups, "members": tuple(members),
-            "producers": producers, "is_attn": is_attn,
-            "params": sum(_coupled_params(item, dg) for item in group),
-            "macs": sum(_coupled_macs(item, dg, positions) for item in group),
-            "probe": (names[root], "out" if dg.is_out_channel_pruning_fn(group[0].dep.handler) else "in"),
-        })
+        found.append(ChannelGroup(
+            key=key_name, channels=len(group[0].idxs), heads=ch_groups, members=tuple(members),
+            producers=tuple(producers), attention=is_attn, params=sum(_coupled_params(item, dg) for item in group),
+            macs=sum(_coupled_macs(item, dg, positions) for item in group),
+            probe=(names[root], "out" if dg.is_out_channel_pruning_fn(group[0].dep.handler) else "in"),
+        ))
     model.zero_grad(set_to_none=True)
-    if not raw:
+    if not found:
         raise NoPrunableLayersError(
             f"Torch-Pruning finds no prunable channel group in {type(model).__name__} "
             f"(skipped: {skipped or 'none'}); check ignored_layers and root_module_types"
         )
-    return Groups(_units(raw, inv), fixed, skipped, scores)
-
-
-def _units(raw: list[dict[str, Any]], inv: dict[str, Unit]) -> list[Unit]:
-    """Groups in the order their first producer runs, each with the kind of its most telling layer."""
-    def layers_of(member: str) -> list[Unit]:
-        return [u for m, u in inv.items() if m == member or m.startswith(member + ".")]
-
-    for r in raw:
-        producers = [u for m in r["producers"] for u in layers_of(m)] or layers_of(r["key"])
-        r["order_key"] = min((u.order for u in producers), default=len(inv))
-        kinds = {u.kind for u in producers}
-        key_kind = inv[r["key"]].kind if r["key"] in inv else "linear"
-        r["kind"] = next((k for k in _PRIORITY_KINDS if k in kinds), "attention" if r["is_attn"] else key_kind)
-    raw.sort(key=lambda r: (r["order_key"], r["key"]))
-    n = len(raw)
-    return [
-        Unit(name=r["key"], module=r["key"], kind=r["kind"], shape=(r["total"],), params=max(int(r["params"]), 1),
-             order=i, depth=i / (n - 1) if n > 1 else 0.0,
-             stage=inv[r["key"]].stage if r["key"] in inv else "", block=inv[r["key"]].block if r["key"] in inv else "",
-             macs=int(r["macs"]), items=r["total"] // r["ch_groups"], copies=r["ch_groups"],
-             members=r["members"], probe=r["probe"])
-        for i, r in enumerate(raw)
-    ]
+    return Groups(group_units(found, inv), fixed, skipped, scores)
 
 
 def plan_groups(

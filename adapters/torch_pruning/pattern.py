@@ -10,14 +10,14 @@ runner then times each configuration with the installed latency backend (OpenVIN
 
 from __future__ import annotations
 
-from functools import cache
 from typing import Any
 
 import torch_pruning as tp
 from torch import nn
 
 from mm_plugin.errors import ConfigError
-from mm_plugin.planning import Plan, Strategy, bisect
+from mm_plugin.model import count_params
+from mm_plugin.planning import Plan, Strategy, knob_for
 from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
 from mm_plugin.registry import Needs, Registry
 
@@ -91,18 +91,11 @@ class StructuredPattern(Pattern):
                 ctx.cache["dense_macs"] = macs_of(ctx.dense, ctx.example)
             dense_macs = ctx.cache["dense_macs"]
 
-            @cache
             def removed(knob: float) -> float:
                 return 1.0 - macs_of(self._pruned(ctx.dense, job, ctx, knob, False), ctx.example) / dense_macs
 
             lo, hi = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
-            if not removed(lo) - 0.005 <= job.target <= removed(hi) + 0.005:
-                raise ConfigError(
-                    f"{job.method} {job.name!r} cannot remove {job.target:g} of the model's multiply-adds: it "
-                    f"spans {removed(lo):.3f} to {removed(hi):.3f}; pick targets inside that range (or widen the "
-                    "ranges with rules)"
-                )
-            knobs[job.config_key] = bisect(removed, job.target, lo, hi, steps=14, tol=0.005)
+            knobs[job.config_key] = knob_for(removed, job.target, lo, hi, what=f"{job.method} {job.name!r}")
         return knobs[job.config_key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
@@ -111,9 +104,9 @@ class StructuredPattern(Pattern):
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]
         if "dense_params" not in ctx.cache:
-            ctx.cache["dense_params"] = sum(p.numel() for p in ctx.dense.parameters())
+            ctx.cache["dense_params"] = count_params(ctx.dense)
         dense_params = ctx.cache["dense_params"]
-        params = sum(p.numel() for p in model.parameters())
+        params = count_params(model)
         macs = macs_of(model, ctx.example)
         kept = kept_channels(model, plan)
         return {"sparsity": 1.0 - params / dense_params, "params": params, "nonzeros": params,

@@ -21,13 +21,20 @@ import torch_pruning as tp
 from torch import nn
 
 from mm_plugin.errors import UnknownNameError, UnsupportedModelError, ValidationError, check_fraction
-from mm_plugin.model import forward_eval, names_of, resolve_names, submodule, trace, update_attention_
-from mm_plugin.planning import ChannelReport, Plan, Strategy, kept_report
+from mm_plugin.model import (
+    count_params,
+    forward_eval,
+    names_of,
+    resolve_names,
+    submodule,
+    trace,
+    update_attention_,
+)
+from mm_plugin.planning import ChannelReport, Plan, Strategy, accumulate_gradients, kept_report
 
 from .groups import (
     DEFAULT_GROUP_TARGETS,
     DEFAULT_MIN_DENSITY,
-    accumulate_gradients,
     plan_groups,
     signal_importance,
 )
@@ -75,14 +82,10 @@ def kept_channels(model: nn.Module, plan: Plan) -> dict[str, int]:
     return {u.name: channels_of(submodule(model, u.probe[0]), u.probe[1]) for u in plan.units}
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def channel_report(model: nn.Module, plan: Plan, strategy: Strategy | str, round_to: int | None = None,
                    params_before: int | None = None) -> ChannelReport:
     """Channels of every group on ``model`` (pruned) against what ``strategy`` asked for."""
-    after = _params(model)
+    after = count_params(model)
     return kept_report(plan, strategy, kept_channels(model, plan), round_to,
                        params_before if params_before is not None else after, after)
 
@@ -209,7 +212,7 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         self.mm_round_to = round_to
         self.mm_calibration, self.mm_loss_fn = calibration, loss_fn
         self.report: ChannelReport | None = None
-        self._mm_params_before = _params(model)
+        self._mm_params_before = count_params(model)
         out = forward_eval(model, example_inputs)
         self._mm_output_shape = None if out is None else out.shape
         self._mm_example_inputs = example_inputs
@@ -284,7 +287,7 @@ def prune_baseline(model: nn.Module, example_inputs: Any, method: str = "uniform
     check_fraction(pruning_ratio, "pruning_ratio")
     target = model if inplace else copy.deepcopy(model)
     ignored = resolve_names(target, names_of(model, ignored_layers))
-    before = _params(target)
+    before = count_params(target)
     support = tp_support(target, ignored, num_heads=tp_kwargs.pop("num_heads", None),
                          customized_pruners=tp_kwargs.pop("customized_pruners", None))
     was_training = target.training
@@ -296,7 +299,7 @@ def prune_baseline(model: nn.Module, example_inputs: Any, method: str = "uniform
     target.train(was_training)
     update_attention_(target)
     return target, {"method": method, "pruning_ratio": pruning_ratio, "params_before": before,
-                    "params_after": _params(target)}
+                    "params_after": count_params(target)}
 
 
 # --- save and reload ----------------------------------------------------------------------------

@@ -2,10 +2,11 @@
 file kept the plan's zeros, and the timing protocol for latency."""
 
 from .backends import BACKENDS, Backend, Timer, backend
-from .timing import Latency, LatencyPoint, interleaved, latency_front, time_calls
-from .verify import ExportReport, ParamMatch, WeightConstant, check_export, match_params
+from .timing import BlockTimer, Latency, LatencyPoint, interleaved, latency_front, time_calls
+from .verify import ExportReport, ParamMatch, WeightConstant, check_export, export_checked, match_params
 
 __all__ = [
-    "BACKENDS", "Backend", "ExportReport", "Latency", "LatencyPoint", "ParamMatch", "Timer", "WeightConstant", "backend", "check_export",
-    "interleaved", "latency_front", "match_params", "time_calls",
+    "BACKENDS", "Backend", "BlockTimer", "ExportReport", "Latency", "LatencyPoint", "ParamMatch", "Timer",
+    "WeightConstant", "backend", "check_export", "export_checked", "interleaved", "latency_front", "match_params",
+    "time_calls",
 ]

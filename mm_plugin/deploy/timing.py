@@ -1,5 +1,5 @@
 """Timing protocol shared by every backend: warm-up, repeated synchronous calls, medians; pruned and dense
-models timed in alternating blocks so that drift of a busy machine hits both."""
+models timed in alternating blocks so that drift of a busy machine hits both (:class:`BlockTimer`)."""
 
 from __future__ import annotations
 
@@ -7,11 +7,12 @@ import statistics
 import time
 from collections.abc import Callable, Mapping
 from dataclasses import asdict, dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 from torch import nn
 
 from ..errors import ValidationError
+from ..model import count_params
 from .backends import backend
 
 
@@ -61,6 +62,37 @@ def interleaved(time_a: Callable[[], float], time_b: Callable[[], float], rounds
     return statistics.median(a), statistics.median(b)
 
 
+class BlockTimer:
+    """The protocol of a backend's ``Timer``: the dense model compiled once; ``time(pruned)`` is (dense ms,
+    pruned ms), medians of ``rounds`` alternating blocks of ``runs`` calls after ``warmup`` calls of each,
+    ``threads`` threads. A backend gives ``compile(model)``: a callable that runs one inference."""
+
+    SETTINGS: ClassVar[dict[str, int]] = {"threads": 1, "warmup": 10, "rounds": 7, "runs": 20}
+    precision = ""  # what the backend computes in, and on which device (recorded with each block's timing)
+    device = ""
+
+    def __init__(self, dense: nn.Module, example_inputs: Any, **settings: int) -> None:
+        s = {**self.SETTINGS, **settings}
+        self.inputs, self.threads, self.warmup, self.rounds, self.runs = (
+            example_inputs, s["threads"], s["warmup"], s["rounds"], s["runs"])
+        self.dense = self.compile(dense)
+
+    def compile(self, model: nn.Module) -> Callable[[], Any]:
+        raise NotImplementedError
+
+    def time(self, pruned: nn.Module) -> tuple[float, float]:
+        run = self.compile(pruned)
+        for call in (self.dense, run):
+            for _ in range(self.warmup):
+                call()
+
+        def block(call: Callable[[], Any]) -> float:
+            return time_calls(call, warmup=0, repeats=self.runs, threads=self.threads, precision=self.precision,
+                              device=self.device).median_ms
+
+        return interleaved(lambda: block(self.dense), lambda: block(run), self.rounds)
+
+
 @dataclass(frozen=True)
 class LatencyPoint:
     """One pruned model timed against the dense one."""
@@ -72,10 +104,6 @@ class LatencyPoint:
     params_ratio: float
 
 
-def _params(model: nn.Module) -> int:
-    return sum(p.numel() for p in model.parameters())
-
-
 def latency_front(dense: nn.Module, example_inputs: Any, pruned: Mapping[str, nn.Module], *,
                   backend_name: str = "openvino", **settings: int) -> list[LatencyPoint]:
     """Time every pruned model (by name) against ``dense`` with one timer of the backend (``settings``:
@@ -84,5 +112,6 @@ def latency_front(dense: nn.Module, example_inputs: Any, pruned: Mapping[str, nn
     points = []
     for name, model in pruned.items():
         dense_ms, pruned_ms = timer.time(model)
-        points.append(LatencyPoint(name, pruned_ms, dense_ms, pruned_ms / dense_ms, _params(model) / _params(dense)))
+        points.append(LatencyPoint(name, pruned_ms, dense_ms, pruned_ms / dense_ms,
+                                   count_params(model) / count_params(dense)))
     return points

@@ -1,17 +1,22 @@
 """Did the exported file keep the plan's zeros? Weight constants of any exported file (a backend reads
-them), matched back to parameters by name or by their zero pattern, and compared zero by zero."""
+them), matched back to parameters by name or by their zero pattern, and compared zero by zero;
+:func:`export_checked` exports with a backend and checks in one call."""
 
 from __future__ import annotations
 
 import logging
+import os
+import time
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 import numpy as np
 import torch
+from torch import nn
 
-from ..errors import ExportVerificationError
+from ..errors import ExportVerificationError, MMError, UnsupportedModelError, one_line
+from .backends import backend
 
 log = logging.getLogger(__name__)
 
@@ -180,3 +185,25 @@ def check_export(path: Any, constants: Sequence[WeightConstant], expected_zero_m
         log.info("%d weights have more zeros in the file than planned (int8 rounding or a folded BatchNorm with "
                  "gamma = 0): %s", len(extra), ", ".join(extra[:5]))
     return report
+
+
+def export_checked(model: nn.Module, example_inputs: Any, path: str | os.PathLike,
+                   expected_zero_masks: Mapping[str, Any], *, backend_name: str = "openvino",
+                   compress_to_fp16: bool = False, verify: bool = True, quantized: bool = False,
+                   seconds: dict[str, float] | None = None) -> ExportReport:
+    """Export ``model`` (masks baked) with a deployment backend, then check the file's zeros
+    (:func:`check_export`); the report's ``seconds`` add ``convert`` and ``verify`` to those given."""
+    deploy = backend(backend_name)
+    seconds = dict(seconds or {})
+    start = time.perf_counter()
+    try:
+        file = deploy.export(model, example_inputs, path, compress_to_fp16=compress_to_fp16)
+    except MMError:
+        raise
+    except Exception as e:
+        raise UnsupportedModelError(f"export to {path}: {backend_name} conversion failed: {one_line(e)}") from e
+    seconds["convert"] = time.perf_counter() - start
+    start = time.perf_counter()
+    constants = deploy.weight_constants(file)
+    seconds["verify"] = time.perf_counter() - start
+    return check_export(file, constants, expected_zero_masks, verify=verify, quantized=quantized, seconds=seconds)

@@ -1,21 +1,27 @@
-"""The model side of planning: units (weights or channel groups), the weight inventory, ignored scopes."""
+"""The model side of planning: units (weights or channel groups), the weight inventory, ignored scopes,
+example inputs."""
 
 from .attention import attention_modules, update_attention_
+from .inputs import InputInfo, make_inputs
 from .inventory import (
     PRUNABLE_TYPES,
     Trace,
+    count_params,
     forward_eval,
     inventory,
     names_of,
+    param_owner,
     prunable_weights,
     resolve_names,
     submodule,
     trace,
 )
 from .scope import IgnoredScope, op_type
-from .units import KINDS, UNIT_KINDS, Inventory, SkippedParam, Unit
+from .units import KINDS, UNIT_KINDS, ChannelGroup, Inventory, SkippedParam, Unit, group_units
 
 __all__ = [
-    "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "IgnoredScope", "Inventory", "SkippedParam", "Trace", "Unit",
-    "attention_modules", "forward_eval", "inventory", "names_of", "resolve_names", "submodule", "op_type", "prunable_weights", "trace", "update_attention_",
+    "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "ChannelGroup", "IgnoredScope", "InputInfo", "Inventory", "SkippedParam",
+    "Trace", "Unit", "attention_modules", "count_params", "forward_eval", "group_units", "inventory", "make_inputs",
+    "names_of", "op_type", "param_owner", "prunable_weights", "resolve_names", "submodule", "trace",
+    "update_attention_",
 ]

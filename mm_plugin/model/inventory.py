@@ -143,6 +143,19 @@ def names_of(model: nn.Module, items: Iterable[Any] | None) -> list[str]:
     return out
 
 
+def param_owner(model: nn.Module, param: torch.Tensor) -> tuple[str, str, str]:
+    """(module name, parameter name, module class) of a parameter of ``model``; "?" for each when none holds it."""
+    for mname, m in model.named_modules():
+        for pname, p in m.named_parameters(recurse=False):
+            if p is param:
+                return mname, pname, type(m).__name__
+    return "?", "?", "?"
+
+
+def count_params(model: nn.Module) -> int:
+    return sum(p.numel() for p in model.parameters())
+
+
 def resolve_names(model: nn.Module, names: Iterable[str]) -> list[nn.Module | nn.Parameter]:
     params = dict(model.named_parameters())
     return [params[n] if n in params else submodule(model, n) for n in names]

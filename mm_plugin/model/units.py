@@ -7,6 +7,7 @@ below, so rules, ranges, strategies and budgets are computed once for both.
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from typing import Any
 
@@ -98,3 +99,46 @@ class Inventory:
             if unit.name == name:
                 return unit
         raise KeyError(name)
+
+
+#: The kinds that name a channel group when one of its producers has them, most telling first.
+_GROUP_KINDS = ("patch_embedding", "embedding", "head")
+
+
+@dataclass(frozen=True)
+class ChannelGroup:
+    """Channels that are pruned together, as a toolkit's dependency graph finds them."""
+
+    key: str  # the module the group's ratio is keyed by
+    channels: int  # all heads together
+    heads: int  # equal parts the channels split into (attention heads), each keeping the same count
+    members: tuple[str, ...]  # every module the channels index
+    producers: tuple[str, ...]  # members met first through their output channels
+    attention: bool
+    params: int  # weights the channels index
+    macs: int  # multiply-adds per inference of those weights
+    probe: tuple[str, str]  # (module, "out" | "in"): where the group's channel count is read
+
+
+def group_units(groups: Sequence[ChannelGroup], layers: Mapping[str, Unit]) -> list[Unit]:
+    """Channel groups as units, in the order their first producer runs, each with the kind of its most
+    telling layer; ``layers``: the model's weight units by module (see :func:`inventory`)."""
+    def layers_of(member: str) -> list[Unit]:
+        return [u for m, u in layers.items() if m == member or m.startswith(member + ".")]
+
+    ranked = []
+    for g in groups:
+        producers = [u for m in g.producers for u in layers_of(m)] or layers_of(g.key)
+        kinds = {u.kind for u in producers}
+        key_kind = layers[g.key].kind if g.key in layers else "linear"
+        kind = next((k for k in _GROUP_KINDS if k in kinds), "attention" if g.attention else key_kind)
+        ranked.append((min((u.order for u in producers), default=len(layers)), g.key, kind, g))
+    ranked.sort(key=lambda r: r[:2])
+    n = len(ranked)
+    return [
+        Unit(name=g.key, module=g.key, kind=kind, shape=(g.channels,), params=max(int(g.params), 1), order=i,
+             depth=i / (n - 1) if n > 1 else 0.0, stage=layers[g.key].stage if g.key in layers else "",
+             block=layers[g.key].block if g.key in layers else "", macs=int(g.macs), items=g.channels // g.heads,
+             copies=g.heads, members=g.members, probe=g.probe)
+        for i, (_, _, kind, g) in enumerate(ranked)
+    ]

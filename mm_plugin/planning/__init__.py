@@ -2,9 +2,9 @@
 them, budgets rescale a strategy to a target. :func:`plan_units` runs it over any units."""
 
 from .allocations import ALLOCATIONS, AllocationInputs, list_allocations, register_allocation
-from .budget import bisect, rescale, unit_costs
+from .budget import bisect, knob_for, rescale, unit_costs
 from .check import ChannelReport, GroupRow, kept_report
-from .plan import Plan, effective_weights, plan, plan_units
+from .plan import Plan, calibration_need, effective_weights, plan, plan_units
 from .ranges import (
     DEFAULT_TARGETS,
     RANGE_MODES,
@@ -14,14 +14,26 @@ from .ranges import (
     threshold_views,
 )
 from .rules import DEFAULT_RULES, Rule, load_rules, resolve_rules
-from .schedule import SCHEDULES, Schedule
-from .signals import SIGNALS, calibration_losses, compute_scores, list_signals, register_signal, split_batch
+from .schedule import SCHEDULES, Schedule, Scheduler
+from .signals import (
+    SIGNALS,
+    accumulate_gradients,
+    batch_inputs,
+    calibration_losses,
+    compute_scores,
+    list_signals,
+    register_signal,
+    split_batch,
+)
+from .statistics import CompressionStatistics, LayerStatistic, channel_statistics, weight_statistics
 from .strategies import NAMED_STRATEGIES, Strategy
 
 __all__ = [
     "ALLOCATIONS", "DEFAULT_RULES", "DEFAULT_TARGETS", "NAMED_STRATEGIES", "RANGE_MODES", "SCHEDULES", "SIGNALS",
-    "AllocationInputs", "around", "ChannelReport", "GroupRow", "Plan", "Rule", "Schedule", "Strategy", "allocation_views", "bisect", "calibration_losses",
-    "compute_scores", "default_allocations", "effective_weights", "kept_report", "list_allocations", "list_signals",
+    "AllocationInputs", "ChannelReport", "CompressionStatistics", "GroupRow", "LayerStatistic", "Plan", "Rule",
+    "Schedule", "Scheduler", "Strategy", "accumulate_gradients", "allocation_views", "around", "batch_inputs",
+    "bisect", "calibration_losses", "calibration_need", "channel_statistics", "compute_scores",
+    "default_allocations", "effective_weights", "kept_report", "knob_for", "list_allocations", "list_signals",
     "load_rules", "plan", "plan_units", "register_allocation", "register_signal", "rescale", "resolve_rules",
-    "split_batch", "threshold_views", "unit_costs",
+    "split_batch", "threshold_views", "unit_costs", "weight_statistics",
 ]

@@ -135,10 +135,16 @@ def _threshold_counts(sorted_scores: list[torch.Tensor], k: int, caps: np.ndarra
     return counts.numpy().astype(np.int64)
 
 
+def guard_caps(sizes: np.ndarray, min_density: float) -> np.ndarray:
+    """Items each unit may lose under the minimum-density guard: it keeps ``min_density`` of its items,
+    rounded up, and at least one."""
+    return np.maximum(sizes - np.maximum(np.ceil(min_density * sizes), 1), 0)
+
+
 def threshold_allocation(inputs: AllocationInputs, target: float, sorted_scores: list[torch.Tensor]) -> np.ndarray:
     """One global threshold over per-layer ascending ``sorted_scores``, with the minimum-density guard."""
     sizes = inputs.sizes
-    caps = np.maximum(sizes - np.maximum(np.ceil(inputs.min_density * sizes), 1), 0).astype(np.int64)
+    caps = guard_caps(sizes, inputs.min_density).astype(np.int64)
     k = _target_count(sizes, target)
     counts = _threshold_counts(sorted_scores, k, caps)
     return counts / sizes

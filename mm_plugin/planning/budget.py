@@ -9,10 +9,11 @@ model measures closest to the goal.
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+from functools import cache
 
 import numpy as np
 
-from ..errors import ValidationError, check_fraction
+from ..errors import ConfigError, ValidationError, check_fraction
 from ..model import Unit
 from .allocations import round_to_total
 from .strategies import Strategy
@@ -52,6 +53,18 @@ def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float,
         best = min(best, (abs(m - goal), mid))
         lo, hi = (mid, hi) if m < goal else (lo, mid)
     return best[1]
+
+
+def knob_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
+             figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14) -> float:
+    """The knob in [lo, hi] whose pruned model measures ``goal`` removed (``removed``: non-decreasing,
+    measured on a pruned copy, so each knob is measured once) to within ``tol``; a goal outside what the
+    ends reach is a ConfigError naming ``what`` and its span."""
+    removed = cache(removed)
+    if not removed(lo) - tol <= goal <= removed(hi) + tol:
+        raise ConfigError(f"{what} cannot remove {goal:g} {figure}: it spans {removed(lo):.3f} to {removed(hi):.3f}; "
+                          "pick targets inside that range (or widen the ranges with rules)")
+    return bisect(removed, goal, lo, hi, steps=steps, tol=tol)
 
 
 def rescale(

@@ -93,6 +93,16 @@ class Plan:
         except ValidationError as e:
             raise ValidationError(f"{e}. {self._binding(target, cost)}") from None
 
+    def at_level(self, strategy: Strategy | str, level: float | None) -> Strategy:
+        """The strategy at a global level: rescaled inside the ranges; below their floor (where a gradual
+        schedule starts), the floor's per-unit ratios scaled down alike. None: as planned."""
+        s = self.strategy(strategy)
+        low = self.reach()[0]
+        if level is None or level >= low:
+            return s if level is None else self.rescale(s, level)
+        floor = self.rescale(s, low)
+        return Strategy(f"{s.name}@{level:g}", {n: r * level / low for n, r in floor.sparsity.items()})
+
     def _binding(self, target: float, cost: str) -> str:
         """The units that keep the ranges from reaching ``target`` most, and the rules behind them."""
         costs = budget.unit_costs(self.units, cost)
@@ -223,6 +233,13 @@ def plan_units(
                 "samples": samples, "seed": seed, "range_sources": {k: v.tolist() for k, v in ranges.sources.items()}},
         unit_kind=unit_kind,
     )
+
+
+def calibration_need(signal: str, allocations: Sequence[str] = ()) -> tuple[str, str] | None:
+    """What asks for calibration data: ``("signal", name)``, ``("allocations", name)``, or None."""
+    if SIGNALS.needs(signal).calibration:
+        return "signal", signal
+    return next((("allocations", a) for a in allocations if ALLOCATIONS.needs(a).calibration), None)
 
 
 def effective_weights(model: nn.Module, units: Sequence[Unit]) -> dict[str, torch.Tensor]:

@@ -28,14 +28,15 @@ import difflib
 import json
 import logging
 import re
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, fields
 from pathlib import Path
 from typing import Any
 
 import numpy as np
 
-from ..errors import RuleError
+from ..config_schema import json_type
+from ..errors import ConfigError, RuleError
 from ..model import KINDS, Unit
 
 log = logging.getLogger(__name__)
@@ -146,6 +147,27 @@ def load_rules(source: Any) -> list[Rule]:
     if not isinstance(source, Iterable) or isinstance(source, (str, dict)):
         raise RuleError(f"{where}: expected a list of rules")
     return [r if isinstance(r, Rule) else _rule_from_dict(r, f"{where}[{i}]") for i, r in enumerate(source)]
+
+
+def load_rules_at(value: Any, where: str) -> tuple[Rule, ...]:
+    """Rules written in a config at ``where``: a list, or ``{name: fields}`` (NNCF-style keyed
+    overrides); an error is a ConfigError naming the entry's JSON path."""
+    if isinstance(value, Mapping):
+        entries = []
+        for name, fields_ in value.items():
+            if not isinstance(fields_, Mapping):
+                raise ConfigError(f"{where}.{name}: expected an object of rule fields, got {json_type(fields_)}")
+            entries.append(({**fields_, "name": name}, f"{where}.{name}"))
+    else:
+        entries = [(r, f"{where}[{i}]") for i, r in enumerate(value)]
+    rules = []
+    for entry, path in entries:
+        try:
+            rules.append(load_rules([entry])[0])
+        except (RuleError, TypeError) as e:
+            message = re.sub(r"^rules\[0\]:\s*", "", str(e))
+            raise ConfigError(f"{path}: {message}") from None
+    return tuple(rules)
 
 
 def resolve_rules(user: Any = None, *, defaults: bool = True) -> list[Rule]:

@@ -6,7 +6,7 @@ the weight's shape, registered by name. Masks keep each layer's highest scores.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterable, Iterator, Sequence
+from collections.abc import Callable, Iterable, Iterator, Mapping, Sequence
 from typing import Any
 
 import torch
@@ -40,9 +40,18 @@ def _weights(model: nn.Module, names: Sequence[str]) -> dict[str, torch.Tensor]:
     return out
 
 
+def batch_inputs(batch: Any) -> Any:
+    """What the model takes from a batch: a tensor as it is, the first of a pair, or a dict's 'x' / 'input'."""
+    if isinstance(batch, Mapping):
+        return batch["x"] if "x" in batch else batch["input"]
+    if isinstance(batch, (tuple, list)):
+        return batch[0]
+    return batch
+
+
 def split_batch(batch: Any) -> tuple[Any, Any]:
     if isinstance(batch, dict):
-        return batch["x"] if "x" in batch else batch["input"], batch.get("y", batch.get("label"))
+        return batch_inputs(batch), batch.get("y", batch.get("label"))
     if isinstance(batch, (tuple, list)) and len(batch) >= 2:
         return batch[0], batch[1]
     raise ValidationError(
@@ -75,6 +84,14 @@ def calibration_losses(model: nn.Module, calibration: Iterable | None, loss_fn: 
         model.train(was_training)
     if batches == 0:
         raise CalibrationRequiredError("the calibration data yielded no batches; pass at least one batch")
+
+
+def accumulate_gradients(model: nn.Module, calibration: Iterable | None, loss_fn: Callable | None = None,
+                         who: str = "Taylor importance") -> None:
+    """Sum dL/dw over the calibration batches into ``.grad`` (what a toolkit's Taylor importance reads)."""
+    model.zero_grad(set_to_none=True)
+    for loss in calibration_losses(model, calibration, loss_fn, who=who):
+        loss.backward()
 
 
 def mean_abs_gradients(
