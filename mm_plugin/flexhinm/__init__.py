@@ -23,29 +23,33 @@ from torch import nn
 
 from ..errors import ValidationError, check_fraction
 from ..masks import apply_masks_
-from .config import IMPORTANCES, FlexHiNMConfig
+from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .folding import ChannelGroup, find_channel_groups, fold_permutation_, fold_verified_, model_outputs
-from .gyro import PERMUTATIONS
-from .hard_concrete import GradualFlexHiNM, HardConcreteGate, cubic_sparsity, gates, harden_, on_step, penalty
+from .gates import GATES, HardConcreteGate, NMGate, PatternGate, sampling
+from .gradual import GradualFlexHiNM, cubic_sparsity, gates, harden_, on_step, penalty, schedule_of
 from .layout import nm_ineligibility
 from .nm import NMReport, benchmark_matmul, export_onnx, to_semi_structured_, validate_nm
 from .partition import HybridPartition, RegionCounts, hybrid_partition
-from .permutation import ChannelProblem, LayerTerm, matrix_problem, permute_layer
+from .permutation import PERMUTATIONS, ChannelProblem, LayerTerm, matrix_problem, permute_layer
 
 log = logging.getLogger(__name__)
 
 __all__ = [
+    "GATES",
     "IMPORTANCES",
     "PERMUTATIONS",
     "ChannelGroup",
     "ChannelProblem",
     "FlexHiNMConfig",
     "FlexHiNMResult",
+    "GradualConfig",
     "GradualFlexHiNM",
     "HardConcreteGate",
     "HybridPartition",
     "LayerTerm",
+    "NMGate",
     "NMReport",
+    "PatternGate",
     "PermutationReport",
     "RegionCounts",
     "benchmark_matmul",
@@ -62,6 +66,8 @@ __all__ = [
     "on_step",
     "penalty",
     "permute_layer",
+    "sampling",
+    "schedule_of",
     "to_semi_structured_",
     "validate_nm",
 ]

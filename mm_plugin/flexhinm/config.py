@@ -3,14 +3,16 @@
 from __future__ import annotations
 
 from collections.abc import Callable, Mapping
-from dataclasses import asdict, dataclass, fields
+from dataclasses import asdict, dataclass, field, fields
 
 import torch
 
 from ..errors import ConfigError
 from ..registry import Registry
-from .gyro import PERMUTATIONS  # gyro registers the searches beside "none"
+from . import exact, gyro  # noqa: F401  (the searches register themselves in PERMUTATIONS)
+from .gates import GATES
 from .layout import M
+from .permutation import PERMUTATIONS
 
 Importance = Callable[[torch.Tensor], torch.Tensor]
 IMPORTANCES: Registry[Importance] = Registry("FlexHiNM importance")
@@ -70,4 +72,71 @@ class FlexHiNMConfig:
         unknown = sorted(set(data) - known)
         if unknown:
             raise ConfigError(f"FlexHiNMConfig: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(data))
+
+
+def _pair(value, what: str) -> tuple[float, float]:
+    try:
+        a, b = (float(v) for v in value)
+    except (TypeError, ValueError):
+        raise ConfigError(f"GradualConfig.{what} must be two numbers, got {value!r}") from None
+    return a, b
+
+
+@dataclass(frozen=True)
+class GradualConfig:
+    """How gradual FlexHiNM-GP spends a fine-tuning budget; every time is a fraction of the total steps.
+
+    ``ramp``: the sparsity rises with the cubic schedule (Zhu & Gupta) over this span, the layer being
+    re-partitioned ``updates`` times; ``(0, 0)`` puts the final partition in place at once.
+    ``harden``: the share of 2:4 groups frozen to their learned choice rises linearly over this span,
+    most confident first; after its end the forward pass uses exactly the masks evaluation uses.
+    ``gate``: a name in ``GATES`` (``"patterns"`` or ``"hard_concrete"``) and ``gate_options`` its
+    keyword arguments. ``temperature``: ``(start, end)``, decayed geometrically until hardening ends
+    (``None``: the gate's default). ``gate_lr``: the gates' own learning rate (their own AdamW group,
+    no weight decay, the loop's schedule); Adam moves a logit by about this much per step, so the
+    weights' rate (~1e-3) would leave the gates where they started. ``penalty_weight``: weight of the
+    2-of-4 penalty (mean over learnable groups; Hard Concrete only).
+    """
+
+    gate: str = "patterns"
+    gate_options: Mapping = field(default_factory=dict)
+    ramp: tuple[float, float] = (0.0, 0.0)
+    updates: int = 10
+    harden: tuple[float, float] = (0.5, 0.75)
+    temperature: tuple[float, float] | None = None
+    gate_lr: float = 0.4
+    penalty_weight: float = 300.0
+
+    def __post_init__(self) -> None:
+        GATES.get(self.gate, where="GradualConfig.gate")
+        for what in ("ramp", "harden"):
+            a, b = _pair(getattr(self, what), what)
+            if not 0.0 <= a <= b <= 1.0:
+                raise ConfigError(f"GradualConfig.{what} must be two fractions 0 <= start <= end <= 1, got {(a, b)}")
+            object.__setattr__(self, what, (a, b))
+        if self.ramp[1] > self.harden[0]:
+            raise ConfigError(f"GradualConfig: hardening must start after the sparsity ramp ends: "
+                              f"ramp={self.ramp}, harden={self.harden}")
+        if self.temperature is not None:
+            t = _pair(self.temperature, "temperature")
+            if min(t) <= 0:
+                raise ConfigError(f"GradualConfig.temperature must be positive, got {t}")
+            object.__setattr__(self, "temperature", t)
+        if int(self.updates) < 1:
+            raise ConfigError(f"GradualConfig.updates must be >= 1, got {self.updates}")
+        if not self.gate_lr > 0 or self.penalty_weight < 0:
+            raise ConfigError(f"GradualConfig: gate_lr must be > 0 and penalty_weight >= 0, "
+                              f"got {self.gate_lr} and {self.penalty_weight}")
+        object.__setattr__(self, "gate_options", dict(self.gate_options))
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping) -> GradualConfig:
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"GradualConfig: unknown field(s) {unknown}; allowed: {sorted(known)}")
         return cls(**dict(data))

@@ -1,102 +1,17 @@
-"""The permutation searches: Gyro-Permutation (sample, balanced k-means, Hungarian assignment) and the
-greedy channel-swap search, registered in :data:`~.permutation.PERMUTATIONS` (see that module)."""
+"""Gyro-Permutation (FlexHiNM-GP): sample, cluster (balanced k-means), assign (Hungarian), registered in
+:data:`~.permutation.PERMUTATIONS` (see that module), with a swap polish and bounded-regression escapes."""
 
 from __future__ import annotations
-
-import functools
-from collections.abc import Sequence
 
 import numpy as np
 import torch
 from scipy.optimize import linear_sum_assignment
 
 from ..errors import ValidationError
-from .layout import M, N, as_rows
-from .partition import DENSE, NM, label_vectors, row_vector_values, tile_sum
-from .permutation import PERMUTATIONS, ChannelProblem, LayerTerm, PermutationMethod
-
-_CHUNK = 1 << 22  # elements per temporary tensor in cost computations (16 MiB of float32)
-
-
-def _one_thread(fn: PermutationMethod) -> PermutationMethod:
-    """Run a search on one intra-op thread: its many small tensor ops are 5-10x slower with
-    thread hand-offs, above all on a busy machine."""
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        threads = torch.get_num_threads()
-        torch.set_num_threads(1)
-        try:
-            return fn(*args, **kwargs)
-        finally:
-            torch.set_num_threads(threads)
-
-    return wrapper
-
-
-
-
-class _Consumers:
-    """Consumer rows in the current order with cached per-tile vector values.
-
-    A proposal only touches a few groups of 4 columns, so its value is found by recomputing those
-    groups' tile values and relabeling the tiles, not by re-scoring whole weights.
-    """
-
-    def __init__(self, problem: ChannelProblem, perm: torch.Tensor) -> None:
-        self.terms = problem.consumers
-        self.x = [as_rows(t.permuted(perm)).contiguous() for t in self.terms]
-        self.d, self.s = [], []
-        for t, x in zip(self.terms, self.x):
-            dense, nm = row_vector_values(x)
-            self.d.append(tile_sum(dense, t.tile_ids, t.n_tiles))
-            self.s.append(tile_sum(nm, t.tile_ids, t.n_tiles))
-        self.value = self._value(self.d, self.s)
-        self._matrix = None
-        self._pending = None
-
-    def _value(self, ds, ss) -> float:
-        return sum(float(label_vectors(d, s, t.counts)[1].sum()) for t, d, s in zip(self.terms, ds, ss))
-
-    def try_order(self, order: np.ndarray) -> float:
-        """Value after reordering positions (``new[:, p] = old[:, order[p]]``); remembered for commit."""
-        groups = np.unique(np.nonzero(order != np.arange(order.size))[0] // M)
-        cols = torch.from_numpy((groups[:, None] * M + np.arange(M)).reshape(-1))
-        src = torch.from_numpy(order)[cols]
-        g = torch.from_numpy(groups)
-        ds, ss = [], []
-        for t, x, d, s in zip(self.terms, self.x, self.d, self.s):
-            dense, nm = row_vector_values(x[:, src])
-            d2, s2 = d.clone(), s.clone()
-            d2[:, g] = tile_sum(dense, t.tile_ids, t.n_tiles)
-            s2[:, g] = tile_sum(nm, t.tile_ids, t.n_tiles)
-            ds.append(d2)
-            ss.append(s2)
-        value = self._value(ds, ss)
-        self._pending = (order, ds, ss, value)
-        return value
-
-    def commit(self) -> None:
-        order, self.d, self.s, self.value = self._pending
-        idx = torch.from_numpy(order)
-        self.x = [x[:, idx] for x in self.x]
-        self._matrix = self._pending = None
-
-    def matrix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-        """Stacked rows ``X (R, C)`` and per-(row, group) weights of the 2:4 and dense regions."""
-        if self._matrix is None:
-            ws, wd = [], []
-            for t, d, s in zip(self.terms, self.d, self.s):
-                lab = label_vectors(d, s, t.counts)[0].long()[t.tile_ids]
-                ws.append((lab == NM).float())
-                wd.append((lab == DENSE).float())
-            self._matrix = (torch.cat(self.x), torch.cat(ws), torch.cat(wd))
-        return self._matrix
-
-
-def _chunks(rows: int, per_row: int) -> list[slice]:
-    step = max(1, _CHUNK // max(1, per_row))
-    return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
+from .layout import M, as_rows
+from .partition import label_vectors, row_vector_values
+from .permutation import PERMUTATIONS, ChannelProblem, ConsumerState, LayerTerm, row_chunks, single_thread
+from .swaps import descend, escape
 
 
 def _assign(cost: torch.Tensor) -> np.ndarray:
@@ -178,13 +93,13 @@ def _input_proposal(
     if n_ext == 1:  # top-2 of {a, b, c, x} (a >= b >= c) = a + max(b, x) = a + b + relu(x - b)
         b = rem_sorted[..., 1]
         cv = cvals[..., 0]
-        for sl in _chunks(r, k * k):
+        for sl in row_chunks(r, k * k):
             cost += (w_s[sl, :, None] * torch.relu(cv[sl, None, :] - b[sl, :, None])).sum(0)
     else:  # n_ext == 2: top-2 of two sorted pairs (a >= b) and (c >= d)
         a, b = rem_sorted[..., 0], rem_sorted[..., 1]
         cs = cvals.sort(dim=-1, descending=True).values
         c, d = cs[..., 0], cs[..., 1]
-        for sl in _chunks(r, k * k):
+        for sl in row_chunks(r, k * k):
             aa, bb = a[sl, :, None], b[sl, :, None]
             cc, dd = c[sl, None, :], d[sl, None, :]
             top2 = torch.maximum(aa, cc) + torch.where(aa >= cc, torch.maximum(bb, cc), torch.maximum(aa, dd))
@@ -200,7 +115,7 @@ def _input_step(
     problem: ChannelProblem, perm: torch.Tensor, rng: np.random.Generator, tries: int, patience: int
 ) -> tuple[torch.Tensor, bool]:
     """Rounds of proposals over every block; a proposal is kept only if the consumers gain."""
-    state = _Consumers(problem, perm)
+    state = ConsumerState(problem, perm)
     blocks = problem.blocks()
     improved, fails = False, 0
     for attempt in range(tries):
@@ -312,15 +227,11 @@ def _output_step(
 
 
 # ------------------------------------------------------------------------------------------------
-# the three methods
+# the method
 
 
-@PERMUTATIONS.register("gyro")
-@_one_thread
-def gyro_permutation(problem: ChannelProblem, *, seed: int = 0, effort: int = 1) -> torch.Tensor:
-    """Gyro-Permutation: alternate output- and input-channel steps until neither improves."""
-    rng = np.random.default_rng(seed)
-    perm = torch.arange(problem.size)
+def _alternate(problem: ChannelProblem, perm: torch.Tensor, rng: np.random.Generator, effort: int) -> torch.Tensor:
+    """The paper's loop: output- and input-channel steps in turn until neither improves."""
     for _ in range(3 * effort):
         improved = False
         if problem.producer_sensitive:
@@ -334,83 +245,26 @@ def gyro_permutation(problem: ChannelProblem, *, seed: int = 0, effort: int = 1)
     return perm
 
 
-@PERMUTATIONS.register("greedy")
-@_one_thread
-def greedy_permutation(problem: ChannelProblem, *, seed: int = 0, effort: int = 1) -> torch.Tensor:
-    """Greedy channel swaps: each sweep moves every channel to its best swap partner (if it helps).
+@PERMUTATIONS.register("gyro")
+@single_thread
+def gyro_permutation(problem: ChannelProblem, *, seed: int = 0, effort: int = 1, escapes: int = 12,
+                     regression: float = 2e-3) -> torch.Tensor:
+    """Gyro-Permutation, then a swap polish and ``escapes * effort`` bounded-regression escapes.
 
-    Gains are exact for the current vector labels; labels are refreshed after every sweep and the
-    sweep is kept only if the true objective improved. Only input-channel swaps are searched (like
-    ASP), inside the same blocks as Gyro's input step.
+    The sampling/clustering/assignment steps make large moves the swaps cannot, and the swaps settle
+    what the sampled proposals leave; each escape perturbs the best order (random swaps losing at most
+    ``regression`` of the consumers' value), runs the input step and the polish again, and is kept
+    only if it ends better. Swaps stay inside producer tiles, so the producer's value never changes.
     """
     rng = np.random.default_rng(seed)
-    perm = torch.arange(problem.size)
+    perm = _alternate(problem, torch.arange(problem.size), rng, effort)
     if not problem.consumers:
         return perm
-    value = problem.consumer_value(perm)
-    for _ in range(2 * effort):
-        x, ws, wd = _Consumers(problem, perm).matrix()
-        order = _greedy_sweep(x.clone(), ws, wd, problem.blocks(), rng)
-        cand = perm[torch.from_numpy(order)]
-        v = problem.consumer_value(cand)
-        if v > value * (1 + 1e-9) + 1e-12:
-            perm, value = cand, v
-        else:
-            break
-    return perm
-
-
-def _group_parts(xg: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """For every (row, group, slot): largest, 2nd largest and sum of the group's OTHER 3 entries."""
-    others = torch.stack([xg[..., [j for j in range(M) if j != q]] for q in range(M)], dim=2)  # (R,G,4,3)
-    srt = others.sort(dim=-1, descending=True).values
-    return srt[..., 0], srt[..., 1], others.sum(-1)
-
-
-def _greedy_sweep(
-    x: torch.Tensor,
-    ws: torch.Tensor,
-    wd: torch.Tensor,
-    blocks: Sequence[tuple[int, int]],
-    rng: np.random.Generator,
-) -> np.ndarray:
-    r, c = x.shape
-    g = c // M
-    order = np.arange(c)
-    xg = x.view(r, g, M)
-    t1, t2, t3 = _group_parts(xg)
-
-    def group_value(idx: list[int]) -> torch.Tensor:
-        sub = xg[:, idx]
-        top2 = sub.topk(N, dim=-1).values.sum(-1)
-        return (ws[:, idx] * top2 + wd[:, idx] * sub.sum(-1)).sum(0)
-
-    val = group_value(list(range(g)))
-    ws_pos, wd_pos = ws.repeat_interleave(M, dim=1), wd.repeat_interleave(M, dim=1)
-    scale = float(val.abs().sum()) or 1.0
-    for i in rng.permutation(c):
-        blk = next(b for b in blocks if b[0] <= i < b[1])
-        s, e = blk[0], blk[0] + ((blk[1] - blk[0]) // M) * M
-        if i >= e:
-            continue
-        a, qi = i // M, i % M
-        cols = x[:, s:e]
-        xi = x[:, i : i + 1]
-        gain_in = (ws[:, a : a + 1] * (t1[:, a, qi, None] + torch.maximum(t2[:, a, qi, None], cols))).sum(0)
-        gain_in += (wd[:, a : a + 1] * (t3[:, a, qi, None] + cols)).sum(0)
-        t1f, t2f, t3f = (t.reshape(r, c)[:, s:e] for t in (t1, t2, t3))
-        gain_out = (ws_pos[:, s:e] * (t1f + torch.maximum(t2f, xi))).sum(0)
-        gain_out += (wd_pos[:, s:e] * (t3f + xi)).sum(0)
-        groups = torch.arange(s, e) // M
-        gain = gain_in + gain_out - val[a] - val[groups]
-        gain[groups == a] = float("-inf")
-        j = int(torch.argmax(gain)) + s
-        if float(gain[j - s]) <= 1e-7 * scale / g:
-            continue
-        b = j // M
-        x[:, [i, j]] = x[:, [j, i]]
-        order[[i, j]] = order[[j, i]]
-        p1, p2, p3 = _group_parts(xg[:, [a, b]])
-        t1[:, [a, b]], t2[:, [a, b]], t3[:, [a, b]] = p1, p2, p3
-        val[[a, b]] = group_value([a, b])
-    return order
+    best, best_value = descend(problem, perm, problem.consumer_value(perm), rng)
+    for _ in range(escapes * effort):
+        cand = escape(problem, best, best_value * regression, rng)
+        cand, _ = _input_step(problem, cand, rng, tries=48 * effort, patience=8 * effort)
+        cand, value = descend(problem, cand, problem.consumer_value(cand), rng)
+        if value > best_value * (1 + 1e-9) + 1e-12:
+            best, best_value = cand, value
+    return best

@@ -29,18 +29,24 @@ unchanged, so the producer's value is unchanged).
 
 from __future__ import annotations
 
+import functools
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
+import numpy as np
 import torch
 
 from ..errors import ValidationError
 from ..registry import Registry
-from .layout import M, row_tile_ids
+from .layout import M, as_rows, row_tile_ids
 from .partition import (
+    DENSE,
+    NM,
     RegionCounts,
     label_vectors,
     nm_only_counts,
+    row_vector_values,
+    tile_sum,
     vector_values,
 )
 
@@ -144,6 +150,93 @@ def matrix_problem(
     score = score.detach().float()
     counts = counts or nm_only_counts(score.shape[1] // M)
     return ChannelProblem(score.shape[1], [LayerTerm("matrix", score, "consumer", counts, tile_rows)])
+
+
+# ------------------------------------------------------------------------------------------------
+# machinery the searches share
+
+CHUNK = 1 << 22  # elements per temporary tensor in cost computations (16 MiB of float32)
+
+
+def single_thread(fn: PermutationMethod) -> PermutationMethod:
+    """Run a search on one intra-op thread: its many small tensor ops are 5-10x slower with
+    thread hand-offs, above all on a busy machine."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        threads = torch.get_num_threads()
+        torch.set_num_threads(1)
+        try:
+            return fn(*args, **kwargs)
+        finally:
+            torch.set_num_threads(threads)
+
+    return wrapper
+
+
+
+
+class ConsumerState:
+    """Consumer rows in the current order with cached per-tile vector values.
+
+    A proposal only touches a few groups of 4 columns, so its value is found by recomputing those
+    groups' tile values and relabeling the tiles, not by re-scoring whole weights.
+    """
+
+    def __init__(self, problem: ChannelProblem, perm: torch.Tensor) -> None:
+        self.terms = problem.consumers
+        self.x = [as_rows(t.permuted(perm)).contiguous() for t in self.terms]
+        self.d, self.s = [], []
+        for t, x in zip(self.terms, self.x):
+            dense, nm = row_vector_values(x)
+            self.d.append(tile_sum(dense, t.tile_ids, t.n_tiles))
+            self.s.append(tile_sum(nm, t.tile_ids, t.n_tiles))
+        self.value = self._value(self.d, self.s)
+        self._matrix = None
+        self._pending = None
+
+    def _value(self, ds, ss) -> float:
+        return sum(float(label_vectors(d, s, t.counts)[1].sum()) for t, d, s in zip(self.terms, ds, ss))
+
+    def try_order(self, order: np.ndarray) -> float:
+        """Value after reordering positions (``new[:, p] = old[:, order[p]]``); remembered for commit."""
+        groups = np.unique(np.nonzero(order != np.arange(order.size))[0] // M)
+        cols = torch.from_numpy((groups[:, None] * M + np.arange(M)).reshape(-1))
+        src = torch.from_numpy(order)[cols]
+        g = torch.from_numpy(groups)
+        ds, ss = [], []
+        for t, x, d, s in zip(self.terms, self.x, self.d, self.s):
+            dense, nm = row_vector_values(x[:, src])
+            d2, s2 = d.clone(), s.clone()
+            d2[:, g] = tile_sum(dense, t.tile_ids, t.n_tiles)
+            s2[:, g] = tile_sum(nm, t.tile_ids, t.n_tiles)
+            ds.append(d2)
+            ss.append(s2)
+        value = self._value(ds, ss)
+        self._pending = (order, ds, ss, value)
+        return value
+
+    def commit(self) -> None:
+        order, self.d, self.s, self.value = self._pending
+        idx = torch.from_numpy(order)
+        self.x = [x[:, idx] for x in self.x]
+        self._matrix = self._pending = None
+
+    def matrix(self) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+        """Stacked rows ``X (R, C)`` and per-(row, group) weights of the 2:4 and dense regions."""
+        if self._matrix is None:
+            ws, wd = [], []
+            for t, d, s in zip(self.terms, self.d, self.s):
+                lab = label_vectors(d, s, t.counts)[0].long()[t.tile_ids]
+                ws.append((lab == NM).float())
+                wd.append((lab == DENSE).float())
+            self._matrix = (torch.cat(self.x), torch.cat(ws), torch.cat(wd))
+        return self._matrix
+
+
+def row_chunks(rows: int, per_row: int) -> list[slice]:
+    step = max(1, CHUNK // max(1, per_row))
+    return [slice(s, min(s + step, rows)) for s in range(0, rows, step)]
 
 
 @PERMUTATIONS.register("none")

@@ -15,7 +15,7 @@ from typing import TYPE_CHECKING, Any
 from torch import nn
 
 from ..errors import ConfigError, ValidationError
-from ..flexhinm import FlexHiNMConfig, flexhinm_sparsify_
+from ..flexhinm import FlexHiNMConfig, GradualFlexHiNM, schedule_of
 from ..masks import apply_masks_, bake_masks_, global_sparsity, masks_from_scores, measure_sparsity
 from ..planning import (
     ALLOCATIONS,
@@ -110,6 +110,14 @@ class Pattern:
         apply_masks_(model, masks_from_scores(self.scores(job, ctx), job.sparsity))
         return model, {}
 
+    def hooks(self, model: nn.Module, job: Job, ctx: RunContext, steps: int) -> tuple:
+        """Training hooks for the ``steps`` of fine-tuning that follow ``prune_`` (none: masks stay fixed)."""
+        return ()
+
+    def finish_(self, model: nn.Module, hooks: tuple) -> dict[str, Any]:
+        """After fine-tuning: settle what ``hooks`` still learn; returns extra checkpoint entries."""
+        return {}
+
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         """Record fields of the fine-tuned model: ``sparsity``, ``params``, ``nonzeros`` and more."""
         report = measure_sparsity(model)
@@ -123,14 +131,26 @@ class Pattern:
 
 
 class FlexHiNMPattern(Pattern):
-    """The strategy's per-layer targets as hybrid dense / 2:4 / vector-pruned masks (Gyro-Permutation)."""
+    """FlexHiNM-GP: the strategy's per-layer targets as hybrid dense / 2:4 / vector-pruned masks after
+    Gyro-Permutation, with the 2:4 choices learned during fine-tuning and hardened to exact 2:4."""
 
     needs = Needs(example_inputs=True)
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
-        result = flexhinm_sparsify_(model, job.sparsity, FlexHiNMConfig(seed=job.seed),
-                                    example_inputs=(ctx.example,), scores=self.scores(job, ctx))
-        return model, {"nm_regions": result.nm_regions}  # where 2:4 must hold, for validate_nm
+        steps = max(1, round(ctx.config.epochs * len(ctx.data.train)))  # hooks() sets the job's own budget
+        GradualFlexHiNM(model, job.sparsity, FlexHiNMConfig(seed=job.seed), total_steps=steps,
+                        example_inputs=(ctx.example,), scores=self.scores(job, ctx))
+        return model, {}
+
+    def hooks(self, model: nn.Module, job: Job, ctx: RunContext, steps: int) -> tuple:
+        sched = schedule_of(model)
+        sched.total_steps = steps
+        return (sched,)
+
+    def finish_(self, model: nn.Module, hooks: tuple) -> dict[str, Any]:
+        (sched,) = hooks
+        sched.harden_()
+        return {"nm_regions": sched.nm_regions}  # where 2:4 must hold, for validate_nm
 
 
 PATTERNS: Registry[type[Pattern]] = Registry("sparsity pattern", entry_point_group="mm_plugin.patterns")
