@@ -18,6 +18,7 @@ from typing import Any
 from torch import nn
 
 from mm_plugin.errors import ConfigError
+from mm_plugin.model import closest_names
 from mm_plugin.tables import format_table
 
 #: Torch modules NNCF 2.x replaced by its own ``NNCF<Type>`` (``nncf.torch.layers.NNCF_MODULES_DICT``).
@@ -133,24 +134,12 @@ def _module_path(text: str) -> str:
     return re.sub(r"\.(weight|bias)$", "", text)
 
 
-def _distance(a: str, b: str) -> int:
-    """Levenshtein distance."""
-    row = list(range(len(b) + 1))
-    for i, ca in enumerate(a, 1):
-        prev, row[0] = row[0], i
-        for j, cb in enumerate(b, 1):
-            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
-    return row[-1]
-
-
 def closest(text: str, op_nodes: Sequence[str], n: int = 5) -> list[str]:
     """Operation nodes whose module path is closest to the one ``text`` names (edit distance)."""
     by_module: dict[str, str] = {}
     for node in op_nodes:
         by_module.setdefault(_split(node)[0], node)
-    wanted = _module_path(text)
-    ranked = sorted(by_module, key=lambda m: (_distance(wanted, m), m))
-    return [by_module[m] for m in ranked[:n]]
+    return [by_module[m] for m in closest_names(_module_path(text), list(by_module), n)]
 
 
 # --- matching --------------------------------------------------------------------------------------

@@ -7,7 +7,7 @@ is slower without AMX: every helper here sets the precision it is asked for.
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from typing import Any
 
 import numpy as np
@@ -16,20 +16,11 @@ from torch import nn
 
 from mm_plugin.deploy import BlockTimer, Latency, time_calls
 from mm_plugin.errors import ValidationError
+from mm_plugin.model import to_numpy
 
 from .convert import convert, openvino_module, read
 
 PRECISIONS = ("f32", "bf16", "f16")
-
-
-def _numpy_inputs(inputs: Any) -> Any:
-    if isinstance(inputs, torch.Tensor):
-        return inputs.detach().cpu().numpy()
-    if isinstance(inputs, Mapping):
-        return {k: _numpy_inputs(v) for k, v in inputs.items()}
-    if isinstance(inputs, (list, tuple)):
-        return [_numpy_inputs(v) for v in inputs]
-    return inputs
 
 
 def _property_name(value: Any) -> str:
@@ -92,7 +83,7 @@ def measure_latency(
         threads = 1 if threads is None else threads
         precision = "f32" if precision is None else precision
         compiled = compile_for_latency(model, threads=threads, precision=precision, device=device)
-    request, data = compiled.create_infer_request(), _numpy_inputs(inputs)
+    request, data = compiled.create_infer_request(), to_numpy(inputs)
     return time_calls(lambda: request.infer(data), warmup=warmup, repeats=repeats, threads=int(threads),
                       precision=str(precision), device=device)
 
@@ -101,7 +92,7 @@ def infer(model: Any, inputs: Any) -> list[np.ndarray]:
     """Run an IR (path, Model or compiled model) once at f32 and return its outputs as arrays."""
     ov = openvino_module()
     compiled = model if isinstance(model, ov.CompiledModel) else compile_for_latency(model)
-    result = compiled(_numpy_inputs(inputs))
+    result = compiled(to_numpy(inputs))
     return [np.asarray(result[o]) for o in compiled.outputs]
 
 
@@ -114,5 +105,5 @@ class Timer(BlockTimer):
     def compile(self, model: nn.Module) -> Callable[[], Any]:
         compiled = compile_for_latency(convert(model, self.inputs), threads=self.threads, precision=self.precision,
                                        device=self.device)
-        request, data = compiled.create_infer_request(), _numpy_inputs(self.inputs)
+        request, data = compiled.create_infer_request(), to_numpy(self.inputs)
         return lambda: request.infer(data)

@@ -17,7 +17,7 @@ from torch import nn
 
 from mm_plugin.errors import ConfigError
 from mm_plugin.model import count_params
-from mm_plugin.planning import Plan, Strategy, knob_for
+from mm_plugin.planning import Plan, Strategy
 from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
 from mm_plugin.registry import Needs, Registry
 
@@ -84,34 +84,22 @@ class StructuredPattern(Pattern):
         return prune_structured(model, ctx.example, strategy, plan=plan, ignored_layers=fixed, inplace=inplace)[0]
 
     def _knob(self, job: Job, ctx: RunContext) -> float:
-        """The knob that brings ``job``'s method to its target, by bisection on measured multiply-adds."""
-        knobs = ctx.cache.setdefault("knobs", {})
-        if job.config_key not in knobs:
-            if "dense_macs" not in ctx.cache:
-                ctx.cache["dense_macs"] = macs_of(ctx.dense, ctx.example)
-            dense_macs = ctx.cache["dense_macs"]
-
-            def removed(knob: float) -> float:
-                return 1.0 - macs_of(self._pruned(ctx.dense, job, ctx, knob, False), ctx.example) / dense_macs
-
-            lo, hi = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
-            knobs[job.config_key] = knob_for(removed, job.target, lo, hi, what=f"{job.method} {job.name!r}")
-        return knobs[job.config_key]
+        bounds = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
+        return self.knob_at_target(job, ctx, lambda m: macs_of(m, ctx.example),
+                                   lambda knob: self._pruned(ctx.dense, job, ctx, knob, False), bounds)
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         return self._pruned(model, job, ctx, self._knob(job, ctx), True), {}
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]
-        if "dense_params" not in ctx.cache:
-            ctx.cache["dense_params"] = count_params(ctx.dense)
-        dense_params = ctx.cache["dense_params"]
+        dense_params = ctx.memo("dense_params", lambda: count_params(ctx.dense))
         params = count_params(model)
         macs = macs_of(model, ctx.example)
         kept = kept_channels(model, plan)
         return {"sparsity": 1.0 - params / dense_params, "params": params, "nonzeros": params,
                 "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
-                "knob": self._knob(job, ctx), "macs": macs, "macs_ratio": macs / ctx.cache["dense_macs"]}
+                "knob": self._knob(job, ctx), "macs": macs, "macs_ratio": macs / ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))}
 
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""

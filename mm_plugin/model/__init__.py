@@ -2,7 +2,7 @@
 example inputs."""
 
 from .attention import attention_modules, update_attention_
-from .inputs import InputInfo, make_inputs
+from .inputs import InputInfo, make_inputs, to_numpy
 from .inventory import (
     PRUNABLE_TYPES,
     Trace,
@@ -16,12 +16,12 @@ from .inventory import (
     submodule,
     trace,
 )
-from .scope import IgnoredScope, op_type
+from .scope import IgnoredScope, closest_names, edit_distance, op_type
 from .units import KINDS, UNIT_KINDS, ChannelGroup, Inventory, SkippedParam, Unit, group_units
 
 __all__ = [
     "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "ChannelGroup", "IgnoredScope", "InputInfo", "Inventory", "SkippedParam",
-    "Trace", "Unit", "attention_modules", "count_params", "forward_eval", "group_units", "inventory", "make_inputs",
-    "names_of", "op_type", "param_owner", "prunable_weights", "resolve_names", "submodule", "trace",
+    "Trace", "Unit", "attention_modules", "closest_names", "count_params", "edit_distance", "forward_eval", "group_units", "inventory", "make_inputs",
+    "names_of", "op_type", "param_owner", "prunable_weights", "resolve_names", "submodule", "to_numpy", "trace",
     "update_attention_",
 ]

@@ -45,6 +45,17 @@ class InputInfo:
         return f"{self.type} {list(self.sample_size)}" + (f" as {self.keyword}=" if self.keyword else "")
 
 
+def to_numpy(inputs: Any) -> Any:
+    """Tensors as numpy arrays, inside any nesting of dicts, lists and tuples (what runtimes take)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.detach().cpu().numpy()
+    if isinstance(inputs, Mapping):
+        return {k: to_numpy(v) for k, v in inputs.items()}
+    if isinstance(inputs, (list, tuple)):
+        return [to_numpy(v) for v in inputs]
+    return inputs
+
+
 def make_inputs(infos: Sequence[InputInfo], device: torch.device | str = "cpu",
                 forward: Callable | None = None) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """The inputs ``infos`` describe, in ``forward``'s positional order (a ``keyword`` input goes to the

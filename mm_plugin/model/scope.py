@@ -21,6 +21,21 @@ from ..errors import ValidationError
 from .units import Unit
 
 
+def edit_distance(a: str, b: str) -> int:
+    """Levenshtein distance: insertions, deletions and substitutions of one character."""
+    row = list(range(len(b) + 1))
+    for i, ca in enumerate(a, 1):
+        prev, row[0] = row[0], i
+        for j, cb in enumerate(b, 1):
+            prev, row[j] = row[j], min(row[j] + 1, row[j - 1] + 1, prev + (ca != cb))
+    return row[-1]
+
+
+def closest_names(wanted: str, names: Sequence[str], n: int = 5) -> list[str]:
+    """The ``n`` names closest to ``wanted`` by edit distance (ties by name): suggestions for a miss."""
+    return sorted(names, key=lambda name: (edit_distance(wanted, name), name))[:n]
+
+
 def op_type(module: nn.Module) -> str:
     """The operation type NNCF's torch graph gives the op that uses this module's weight."""
     if isinstance(module, nn.modules.conv._ConvNd):

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
@@ -53,3 +54,9 @@ class RunContext:
     plans: dict[str, Plan]
     data: DataSplits | None = None
     cache: dict[str, Any] = field(default_factory=dict)  # a pattern's per-run memo (compiled models...)
+
+    def memo(self, key: str, compute: Callable[[], Any]) -> Any:
+        """``compute()`` once per run, kept in :attr:`cache` under ``key``."""
+        if key not in self.cache:
+            self.cache[key] = compute()
+        return self.cache[key]

@@ -10,6 +10,7 @@ works once the Torch-Pruning extra is installed and never imports it otherwise.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
@@ -25,6 +26,7 @@ from ..planning import (
     Strategy,
     compute_scores,
     effective_weights,
+    knob_for,
     plan,
 )
 from ..planning.allocations import allocate
@@ -100,10 +102,20 @@ class Pattern:
 
     def scores(self, job: Job, ctx: RunContext) -> Scores:
         """The job's signal scores of the dense model's weights, computed once per signal and run."""
-        key = f"scores/{job.signal}"
-        if key not in ctx.cache:
-            ctx.cache[key] = compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration)
-        return ctx.cache[key]
+        return ctx.memo(f"scores/{job.signal}",
+                        lambda: compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration))
+
+    def knob_at_target(self, job: Job, ctx: RunContext, cost: Callable[[nn.Module], float],
+                       pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
+        """The knob (a strategy's level, a baseline's own ratio) at which ``pruned(knob)`` removes
+        ``job.target`` of the dense model's ``cost``: bisection on measured costs, once per configuration,
+        so that every method of a cost-matched pattern is compared at the same cost."""
+        knobs = ctx.cache.setdefault("knobs", {})
+        if job.config_key not in knobs:
+            dense = ctx.memo("dense_cost", lambda: cost(ctx.dense))
+            knobs[job.config_key] = knob_for(lambda knob: 1.0 - cost(pruned(knob)) / dense, job.target, *bounds,
+                                             what=f"{job.method} {job.name!r}")
+        return knobs[job.config_key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         """Prune a copy of the dense model; return it and extra checkpoint entries."""
