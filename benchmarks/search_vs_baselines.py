@@ -118,11 +118,12 @@ def main() -> None:
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rank-samples", type=int, default=6, help="sampled strategies in the rank-correlation run")
     parser.add_argument("--out", default="docs/results/search")
+    parser.add_argument("--summary-only", action="store_true", help="rebuild the summary from the run folders")
     args = parser.parse_args()
     logging.basicConfig(level=logging.INFO, format="%(levelname)s %(name)s: %(message)s")
     out = Path(args.out)
     seeds = tuple(int(s) for s in args.seeds.split(","))
-    for name in args.testbeds.split(","):
+    for name in [] if args.summary_only else args.testbeds.split(","):
         config = dataclasses.replace(TESTBEDS[name], seeds=seeds)
         command = f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
         run(config, out / name, command=command, progress=False)
