@@ -76,8 +76,9 @@ def run_mix_and_match(name: str, shape: list[int], target: float, strategy: str,
 def run_nncf_prune(name: str, shape: list[int], target: float, seed: int, out: Path) -> dict:
     import nncf
     from mm_plugin.adapters import openvino as ovh
-    from mm_plugin.deploy import match_params
     from mm_plugin.adapters.nncf import unwrap_model
+
+    from mm_plugin.deploy import match_params
 
     model = make_model(name, seed)
     x = torch.ones(shape)

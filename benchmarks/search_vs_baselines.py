@@ -97,7 +97,7 @@ def plot(rows: list[dict], path: Path) -> None:
     labels = [f"{r['testbed']}\n{100 * r['target']:.0f} %" for r in rows]
     x = np.arange(len(rows))
     fig, ax = plt.subplots(figsize=(max(6, 1.6 * len(rows)), 4.5))
-    drop = lambda key: [100 * (r["dense"] - r[key]) for r in rows]  # noqa: E731
+    drop = lambda key: [100 * (r["dense"] - r[key]) for r in rows]
     ax.bar(x - 0.2, drop("search"), 0.4, yerr=[100 * r["search_std"] for r in rows], capsize=3,
            label="Mix-and-Match search pick")
     ax.bar(x + 0.2, drop("best_baseline"), 0.4, yerr=[100 * r["best_baseline_std"] for r in rows], capsize=3,

@@ -11,8 +11,8 @@ from torch import nn
 ov = pytest.importorskip("openvino")
 
 from mm_plugin.adapters import openvino as ovh
-from mm_plugin.deploy import match_params
 
+from mm_plugin.deploy import match_params
 from mm_plugin.errors import ValidationError
 
 torch.set_num_threads(2)

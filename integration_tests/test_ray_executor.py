@@ -12,7 +12,7 @@ import pytest
 
 pytest.importorskip("ray")
 
-from mm_plugin.portfolio import RunConfig, load_records, run  # noqa: E402
+from mm_plugin.portfolio import RunConfig, load_records, run
 
 CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=1, budget=2, candidates=8, seeds=(0,),

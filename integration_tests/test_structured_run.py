@@ -14,7 +14,7 @@ from mm_plugin.errors import ConfigError, UnknownNameError
 from mm_plugin.portfolio import RunConfig, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
-import factories  # noqa: E402
+import factories
 
 CONFIG = RunConfig(model="factories:tiny_cnn", data="factories:small_digits", sparsity="structured",
                    strategies=("balanced", "feature-heavy"), targets=(0.3,), epochs=1, dense_epochs=2)

@@ -14,10 +14,10 @@ import torch
 import torch.nn.functional as F
 import torch_pruning as tp
 from mm_plugin.adapters import torch_pruning as mtp
-from mm_plugin.deploy import latency_front
 from torch import nn
 
 import mm_plugin
+from mm_plugin.deploy import latency_front
 from mm_plugin.errors import (
     CalibrationRequiredError,
     UnknownNameError,

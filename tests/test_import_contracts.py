@@ -13,10 +13,10 @@ import subprocess
 import sys
 from pathlib import Path
 
+import mm_plugin.adapters
 import pytest
 
 import mm_plugin
-import mm_plugin.adapters
 
 ROOT = Path(__file__).resolve().parents[1]
 pytest.importorskip("importlinter")

@@ -11,7 +11,6 @@ from collections.abc import Callable
 from typing import Any
 
 import numpy as np
-import torch
 from torch import nn
 
 from mm_plugin.deploy import BlockTimer, Latency, time_calls

@@ -26,7 +26,7 @@ class Timer(Protocol):
 class Backend(Protocol):
     """What a backend module offers (see ``mm_plugin.adapters.openvino``)."""
 
-    def Timer(self, dense: nn.Module, example_inputs: Any, **settings: int) -> Timer: ...  # noqa: N802
+    def Timer(self, dense: nn.Module, example_inputs: Any, **settings: int) -> Timer: ...
 
     def export(self, model: nn.Module, example_inputs: Any, path: Path, *, compress_to_fp16: bool = False) -> Path: ...
 

@@ -160,9 +160,9 @@ def test_repeated_seeds_and_targets_run_once():
 
 def test_a_rule_that_matches_nothing_warns_with_the_closest_names(caplog):
     import torch
+    from conftest import MLP
 
     import mm_plugin
-    from conftest import MLP
 
     caplog.set_level(logging.WARNING)
     mm_plugin.plan(MLP(), torch.randn(1, 64), rules=[{"name": "typo", "pattern": "haed", "max": 0.1}])

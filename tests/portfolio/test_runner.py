@@ -2,9 +2,8 @@ import factories
 import pytest
 import torch
 
-import mm_plugin.portfolio.runner as runner
 from mm_plugin.errors import ConfigError, ValidationError
-from mm_plugin.portfolio import RunConfig, load_records, run, select
+from mm_plugin.portfolio import RunConfig, load_records, run, runner, select
 from mm_plugin.portfolio.pareto import pareto_front
 
 CONFIG = RunConfig(

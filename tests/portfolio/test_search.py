@@ -4,8 +4,7 @@ import dataclasses
 
 import pytest
 
-import mm_plugin.portfolio.runner as runner
-from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio import RunConfig, load_records, run, runner
 from mm_plugin.portfolio.report import search_summary
 from mm_plugin.portfolio.search import Schedule
 
@@ -65,7 +64,7 @@ def test_an_interrupted_search_resumes_without_repeating(tmp_path, monkeypatch, 
     records = load_records(tmp_path)
     assert len(records) == len({r["key"] for r in records}) == len(searched[1].records)
     assert {r["key"] for r in first} <= {r["key"] for r in records}
-    picked = lambda rs: [r["picked"] for r in rs if r.get("picked")]  # noqa: E731
+    picked = lambda rs: [r["picked"] for r in rs if r.get("picked")]
     assert picked(records) == picked(searched[1].records)  # the same seeded search, resumed
 
 

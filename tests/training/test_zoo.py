@@ -10,8 +10,8 @@ import torch
 from torch import nn
 from torch.utils.data import DataLoader, TensorDataset
 
-import mm_plugin.training.zoo as zoo
 from mm_plugin.errors import ConfigError
+from mm_plugin.training import zoo
 from mm_plugin.training.data import DataSplits
 from mm_plugin.training.zoo import create_model, pretrained_demo_model
 
@@ -127,7 +127,7 @@ def test_bundled_demo_weights_seed_an_empty_cache(tmp_path, monkeypatch):
     """The shipped ResNet-8 loads into a fresh cache without training, with its recorded accuracy."""
     import json
 
-    import mm_plugin.training.zoo as zoo
+    from mm_plugin.training import zoo
     from mm_plugin.training.data import load_data
 
     def no_training(*args, **kwargs):
