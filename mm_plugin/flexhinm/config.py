@@ -30,8 +30,23 @@ def squared(weight: torch.Tensor) -> torch.Tensor:
     return weight.detach().pow(2)
 
 
+class _Fields:
+    """``to_dict`` / ``from_dict`` of the config dataclasses; an unknown field is a ConfigError naming it."""
+
+    def to_dict(self) -> dict:
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: Mapping):
+        known = {f.name for f in fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise ConfigError(f"{cls.__name__}: unknown field(s) {unknown}; allowed: {sorted(known)}")
+        return cls(**dict(data))
+
+
 @dataclass(frozen=True)
-class FlexHiNMConfig:
+class FlexHiNMConfig(_Fields):
     """How FlexHiNM prunes; per-layer *amounts* come separately (a Mix-and-Match strategy).
 
     ``permutation``: ``"gyro"``, ``"greedy"`` or ``"none"`` (any name in ``PERMUTATIONS``).
@@ -63,17 +78,6 @@ class FlexHiNMConfig:
         if not self.verify_atol > 0:
             raise ConfigError(f"FlexHiNMConfig.verify_atol must be > 0, got {self.verify_atol}")
 
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> FlexHiNMConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"FlexHiNMConfig: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**dict(data))
-
 
 def _pair(value, what: str) -> tuple[float, float]:
     try:
@@ -84,7 +88,7 @@ def _pair(value, what: str) -> tuple[float, float]:
 
 
 @dataclass(frozen=True)
-class GradualConfig:
+class GradualConfig(_Fields):
     """How gradual FlexHiNM-GP spends a fine-tuning budget; every time is a fraction of the total steps.
 
     ``ramp``: the sparsity rises with the cubic schedule (Zhu & Gupta) over this span, the layer being
@@ -129,14 +133,3 @@ class GradualConfig:
             raise ConfigError(f"GradualConfig: gate_lr must be > 0 and penalty_weight >= 0, "
                               f"got {self.gate_lr} and {self.penalty_weight}")
         object.__setattr__(self, "gate_options", dict(self.gate_options))
-
-    def to_dict(self) -> dict:
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: Mapping) -> GradualConfig:
-        known = {f.name for f in fields(cls)}
-        unknown = sorted(set(data) - known)
-        if unknown:
-            raise ConfigError(f"GradualConfig: unknown field(s) {unknown}; allowed: {sorted(known)}")
-        return cls(**dict(data))
