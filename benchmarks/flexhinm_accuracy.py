@@ -175,11 +175,22 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     write_json_atomic(out / "flexhinm_accuracy.json", rows)
-    shown = [m for m in dict.fromkeys(METHODS + tuple(methods)) if any(r["method"] == m for r in rows)]
+    shown = [m for m in METHODS if any(r["method"] == m for r in rows)]
+    variants_run = sorted({r["method"] for r in rows} - set(METHODS))
     lines = [(f"Test accuracy (%) after pruning every eligible layer and fine-tuning with the same budget "
               f"(AdamW, lr {args.lr}, cosine), mean ± std over seeds."), "", *table(rows, shown), "",
              ("*Gap closed*: the share of the gap between hybrid one-shot and unstructured that FlexHiNM-GP "
               "recovers (negative: below hybrid one-shot).")]
+    if variants_run:  # ablations: FlexHiNM-GP with other GradualConfig fields, where they were run
+        keys = {(r["model"], r["target"], r["epochs"]) for r in rows if r["method"] in variants_run}
+        default = json.loads(json.dumps(GradualConfig().to_dict()))  # tuples as JSON lists, like the records
+        settings = {r["method"]: json.dumps({k: v for k, v in r["schedule"].items() if v != default.get(k)} | (
+                        {"permutation": r["permutation"]} if r["permutation"] != "gyro" else {}))
+                    for r in rows if r["method"] in variants_run}
+        lines += ["", "Ablations (FlexHiNM-GP with other `GradualConfig` fields), test accuracy (%):", "",
+                  *table([r for r in rows if (r["model"], r["target"], r["epochs"]) in keys],
+                         ["hybrid-oneshot", "flexhinm-gp", *variants_run]), "",
+                  *(f"* `{name}`: `{settings[name]}`" for name in variants_run)]
     write_text_atomic(out / "flexhinm_accuracy.md", "\n".join(lines) + "\n")
     print("\n".join(lines))
 

@@ -107,9 +107,9 @@ def test_pattern_gate_samples_two_of_four_and_starts_from_magnitude():
     torch.manual_seed(0)
     w = torch.randn(8, 16)
     gate = _gate_on(PatternGate, w)
-    z = as_groups(gate.sample())
+    z = as_groups(gate.sample().detach())
     assert torch.allclose(z.sum(-1), torch.full(z.shape[:2], 2.0), atol=1e-5)  # every sample keeps 2 of 4
-    assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0
+    assert float(z.min()) >= 0.0 and float(z.max()) <= 1.0 + 1e-6  # a mixture of 0/1 patterns
     assert torch.equal(gate.choice(), top2(w.abs()))
     assert torch.equal(gate.initial, top2(w.abs()))
     assert torch.allclose(gate.expected_open(), torch.full((8, 4), 2.0))
