@@ -109,8 +109,9 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
 
 def cell(rs: list[dict]) -> str:
     tests = [100 * r["test"] for r in rs]
-    sd = statistics.stdev(tests) if len(tests) > 1 else 0.0
-    return f"{statistics.mean(tests):.2f} ± {sd:.2f}"
+    if len(tests) == 1:
+        return f"{tests[0]:.2f} (seed {rs[0]['seed']})"
+    return f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}"
 
 
 def table(rows: list[dict], methods: list[str]) -> list[str]:
