@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import os
 import warnings
-from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -124,16 +123,6 @@ def _source_constant(output: Any, depth: int = 0) -> tuple[Any, list[Any]] | Non
     return const, zps
 
 
-def _zero_mask(const: Any, zero_points: Sequence[Any]) -> np.ndarray:
-    data = np.asarray(const.get_data())
-    if zero_points:
-        shifted = data.astype(np.float64)
-        for zp in zero_points:
-            shifted = shifted - np.asarray(zp.get_data()).astype(np.float64)
-        return (shifted == 0).reshape(-1)
-    return (data == 0).reshape(-1)
-
-
 def weight_constants(model: Any, *, min_numel: int = 1) -> list[WeightConstant]:
     """Every Constant feeding a weight port (Convolution, MatMul, Gather, ...), once, in graph order.
 
@@ -164,19 +153,10 @@ def weight_constants(model: Any, *, min_numel: int = 1) -> list[WeightConstant]:
     out = []
     for key in order:
         const, zps, consumers = found[key]
-        shape = tuple(int(d) for d in const.get_output_shape(0))
-        numel = int(np.prod(shape))
-        if numel < min_numel:
-            continue
-        mask = _zero_mask(const, zps)
-        out.append(WeightConstant(
-            name=key,
-            tensor_names=tuple(sorted(const.get_output_tensor(0).get_names())),
-            consumers=tuple(consumers),
-            shape=shape,
-            dtype=str(const.get_output_element_type(0).get_type_name()),
-            numel=numel,
-            zeros=int(mask.sum()),
-            zero_mask=mask,
-        ))
+        constant = WeightConstant.of(
+            key, const.get_data(), const.get_output_shape(0), zero_points=[zp.get_data() for zp in zps],
+            tensor_names=sorted(const.get_output_tensor(0).get_names()), consumers=consumers,
+            dtype=str(const.get_output_element_type(0).get_type_name()))
+        if constant.numel >= min_numel:
+            out.append(constant)
     return out

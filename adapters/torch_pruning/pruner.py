@@ -22,12 +22,12 @@ from torch import nn
 
 from mm_plugin.errors import UnknownNameError, UnsupportedModelError, ValidationError, check_fraction
 from mm_plugin.model import (
+    check_forward,
     count_params,
     forward_eval,
     names_of,
     resolve_names,
     submodule,
-    trace,
     update_attention_,
 )
 from mm_plugin.planning import ChannelReport, Plan, Strategy, accumulate_gradients, kept_report
@@ -88,22 +88,6 @@ def channel_report(model: nn.Module, plan: Plan, strategy: Strategy | str, round
     after = count_params(model)
     return kept_report(plan, strategy, kept_channels(model, plan), round_to,
                        params_before if params_before is not None else after, after)
-
-
-def _check_forward(model: nn.Module, example_inputs: Any, expected_shape: torch.Size | None) -> None:
-    """Run the pruned model; a failure names the innermost module that raised, and how to fix it."""
-    try:
-        out = trace(model, example_inputs).output
-    except UnsupportedModelError as e:
-        raise UnsupportedModelError(
-            f"after pruning, {e}. Torch-Pruning cannot handle this layer as it is; register customized_pruners="
-            f"{{{e.cls or 'YourLayer'}: ...}} or keep it out of pruning with ignored_layers", module=e.module, cls=e.cls,
-        ) from e.__cause__
-    if expected_shape is not None and out is not None and out.shape != expected_shape:
-        raise UnsupportedModelError(
-            f"pruning changed the model output from {tuple(expected_shape)} to {tuple(out.shape)}; "
-            "the classifier's outputs must stay (pass the head in ignored_layers)"
-        )
 
 
 # --- the two Torch-Pruning entry points ---------------------------------------------------------
@@ -228,7 +212,9 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
         update_attention_(self.model)
         if self.current_step < self.iterative_steps:
             return
-        _check_forward(self.model, self._mm_example_inputs, self._mm_output_shape)
+        check_forward(self.model, self._mm_example_inputs, self._mm_output_shape, after="pruning",
+                      fix="Torch-Pruning cannot handle this layer as it is; register customized_pruners={{{cls}: ...}} "
+                          "or keep it out of pruning with ignored_layers", keep="pass the head in ignored_layers")
         self.report = channel_report(self.model, self.mm_plan, self.mm_strategy, self.mm_round_to,
                                      self._mm_params_before)
         self.report.check(self.mm_plan, TP_HINT)

@@ -34,6 +34,19 @@ class WeightConstant:
     zeros: int
     zero_mask: np.ndarray = field(repr=False, compare=False)  # flat bool array, True = zero
 
+    @classmethod
+    def of(cls, name: str, values: np.ndarray, shape: Sequence[int], *, zero_points: Sequence[np.ndarray] = (),
+           tensor_names: Sequence[str] = (), consumers: Sequence[str] = (), dtype: str = "") -> WeightConstant:
+        """From a constant's stored values; with ``zero_points`` (int8 and lower), an entry counts as zero
+        when its dequantized value is, i.e. when it equals the sum of the zero points subtracted from it."""
+        values = np.asarray(values)
+        if zero_points:
+            values = values.astype(np.float64) - sum(np.asarray(z, dtype=np.float64) for z in zero_points)
+        mask = (values == 0).reshape(-1)
+        shape = tuple(int(d) for d in shape)
+        return cls(name=name, tensor_names=tuple(tensor_names), consumers=tuple(consumers), shape=shape, dtype=dtype,
+                   numel=int(np.prod(shape)), zeros=int(mask.sum()), zero_mask=mask)
+
     @property
     def sparsity(self) -> float:
         return self.zeros / self.numel if self.numel else 0.0

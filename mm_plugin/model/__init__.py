@@ -6,6 +6,7 @@ from .inputs import InputInfo, make_inputs, to_numpy
 from .inventory import (
     PRUNABLE_TYPES,
     Trace,
+    check_forward,
     count_params,
     forward_eval,
     inventory,
@@ -21,7 +22,8 @@ from .units import KINDS, UNIT_KINDS, ChannelGroup, Inventory, SkippedParam, Uni
 
 __all__ = [
     "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "ChannelGroup", "IgnoredScope", "InputInfo", "Inventory", "SkippedParam",
-    "Trace", "Unit", "attention_modules", "closest_names", "count_params", "edit_distance", "forward_eval", "group_units", "inventory", "make_inputs",
+    "Trace", "Unit", "attention_modules", "check_forward", "closest_names", "count_params", "edit_distance",
+    "forward_eval", "group_units", "inventory", "make_inputs",
     "names_of", "op_type", "param_owner", "prunable_weights", "resolve_names", "submodule", "to_numpy", "trace",
     "update_attention_",
 ]

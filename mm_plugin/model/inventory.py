@@ -116,6 +116,21 @@ def forward_eval(model: nn.Module, example_inputs: Any) -> torch.Tensor | None:
     return trace(model, example_inputs).output
 
 
+def check_forward(model: nn.Module, example_inputs: Any, expected_shape: torch.Size | None, *, after: str,
+                  fix: str, keep: str) -> None:
+    """Run ``model`` once after a structural change (``after``, e.g. "pruning"): a failure names the innermost
+    module that raised and ``fix`` (``{cls}`` stands for its class); a changed output shape is an error
+    too, since the classifier's outputs must stay (``keep`` says how to protect the head)."""
+    try:
+        out = trace(model, example_inputs).output
+    except UnsupportedModelError as e:
+        raise UnsupportedModelError(f"after {after}, {e}. {fix.format(cls=e.cls or 'YourLayer')}", module=e.module,
+                                    cls=e.cls) from e.__cause__
+    if expected_shape is not None and out is not None and out.shape != expected_shape:
+        raise UnsupportedModelError(f"{after} changed the model output from {tuple(expected_shape)} to "
+                                    f"{tuple(out.shape)}; the classifier's outputs must stay ({keep})")
+
+
 def submodule(model: nn.Module, name: str) -> nn.Module:
     """``model.get_submodule(name)``, or a ValidationError saying the plan is of another architecture."""
     try:
