@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError
-from ..masks import apply_masks_, masked_weights, set_mask_module_
+from ..masks import apply_masks_, masked_weights, param_module, set_mask_module_
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .gates import GATES, NMGate, sampling
 from .layout import as_groups
@@ -129,7 +129,7 @@ class GradualFlexHiNM:
             )
         self.gates: dict[str, NMGate] = {}
         for name in self.targets:
-            module, _ = _split(model, name)
+            module, _ = param_module(model, name)
             gate = gate_cls(module.weight.detach(), **s.gate_options)
             set_mask_module_(model, name, gate)
             self.gates[name] = gate
@@ -168,7 +168,7 @@ class GradualFlexHiNM:
         return {n: cubic_sparsity(t, step, *self.ramp) for n, t in self.targets.items()}
 
     def _original(self, name: str) -> torch.Tensor:
-        module, attr = _split(self.model, name)
+        module, attr = param_module(self.model, name)
         return module.parametrizations[attr].original
 
     @torch.no_grad()
@@ -258,12 +258,7 @@ class GradualFlexHiNM:
         """Finish: the final partition with exact 2:4 masks replaces every gate."""
         if self._last_update is None or self._last_update < self.ramp[1]:
             self._repartition(self.ramp[1])  # make sure the final targets are met
-        masks = {name: g.hard_mask() for name, g in self.gates.items()}
-        apply_masks_(self.model, masks)
+        masks = harden_(self.model)
         _SCHEDULES.pop(self.model, None)
         return masks
 
-
-def _split(model: nn.Module, name: str) -> tuple[nn.Module, str]:
-    module_name, _, attr = name.rpartition(".")
-    return (model.get_submodule(module_name) if module_name else model), attr

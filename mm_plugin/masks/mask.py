@@ -32,7 +32,8 @@ class WeightMask(nn.Module):
         return weight * self.mask.to(weight.dtype)
 
 
-def _split(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
+def param_module(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
+    """The module holding ``param_name`` and the attribute name (a missing module is a ValidationError)."""
     module_name, _, attr = param_name.rpartition(".")
     try:
         module = model.get_submodule(module_name) if module_name else model
@@ -50,7 +51,7 @@ def mask_module(module: nn.Module, attr: str = "weight") -> nn.Module | None:
 
 def set_mask_module_(model: nn.Module, param_name: str, mask_mod: nn.Module) -> None:
     """Install (or replace) the mask module of one weight, keeping ``original`` as the trainable tensor."""
-    module, attr = _split(model, param_name)
+    module, attr = param_module(model, param_name)
     current = getattr(module, attr, None)
     if not isinstance(current, torch.Tensor):
         raise ValidationError(f"cannot mask {param_name!r}: it is not a tensor attribute")
@@ -67,7 +68,7 @@ def apply_masks_(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> nn.Modu
     from the same numbers.
     """
     for name, mask in masks.items():
-        module, attr = _split(model, name)
+        module, attr = param_module(model, name)
         weight = getattr(module, attr, None)
         if not isinstance(weight, torch.Tensor):
             raise ValidationError(f"cannot mask {name!r}: the model has no such weight")
@@ -101,7 +102,7 @@ def current_masks(model: nn.Module) -> dict[str, torch.Tensor]:
 def bake_masks_(model: nn.Module) -> nn.Module:
     """Fold every mask into its weight and drop the parametrizations: a plain model for export."""
     for name in list(masked_weights(model)):
-        module, attr = _split(model, name)
+        module, attr = param_module(model, name)
         # parametrize gives each module a generated class that deep copies share; removal edits that
         # class, so give this module a private one first or its copies lose their weights too.
         cls = module.__class__
@@ -127,7 +128,7 @@ def measure_sparsity(model: nn.Module, names: list[str] | None = None) -> list[L
         names = list(masked_weights(model))
     out = []
     for name in names:
-        module, attr = _split(model, name)
+        module, attr = param_module(model, name)
         w = getattr(module, attr).detach()
         out.append(LayerSparsity(name, w.numel(), int((w == 0).sum())))
     return out
