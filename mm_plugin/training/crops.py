@@ -24,15 +24,17 @@ log = logging.getLogger(__name__)
 
 SIZE = 128
 #: Photographs per split (disjoint), and crops drawn from them.
+#: Validation holds photographs like the test's (a pick on microscope images told nothing about them), and
+#: no photograph appears twice under two names (``chelsea`` is ``cat``).
 PHOTOS = {
-    "train": ("astronaut", "brick", "camera", "chelsea", "clock", "colorwheel", "grass", "gravel", "horse",
-              "hubble_deep_field", "logo", "page", "text", "stereo_motorcycle"),
-    "val": ("immunohistochemistry", "coins", "retina"),
+    "train": ("astronaut", "brick", "coins", "colorwheel", "grass", "gravel", "horse", "hubble_deep_field",
+              "immunohistochemistry", "logo", "page", "retina", "text"),
+    "val": ("camera", "clock", "stereo_motorcycle"),
     "test": ("coffee", "rocket", "moon", "cat"),
 }
 CROPS = {"train": 800, "val": 200, "test": 300}
 MEAN, STD = 0.498, 0.502  # EfficientNet-Lite's input normalization
-VERSION = 2
+VERSION = 3
 
 
 def _photo(name: str) -> torch.Tensor:

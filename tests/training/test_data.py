@@ -160,3 +160,17 @@ def test_factory_mistakes_raise_config_error_naming_the_spec(user_module, target
     with pytest.raises(ConfigError) as info:
         load_data(spec)
     assert repr(spec) in str(info.value) and message in str(info.value)
+
+
+def test_imagenet_crops_splits_share_no_photograph():
+    """Train, validation and test crops come from different photographs, compared by content: scikit-image
+    ships Chelsea the cat twice (``chelsea`` and ``cat``), which once put a test photograph in training."""
+    import hashlib
+
+    from mm_plugin.training.crops import PHOTOS, _photo
+
+    digest = {split: {hashlib.sha256(_photo(name).numpy().tobytes()).hexdigest() for name in names}
+              for split, names in PHOTOS.items()}
+    assert sum(len(d) for d in digest.values()) == sum(len(n) for n in PHOTOS.values())  # no repeat inside a split
+    assert not digest["train"] & digest["val"] and not digest["train"] & digest["test"]
+    assert not digest["val"] & digest["test"]
