@@ -30,10 +30,10 @@ TESTBEDS = {
     "vit_mnist": RunConfig(model="vit_mnist", targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4),
     "efficientnet_lite0": RunConfig(model="efficientnet_lite0", data="imagenet_crops", targets=(0.5, 0.7),
                                     baselines=BASELINES, epochs=1, budget=4, candidates=12, batch_size=32),
-    "vit_mnist-structured": RunConfig(model="vit_mnist", sparsity="structured", targets=(0.3, 0.5), epochs=2,
+    "vit_mnist-structured": RunConfig(model="vit_mnist", sparsity="structured", targets=(0.2, 0.3), epochs=2,
                                       budget=4, candidates=12),
     "efficientnet_lite0-structured": RunConfig(model="efficientnet_lite0", data="imagenet_crops", epochs=1,
-                                               sparsity="structured", targets=(0.2, 0.4), budget=4, candidates=8,
+                                               sparsity="structured", targets=(0.2, 0.3), budget=4, candidates=8,
                                                batch_size=32),
 }
 
@@ -56,12 +56,15 @@ def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
     rows = []
     for row in search_summary(records):
         pick = [p["test_accuracy"] for p in row["pick"]]
+        oracle = [max(r["test_accuracy"] for r in records if r.get("rung") == 2 and r["target"] == row["target"]
+                      and r["seed"] == p["seed"]) for p in row["pick"]]  # the finalist best on test, not picked
         base = [b["test_accuracy"] for b in row["baselines"]]
         each = {b: [r["test_accuracy"] for r in records if r["method"] == "baseline" and r["name"] == b
                     and r["target"] == row["target"]] for b in sorted({r["name"] for r in records if r["method"] == "baseline"})}
         rows.append({"testbed": name, "target": row["target"], "seeds": row["seeds"],
                      "dense": records[0]["dense_test_accuracy"], "search": float(np.mean(pick)),
-                     "search_std": float(np.std(pick)), "best_baseline": float(np.mean(base)),
+                     "search_std": float(np.std(pick)), "best_finalist": float(np.mean(oracle)),
+                     "best_baseline": float(np.mean(base)),
                      "best_baseline_std": float(np.std(base)), "picked_baselines": [b["name"] for b in row["baselines"]],
                      "picks": [p["picked"] for p in row["pick"]], "budget": row["budget"],
                      "baselines_budget": row["n_baselines"], "each": {b: float(np.mean(v)) for b, v in each.items() if v},
@@ -70,21 +73,25 @@ def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
     return rows
 
 
+#: Every baseline a testbed may run, in table order (unstructured ones, then Torch-Pruning's at equal MACs).
+COLUMNS = {"global_magnitude": "GMP", "lamp": "LAMP", "erk": "ERK", "uniform_plus": "uniform+",
+           "tp_uniform": "TP uniform", "tp_global": "TP global"}
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| testbed | target | dense | search pick (test) | best baseline on val (test) | difference | "
-             "GMP | LAMP | ERK | uniform+ / TP | ρ one-shot vs final (n) | seeds |",
-             "|---|---|---|---|---|---|---|---|---|---|---|---|"]
+             "best finalist on test | " + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | seeds |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
     for r in rows:
         e = r["each"]
         rank = r["rank"]
         rho = "—" if not rank or rank["rho_test"] is None else f"{rank['rho_test']:.2f} ({rank['n']})"
-        other = e.get("uniform_plus", e.get("tp_global"))
         lines.append(
             f"| {r['testbed']} | {r['target']:.2f} | {100 * r['dense']:.2f} | {100 * r['search']:.2f} ± "
             f"{100 * r['search_std']:.2f} | {100 * r['best_baseline']:.2f} ± {100 * r['best_baseline_std']:.2f} | "
-            f"{100 * (r['search'] - r['best_baseline']):+.2f} | "
-            + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in BASELINES[:3])
-            + f" | {'' if other is None else f'{100 * other:.2f}'} | {rho} | {r['seeds']} |")
+            f"{100 * (r['search'] - r['best_baseline']):+.2f} | {100 * r['best_finalist']:.2f} | "
+            + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in COLUMNS)
+            + f" | {rho} | {r['seeds']} |")
     return "\n".join(lines)
 
 

@@ -79,6 +79,9 @@ class FlexHiNMConfig(_Fields):
             raise ConfigError(f"FlexHiNMConfig.verify_atol must be > 0, got {self.verify_atol}")
 
 
+PARTITION_SCORES = ("magnitude", "movement")
+
+
 def _pair(value, what: str) -> tuple[float, float]:
     try:
         a, b = (float(v) for v in value)
@@ -100,7 +103,11 @@ class GradualConfig(_Fields):
     (``None``: the gate's default). ``gate_lr``: the gates' own learning rate (their own AdamW group,
     no weight decay, the loop's schedule); Adam moves a logit by about this much per step, so the
     weights' rate (~1e-3) would leave the gates where they started. ``penalty_weight``: weight of the
-    2-of-4 penalty (mean over learnable groups; Hard Concrete only).
+    2-of-4 penalty (mean over learnable groups; Hard Concrete only). ``partition_score``: what the
+    re-partitions during the ramp rank vectors by: ``"magnitude"`` (``FlexHiNMConfig.importance`` of the
+    current weights) or ``"movement"`` (that importance times ``1 + tanh(m / std m)``, ``m`` the
+    first-order loss change each weight made during training so far, Sanh et al. 2020), so that learning
+    also moves the dense / 2:4 / vector-pruned boundaries; it needs a ramp.
     """
 
     gate: str = "patterns"
@@ -111,6 +118,7 @@ class GradualConfig(_Fields):
     temperature: tuple[float, float] | None = None
     gate_lr: float = 0.4
     penalty_weight: float = 300.0
+    partition_score: str = "magnitude"
 
     def __post_init__(self) -> None:
         GATES.get(self.gate, where="GradualConfig.gate")
@@ -132,4 +140,10 @@ class GradualConfig(_Fields):
         if not self.gate_lr > 0 or self.penalty_weight < 0:
             raise ConfigError(f"GradualConfig: gate_lr must be > 0 and penalty_weight >= 0, "
                               f"got {self.gate_lr} and {self.penalty_weight}")
+        if self.partition_score not in PARTITION_SCORES:
+            raise ConfigError(f"GradualConfig.partition_score must be one of {PARTITION_SCORES}, "
+                              f"got {self.partition_score!r}")
+        if self.partition_score != "magnitude" and self.ramp[1] == 0:
+            raise ConfigError(f"GradualConfig.partition_score={self.partition_score!r} re-ranks vectors at the "
+                              f"ramp's re-partitions; give a ramp, e.g. ramp=(0.0, 0.4)")
         object.__setattr__(self, "gate_options", dict(self.gate_options))

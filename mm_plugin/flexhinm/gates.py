@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import itertools
 import math
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from contextlib import contextmanager
 
 import torch
@@ -62,7 +62,9 @@ class NMGate(nn.Module):
         self.register_buffer("hardened", torch.zeros(shape, dtype=torch.bool, device=dev))
         self.register_buffer("initial", torch.zeros(shape, dtype=torch.bool, device=dev))  # choice at entry
         self.register_buffer("temperature", torch.tensor(self.default_temperature[0], device=dev))
+        self.register_buffer("movement", torch.zeros(shape, device=dev))  # see :meth:`track_movement_`
         self.force_sampling = False  # see :func:`sampling`
+        self.tracking = False
 
     # -- what a formulation defines -----------------------------------------------------------------
     def _reset_(self, weight: torch.Tensor, groups: torch.Tensor) -> None:
@@ -116,12 +118,29 @@ class NMGate(nn.Module):
         """The binary keep-mask this gate stands for: its 2:4 choice in the region, fixed elsewhere."""
         return torch.where(self.region, self.choice(), self.fixed)
 
+    def track_movement_(self, on: bool = True) -> None:
+        """Accumulate ``-dL/dw_eff * w`` over training steps into ``movement`` (Sanh et al. 2020).
+
+        Why: the first-order loss change of removing a weight, summed over the steps it was trained; the
+        gradient is taken at the masked weight the layer sees, so pruned weights keep a score too and a
+        re-partition can bring them back.
+        """
+        self.tracking = bool(on)
+
+    def _accumulate(self, weight: torch.Tensor) -> Callable[[torch.Tensor], None]:
+        def hook(grad: torch.Tensor) -> None:
+            self.movement.sub_(grad.detach() * weight)
+        return hook
+
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         if (self.training or self.force_sampling) and bool(self.region.any()):
             z = torch.where(self.region, self.sample().to(weight.dtype), self.fixed.to(weight.dtype))
         else:
             z = self.hard_mask().to(weight.dtype)
-        return weight * z
+        out = weight * z
+        if self.tracking and self.training and out.requires_grad:
+            out.register_hook(self._accumulate(weight.detach()))
+        return out
 
     @torch.no_grad()
     def harden_fraction_(self, fraction: float) -> int:

@@ -78,6 +78,13 @@ def cubic_sparsity(final: float, step: int, start: int, end: int, initial: float
     return final + (initial - final) * (1.0 - progress) ** 3
 
 
+def _movement_factor(movement: torch.Tensor) -> torch.Tensor:
+    """``1 + tanh(movement / std)`` in (0, 2): weights whose presence lowered the loss during training count
+    up to twice their importance, those that raised it down to none; no movement leaves importance as is."""
+    std = movement.float().std()
+    return 1.0 + torch.tanh(movement.float() / std) if std > 0 else torch.ones_like(movement, dtype=torch.float)
+
+
 def _ramp(step: int, start: int, end: int) -> float:
     """0 before ``start``, 1 from ``end``, linear between."""
     if step >= end:
@@ -132,6 +139,7 @@ class GradualFlexHiNM:
             module, _ = param_module(model, name)
             gate = gate_cls(module.weight.detach(), **s.gate_options)
             set_mask_module_(model, name, gate)
+            gate.track_movement_(s.partition_score == "movement" and s.ramp[1] > 0)
             self.gates[name] = gate
         self._last_update: int | None = None
         self._previous: dict[str, torch.Tensor] = {}
@@ -176,7 +184,10 @@ class GradualFlexHiNM:
         score_fn = IMPORTANCES.get(self.config.importance)
         for name, t in self.sparsity_at(step).items():
             w = self._original(name)
-            part = hybrid_partition(score_fn(w).float().cpu(), t, self.config.tile_rows)
+            score = score_fn(w).float()
+            if self.schedule.partition_score == "movement":
+                score = score * _movement_factor(self.gates[name].movement)
+            part = hybrid_partition(score.cpu(), t, self.config.tile_rows)
             self.gates[name].set_regions_(w, part.nm_region, part.mask)
         self._last_update = step
 

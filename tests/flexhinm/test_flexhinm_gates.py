@@ -203,3 +203,27 @@ def test_cubic_schedule_and_argument_checks():
         GradualConfig(gate="concrete")
     with pytest.raises(ValidationError, match="not a multiple of 4"):
         set_mask_module_(nn.Sequential(nn.Linear(6, 4)), "0.weight", HardConcreteGate(torch.randn(4, 6)))
+
+
+def test_movement_scores_reach_pruned_weights_and_move_the_boundaries():
+    """With ``partition_score="movement"`` the ramp's re-partitions rank vectors by what training learned:
+    pruned weights still collect a score (the gradient is taken at the masked weight), and a weight whose
+    presence training kept raising the loss leaves the kept regions."""
+    model, data = _mlp(), _data()
+    steps = 4 * len(data)
+    config = FlexHiNMConfig(permutation="none", tile_rows=8)
+    sched = GradualFlexHiNM(model, SPARSITY, config, total_steps=steps,
+                            schedule=GradualConfig(ramp=(0.0, 0.4), partition_score="movement"))
+    finetune(model, data, data, epochs=1, lr=1e-3, patience=None, progress=False, hooks=(sched,), keep="last")
+    gate = sched.gates["2.weight"]
+    dropped = ~gate.hard_mask()
+    assert bool(dropped.any()) and bool((gate.movement[dropped] != 0).any())
+    # a vector training found harmful (large negative movement) is pruned at the next re-partition
+    row_tile, group = slice(0, 8), slice(0, 4)
+    gate.movement[row_tile, group] = -1e3 * gate.movement.abs().max()
+    sched._repartition(sched.ramp[1])
+    assert not bool(gate.hard_mask()[row_tile, group].any())
+    with pytest.raises(ConfigError, match="give a ramp"):
+        GradualConfig(partition_score="movement")
+    with pytest.raises(ConfigError, match="partition_score must be one of"):
+        GradualConfig(partition_score="wanda", ramp=(0.0, 0.4))
