@@ -80,8 +80,9 @@ COLUMNS = {"global_magnitude": "GMP", "lamp": "LAMP", "erk": "ERK", "uniform_plu
 
 def table(rows: list[dict]) -> str:
     lines = ["| testbed | target | dense | search pick (test) | best baseline on val (test) | difference | "
-             "best finalist on test | " + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | seeds |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|"]
+             "best finalist on test | " + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | "
+             "ρ inside the search | seeds |",
+             "|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
     for r in rows:
         e = r["each"]
         rank = r["rank"]
@@ -91,7 +92,7 @@ def table(rows: list[dict]) -> str:
             f"{100 * r['search_std']:.2f} | {100 * r['best_baseline']:.2f} ± {100 * r['best_baseline_std']:.2f} | "
             f"{100 * (r['search'] - r['best_baseline']):+.2f} | {100 * r['best_finalist']:.2f} | "
             + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in COLUMNS)
-            + f" | {rho} | {r['seeds']} |")
+            + f" | {rho} | {'—' if r['rho_search'] is None else format(r['rho_search'], '.2f')} | {r['seeds']} |")
     return "\n".join(lines)
 
 
