@@ -139,7 +139,7 @@ class GradualFlexHiNM:
             module, _ = param_module(model, name)
             gate = gate_cls(module.weight.detach(), **s.gate_options)
             set_mask_module_(model, name, gate)
-            gate.track_movement_(s.partition_score == "movement" and s.ramp[1] > 0)
+            gate.track_movement_(s.partition_score == "movement")  # GradualConfig ensures a ramp
             self.gates[name] = gate
         self._last_update: int | None = None
         self._previous: dict[str, torch.Tensor] = {}
