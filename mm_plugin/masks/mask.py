@@ -31,6 +31,10 @@ class WeightMask(nn.Module):
     def forward(self, weight: torch.Tensor) -> torch.Tensor:
         return weight * self.mask.to(weight.dtype)
 
+    def hard_mask(self) -> torch.Tensor:
+        """The binary keep-mask (what every mask module answers, learnable gates included)."""
+        return self.mask
+
 
 def param_module(model: nn.Module, param_name: str) -> tuple[nn.Module, str]:
     """The module holding ``param_name`` and the attribute name (a missing module is a ValidationError)."""

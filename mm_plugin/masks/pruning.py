@@ -12,6 +12,7 @@ from ..model import prunable_weights
 from ..planning import Plan, Strategy, compute_scores
 from ..planning.signals import Scores
 from .mask import apply_masks_
+from .reconstruct import capture_inputs, reconstruct_
 
 
 def masks_from_scores(scores: Scores, sparsity: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -75,14 +76,23 @@ def prune(
     calibration: Iterable | None = None,
     loss_fn: Callable | None = None,
     plan: Plan | None = None,
+    reconstruct: bool = False,
 ) -> nn.Module:
     """Prune ``model`` in place, one shot: compute masks and attach them with the shared mechanism.
 
-    ``signal`` defaults to the plan's signal (or magnitude). The masks stay fixed through
-    fine-tuning; ``mm_plugin.bake_masks_`` makes the zeros plain weights for export.
+    ``signal`` defaults to the plan's signal (or magnitude). ``reconstruct`` re-solves the kept weights
+    on ``calibration`` so each layer's output stays close to the dense one (:func:`.reconstruct.reconstruct_`).
+    The masks stay fixed through fine-tuning; ``mm_plugin.bake_masks_`` makes the zeros plain weights
+    for export.
     """
+    if reconstruct and calibration is None:
+        raise ValidationError("prune(reconstruct=True) needs calibration batches to solve the kept weights on")
     signal = signal or (plan.signal if plan is not None else "magnitude")
     masks = compute_masks(
         model, strategy, signal=signal, calibration=calibration, loss_fn=loss_fn, plan=plan
     )
-    return apply_masks_(model, masks)
+    captured = capture_inputs(model, masks, calibration) if reconstruct else None
+    apply_masks_(model, masks)
+    if captured is not None:
+        reconstruct_(model, captured)
+    return model
