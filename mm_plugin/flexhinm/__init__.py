@@ -15,14 +15,14 @@ the end). NVIDIA hand-off: :func:`validate_nm`, :func:`export_onnx`, and on CUDA
 from __future__ import annotations
 
 import logging
-from collections.abc import Mapping, Sequence
+from collections.abc import Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 
 import torch
 from torch import nn
 
 from ..errors import ValidationError, check_fraction
-from ..masks import apply_masks_
+from ..masks import apply_masks_, capture_inputs, reconstruct_
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .folding import ChannelGroup, find_channel_groups, fold_permutation_, fold_verified_, model_outputs
 from .gates import GATES, HardConcreteGate, NMGate, PatternGate, sampling
@@ -242,8 +242,8 @@ def flexhinm_permute_(model: nn.Module, sparsity: Mapping[str, float], config: F
 
 
 def flexhinm_sparsify_(model: nn.Module, sparsity: Mapping[str, float], config: FlexHiNMConfig | None = None, *,
-                       example_inputs: Sequence | None = None, scores: Mapping[str, torch.Tensor] | None = None
-                       ) -> FlexHiNMResult:
+                       example_inputs: Sequence | None = None, scores: Mapping[str, torch.Tensor] | None = None,
+                       calibration: Iterable | None = None) -> FlexHiNMResult:
     """One-shot FlexHiNM(-GP): permute (+fold), partition each layer, attach masks. In place.
 
     ``sparsity`` maps parameter (or module) names to target fractions, e.g. one Mix-and-Match
@@ -251,8 +251,13 @@ def flexhinm_sparsify_(model: nn.Module, sparsity: Mapping[str, float], config: 
     non-GEMM weights) are left dense and listed with the reason in ``result.skipped``.
     ``example_inputs`` enables shape-aware tracing and the numerical check of every folded
     permutation. ``scores`` overrides the configured importance per layer (same shape as the weight).
+    ``calibration`` (batches of inputs): re-solve the kept weights so each layer's output stays close to
+    the dense one (:func:`mm_plugin.masks.reconstruct_`); the masks are unchanged.
     """
     config, targets, skipped, score, report = _permuted(model, sparsity, config, example_inputs, scores)
+    captured = capture_inputs(model, targets, calibration) if calibration is not None else None
     partitions = {n: hybrid_partition(score[n], t, config.tile_rows) for n, t in targets.items()}
     apply_masks_(model, {n: p.mask for n, p in partitions.items()})
+    if captured is not None:
+        reconstruct_(model, captured)
     return FlexHiNMResult(partitions, skipped, report)

@@ -243,13 +243,17 @@ class HardConcreteGate(NMGate):
 
 @GATES.register("patterns")
 class PatternGate(NMGate):
-    """A categorical over the six 2:4 patterns per group (MaskLLM); ``temperature`` is Gumbel-softmax's."""
+    """A categorical over the six 2:4 patterns per group (MaskLLM); ``temperature`` is Gumbel-softmax's.
+
+    ``straight_through``: train with the sampled pattern (binary) instead of the soft mixture of patterns.
+    """
 
     default_temperature = (1.0, 0.05)
 
-    def __init__(self, weight: torch.Tensor, *, prior: float = 30.0) -> None:
+    def __init__(self, weight: torch.Tensor, *, prior: float = 30.0, straight_through: bool = False) -> None:
         super().__init__(weight)
         self.prior = float(prior)
+        self.straight_through = bool(straight_through)
         rows, groups, _ = as_groups(weight).shape
         self.logits = nn.Parameter(torch.zeros(rows, groups, len(PATTERNS_24), device=weight.device))
         self.register_buffer("patterns", PATTERNS_24.to(weight.device))
@@ -274,8 +278,13 @@ class PatternGate(NMGate):
         return from_groups(keep, tuple(self.region.shape))
 
     def sample(self) -> torch.Tensor:
+        """A Gumbel-softmax mixture of the six patterns; with ``straight_through`` the forward value is the
+        sampled pattern itself (exact 2:4, binary) and the gradient that of the mixture (Jang et al. 2017)."""
         u = torch.rand_like(self.logits).clamp_(1e-6, 1 - 1e-6)
         y = ((self.logits - (-u.log()).log()) / self.temperature).softmax(-1)
+        if self.straight_through:
+            hard = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
+            y = hard + y - y.detach()
         return from_groups(y @ self.patterns, tuple(self.region.shape))
 
     def expected_open(self) -> torch.Tensor:

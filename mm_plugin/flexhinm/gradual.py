@@ -16,13 +16,13 @@ from __future__ import annotations
 
 import logging
 import weakref
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 
 import torch
 from torch import nn
 
 from ..errors import ValidationError
-from ..masks import apply_masks_, masked_weights, param_module, set_mask_module_
+from ..masks import apply_masks_, capture_inputs, masked_weights, param_module, reconstruct_, set_mask_module_
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .gates import GATES, NMGate, sampling
 from .layout import as_groups
@@ -105,6 +105,8 @@ class GradualFlexHiNM:
     Give the optimizer :meth:`param_groups` (``finetune`` does it through ``hooks``); a hand-written loop
     creates its optimizer after the schedule. ``probe`` (model -> accuracy, e.g. on the validation
     split) lets :meth:`on_epoch` report the gap between training-time and evaluation-time masks.
+    ``calibration`` (batches of inputs) re-solves the kept weights for the first partition's masks
+    (:func:`mm_plugin.masks.reconstruct_`) before training starts.
     """
 
     def __init__(
@@ -118,6 +120,7 @@ class GradualFlexHiNM:
         example_inputs: Sequence | None = None,
         scores: Mapping[str, torch.Tensor] | None = None,
         probe: Callable[[nn.Module], float] | None = None,
+        calibration: Iterable | None = None,
     ) -> None:
         from . import _resolve, flexhinm_permute_  # late import: the package imports this module
 
@@ -134,6 +137,7 @@ class GradualFlexHiNM:
             self.permutation = flexhinm_permute_(
                 model, sparsity, self.config, example_inputs=example_inputs, scores=scores
             )
+        captured = capture_inputs(model, self.targets, calibration) if calibration is not None else None
         self.gates: dict[str, NMGate] = {}
         for name in self.targets:
             module, _ = param_module(model, name)
@@ -146,6 +150,8 @@ class GradualFlexHiNM:
         self.history: list[dict[str, float]] = []
         _SCHEDULES[model] = self
         self.on_step(model, 0)  # the first partition is in place before any training or evaluation
+        if captured is not None:
+            reconstruct_(model, captured)  # for the first partition's masks; the gates start from them
         self._snapshot()
 
     @property

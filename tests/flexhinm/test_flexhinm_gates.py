@@ -38,8 +38,8 @@ def _data(n: int = 256, batch: int = 32) -> DataLoader:
     return DataLoader(TensorDataset(x, y), batch_size=batch)
 
 
-def _gate_on(cls, weight: torch.Tensor):
-    gate = cls(weight)
+def _gate_on(cls, weight: torch.Tensor, **options):
+    gate = cls(weight, **options)
     everywhere = torch.ones_like(weight, dtype=torch.bool)
     gate.set_regions_(weight, everywhere, everywhere)
     return gate
@@ -115,6 +115,17 @@ def test_pattern_gate_samples_two_of_four_and_starts_from_magnitude():
     assert torch.allclose(gate.expected_open(), torch.full((8, 4), 2.0))
     gate.eval()
     assert bool((as_groups(gate(w) != 0).sum(-1) == 2).all())
+
+
+def test_straight_through_pattern_gate_trains_on_binary_two_of_four_samples():
+    torch.manual_seed(0)
+    w = torch.randn(8, 16)
+    gate = _gate_on(PatternGate, w, straight_through=True)
+    z = gate.sample()
+    assert torch.allclose(z.detach(), z.detach().round(), atol=1e-6)  # binary up to rounding
+    assert bool((as_groups(z.detach().round()).sum(-1) == 2).all())
+    (z * torch.randn_like(z)).sum().backward()  # the mixture's gradient reaches the logits
+    assert gate.logits.grad is not None and float(gate.logits.grad.abs().sum()) > 0
 
 
 def test_hard_concrete_penalty_is_zero_at_two_of_four_and_decreases_towards_it():
