@@ -75,6 +75,8 @@ def test_clear_errors():
         RunConfig(model="resnet8", sparsity="structured", baselines=("lamp",))
     with pytest.raises(ConfigError, match="need targets"):
         RunConfig(model="resnet8", sparsity="structured", targets=())
+    with pytest.raises(ConfigError, match="--reconstruct re-solves the weights a mask keeps.*drop --reconstruct"):
+        RunConfig(model="resnet8", sparsity="structured", targets=(0.2,), reconstruct=True)
 
 
 def test_unreachable_target_names_the_method(tmp_path):

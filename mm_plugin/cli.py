@@ -86,7 +86,7 @@ def _run_config(args: argparse.Namespace):
         model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
         baselines=args.baselines, targets=args.targets, epochs=args.epochs, lr=args.lr, seeds=args.seeds,
         batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs, sparsity=args.sparsity,
-        budget=args.budget, candidates=args.candidates, samples=args.samples,
+        budget=args.budget, candidates=args.candidates, samples=args.samples, reconstruct=args.reconstruct,
     )
 
 
@@ -150,6 +150,9 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--candidates", type=int, default=24, help="the search's one-shot candidates per target and seed")
     p.add_argument("--samples", type=int, default=0,
                    help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
+    p.add_argument("--reconstruct", action="store_true",
+                   help="after pruning, re-solve the kept weights so every layer's output on the calibration batches "
+                        "stays close to the dense model's (least squares; the masks do not change)")
     p.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
                    help="ray: every job a Ray task, on a local Ray or the cluster at --address (pip extra 'ray')")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. HEAD:6379)")

@@ -62,6 +62,9 @@ class StructuredPattern(Pattern):
             signal_importance(name)
         if not config.targets:
             raise ConfigError("structured runs need targets (fractions of multiply-adds to remove), e.g. 0.2,0.4")
+        if config.reconstruct:
+            raise ConfigError("--reconstruct re-solves the weights a mask keeps; structured runs remove channels "
+                              "instead: drop --reconstruct, or use --sparsity unstructured or flexhinm")
 
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config

@@ -34,6 +34,7 @@ class RunConfig:
     candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
     eta: int = 3  # the search keeps the best 1/eta of each rung
     samples: int = 0  # without a budget: strategies sampled in the ranges, beside the named ones
+    reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)

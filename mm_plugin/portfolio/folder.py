@@ -21,6 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
+from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
@@ -141,8 +142,10 @@ class RunFolder:
                               "tells which settings made them; use another --out folder, or pass --force-new to "
                               "archive them and start again")
         elif old is not None and finished:
+            # a setting added since the folder was made reads as its default there (no results differ)
+            absent = {"settings": {f.name: f.default for f in fields(config)}, "inputs": {}}
             changed = [f"{part}.{k}: {old.get(part, {}).get(k)!r} -> {v!r}" for part in ("settings", "inputs")
-                       for k, v in new[part].items() if part in old and old[part].get(k) != v]
+                       for k, v in new[part].items() if part in old and old[part].get(k, absent[part].get(k)) != v]
             if changed:
                 raise ConfigError(f"run folder {self.path} holds results made with other inputs ({'; '.join(changed)}); "
                                   "use another --out folder, or pass --force-new to archive them and start again")

@@ -60,3 +60,8 @@ class RunContext:
         if key not in self.cache:
             self.cache[key] = compute()
         return self.cache[key]
+
+    def batches(self) -> list:
+        """``config.calibration_batches`` fixed training batches, for BatchNorm re-estimation and
+        reconstruction (``calibration`` stays what signals and baselines read, so plans do not change)."""
+        return self.memo("batches", lambda: self.data.calibration(self.config.calibration_batches))

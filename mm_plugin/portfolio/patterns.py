@@ -17,7 +17,15 @@ from torch import nn
 
 from ..errors import ConfigError, ValidationError
 from ..flexhinm import FlexHiNMConfig, GradualFlexHiNM, schedule_of
-from ..masks import apply_masks_, bake_masks_, global_sparsity, masks_from_scores, measure_sparsity
+from ..masks import (
+    apply_masks_,
+    bake_masks_,
+    capture_inputs,
+    global_sparsity,
+    masks_from_scores,
+    measure_sparsity,
+    reconstruct_,
+)
 from ..planning import (
     ALLOCATIONS,
     SIGNALS,
@@ -120,6 +128,10 @@ class Pattern:
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         """Prune a copy of the dense model; return it and extra checkpoint entries."""
         apply_masks_(model, masks_from_scores(self.scores(job, ctx), job.sparsity))
+        if ctx.config.reconstruct:  # every job prunes the same dense model: its layer inputs are read once
+            units = [u.name for u in next(iter(ctx.plans.values())).units]
+            captured = ctx.memo("reconstruct/inputs", lambda: capture_inputs(ctx.dense, units, ctx.batches()))
+            reconstruct_(model, captured)
         return model, {}
 
     def hooks(self, model: nn.Module, job: Job, ctx: RunContext, steps: int) -> tuple:
@@ -151,7 +163,8 @@ class FlexHiNMPattern(Pattern):
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         steps = max(1, round(ctx.config.epochs * len(ctx.data.train)))  # hooks() sets the job's own budget
         GradualFlexHiNM(model, job.sparsity, FlexHiNMConfig(seed=job.seed), total_steps=steps,
-                        example_inputs=(ctx.example,), scores=self.scores(job, ctx))
+                        example_inputs=(ctx.example,), scores=self.scores(job, ctx),
+                        calibration=ctx.batches() if ctx.config.reconstruct else None)
         return model, {}
 
     def hooks(self, model: nn.Module, job: Job, ctx: RunContext, steps: int) -> tuple:

@@ -128,9 +128,7 @@ def _oneshot(job: Job, pattern: Pattern, ctx: RunContext, test: bool = True
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
     scores: what ranks candidates before any fine-tuning (the test split only for the record)."""
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
-    if "bn_batches" not in ctx.cache:
-        ctx.cache["bn_batches"] = ctx.data.calibration(ctx.config.calibration_batches)
-    reestimate_bn(model, ctx.cache["bn_batches"])
+    reestimate_bn(model, ctx.batches())
     val, val_loss = score(model, ctx.data.val)
     return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss,
                           **({"oneshot_test_accuracy": evaluate(model, ctx.data.test)} if test else {})}

@@ -173,3 +173,30 @@ def test_strategies_that_rescale_alike_run_once(tmp_path):
     result = run(config, tmp_path, progress=False)
     assert sorted(r["name"] for r in result.records) == ["balanced", "classifier-heavy"]
     assert "`mix_and_match/magnitude/balanced/0.5000` stands also for aggressive" in result.report.read_text()
+
+
+@pytest.mark.parametrize("sparsity", ["unstructured", "flexhinm"])
+def test_reconstruct_keeps_every_mask_and_lowers_the_one_shot_loss(tmp_path, sparsity):
+    import dataclasses
+
+    from mm_plugin.flexhinm import validate_nm
+    base = dataclasses.replace(CONFIG, sparsity=sparsity, targets=(0.8,), strategies=("balanced",), baselines=(),
+                               epochs=0)
+    runs = {}
+    for solve in (False, True):
+        result = run(dataclasses.replace(base, reconstruct=solve), tmp_path / str(solve), progress=False,
+                     keep_checkpoints="all")
+        (record,) = result.records
+        runs[solve] = record, torch.load(tmp_path / str(solve) / record["checkpoint"], weights_only=True)
+    (plain, plain_ckpt), (solved, solved_ckpt) = runs[False], runs[True]
+    assert solved["sparsity"] == pytest.approx(plain["sparsity"])
+    for name in plain["layer_sparsity"]:
+        w0, w1 = plain_ckpt["state_dict"][name], solved_ckpt["state_dict"][name]
+        assert torch.equal(w0 == 0, w1 == 0), name  # the same masks
+    weights = [(plain_ckpt["state_dict"][n], solved_ckpt["state_dict"][n]) for n in plain["layer_sparsity"]]
+    assert any(not torch.equal(a, b) for a, b in weights)  # the kept weights moved
+    assert solved["oneshot_val_loss"] < plain["oneshot_val_loss"]
+    if sparsity == "flexhinm":
+        model = factories.trained_mlp()
+        model.load_state_dict(solved_ckpt["state_dict"])
+        assert validate_nm(model, regions=solved_ckpt["nm_regions"]).ok
