@@ -135,6 +135,7 @@ class CompressionController:
         self.weights, self.step = weight_metatypes(graph), step
         self.ignored = tuple(sorted(all_weights - prunable))
         signal, allocations = step.get("signal"), step.get("allocations")
+        solve_on = calibration if step.get("reconstruct") else None  # the flexhinm step's reconstruction
         if calibration_need(signal, allocations or ()) is None:
             calibration = None  # data given for int8 calibration alone does not change the plan
         self._calibration, self._loss_fn = calibration, loss_fn
@@ -186,7 +187,7 @@ class CompressionController:
         self._timed("plan", t)
         t = time.perf_counter()
         if step.algorithm == "flexhinm":
-            masks = self._flexhinm_masks(model, step, strategy, calibration, loss_fn)
+            masks = self._flexhinm_masks(model, step, strategy, calibration, loss_fn, solve_on)
         else:
             masks = self._masks(model, strategy)
         for unit in plan.units:
@@ -229,12 +230,14 @@ class CompressionController:
         self.strategy = strategy
 
     def _flexhinm_masks(self, model: nn.Module, step: PruningStep, strategy: Strategy,
-                        calibration: Iterable | None, loss_fn: Callable | None) -> dict[str, torch.Tensor]:
+                        calibration: Iterable | None, loss_fn: Callable | None,
+                        solve_on: Iterable | None) -> dict[str, torch.Tensor]:
         """FlexHiNM's one-shot verb on the plan's per-layer amounts; its masks become NNCF hooks.
 
         FlexHiNM traces and permutes the plain model (permutations folded into neighbouring weights,
         outputs checked), so NNCF's wrapper comes off for that step and goes back on. With a gradient
-        signal the core's scores replace FlexHiNM's ``importance``.
+        signal the core's scores replace FlexHiNM's ``importance``; with ``solve_on`` (the step's
+        ``reconstruct``) the kept weights are re-solved on those batches.
         """
         from nncf.torch.function_hook.wrapper import wrap_model
 
@@ -243,7 +246,8 @@ class CompressionController:
         if step.get("signal") != "magnitude":
             scores = compute_scores(model, list(strategy.sparsity), step.get("signal"), calibration, loss_fn)
         inputs = self.example_inputs if isinstance(self.example_inputs, tuple) else (self.example_inputs,)
-        result = flexhinm_sparsify_(model, strategy.sparsity, step.flexhinm, example_inputs=inputs, scores=scores)
+        result = flexhinm_sparsify_(model, strategy.sparsity, step.flexhinm, example_inputs=inputs, scores=scores,
+                                    calibration=solve_on)
         bake_masks_(model)
         wrap_model(model)
         self.flexhinm_result, self.left_dense = result, dict(result.skipped)
@@ -381,6 +385,9 @@ def check_calibration(cfg: CompressionConfig, calibration: Iterable | None, how:
                                            f"remove {step.path} from the config to stop after pruning")
         if step.algorithm == "knowledge_distillation":
             continue
+        if step.get("reconstruct"):
+            raise CalibrationRequiredError(f"{step.path}.reconstruct: re-solving the kept weights needs calibration "
+                                           f"data: pass {how}; or set it to false")
         need = calibration_need(step.get("signal"), step.get("allocations") or ())
         if need is None:
             continue
