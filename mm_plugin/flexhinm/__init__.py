@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError, check_fraction
-from ..masks import apply_masks_, capture_inputs, reconstruct_
+from ..masks import apply_masks_, reconstructing
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .folding import ChannelGroup, find_channel_groups, fold_permutation_, fold_verified_, model_outputs
 from .gates import GATES, HardConcreteGate, NMGate, PatternGate, sampling
@@ -255,9 +255,7 @@ def flexhinm_sparsify_(model: nn.Module, sparsity: Mapping[str, float], config: 
     the dense one (:func:`mm_plugin.masks.reconstruct_`); the masks are unchanged.
     """
     config, targets, skipped, score, report = _permuted(model, sparsity, config, example_inputs, scores)
-    captured = capture_inputs(model, targets, calibration) if calibration is not None else None
     partitions = {n: hybrid_partition(score[n], t, config.tile_rows) for n, t in targets.items()}
-    apply_masks_(model, {n: p.mask for n, p in partitions.items()})
-    if captured is not None:
-        reconstruct_(model, captured)
+    with reconstructing(model, targets, calibration):
+        apply_masks_(model, {n: p.mask for n, p in partitions.items()})
     return FlexHiNMResult(partitions, skipped, report)

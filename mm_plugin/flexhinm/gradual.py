@@ -22,7 +22,7 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError
-from ..masks import apply_masks_, capture_inputs, masked_weights, param_module, reconstruct_, set_mask_module_
+from ..masks import apply_masks_, masked_weights, param_module, reconstructing, set_mask_module_
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .gates import GATES, NMGate, sampling
 from .layout import as_groups
@@ -137,21 +137,20 @@ class GradualFlexHiNM:
             self.permutation = flexhinm_permute_(
                 model, sparsity, self.config, example_inputs=example_inputs, scores=scores
             )
-        captured = capture_inputs(model, self.targets, calibration) if calibration is not None else None
         self.gates: dict[str, NMGate] = {}
-        for name in self.targets:
-            module, _ = param_module(model, name)
-            gate = gate_cls(module.weight.detach(), **s.gate_options)
-            set_mask_module_(model, name, gate)
-            gate.track_movement_(s.partition_score == "movement")  # GradualConfig ensures a ramp
-            self.gates[name] = gate
         self._last_update: int | None = None
         self._previous: dict[str, torch.Tensor] = {}
         self.history: list[dict[str, float]] = []
         _SCHEDULES[model] = self
-        self.on_step(model, 0)  # the first partition is in place before any training or evaluation
-        if captured is not None:
-            reconstruct_(model, captured)  # for the first partition's masks; the gates start from them
+        # with calibration, the first partition's kept weights are re-solved; the gates start from them
+        with reconstructing(model, self.targets, calibration):
+            for name in self.targets:
+                module, _ = param_module(model, name)
+                gate = gate_cls(module.weight.detach(), **s.gate_options)
+                set_mask_module_(model, name, gate)
+                gate.track_movement_(s.partition_score == "movement")  # GradualConfig ensures a ramp
+                self.gates[name] = gate
+            self.on_step(model, 0)  # the first partition is in place before any training or evaluation
         self._snapshot()
 
     @property

@@ -12,7 +12,7 @@ from ..model import prunable_weights
 from ..planning import Plan, Strategy, compute_scores
 from ..planning.signals import Scores
 from .mask import apply_masks_
-from .reconstruct import capture_inputs, reconstruct_
+from .reconstruct import reconstructing
 
 
 def masks_from_scores(scores: Scores, sparsity: Mapping[str, float]) -> dict[str, torch.Tensor]:
@@ -91,8 +91,6 @@ def prune(
     masks = compute_masks(
         model, strategy, signal=signal, calibration=calibration, loss_fn=loss_fn, plan=plan
     )
-    captured = capture_inputs(model, masks, calibration) if reconstruct else None
-    apply_masks_(model, masks)
-    if captured is not None:
-        reconstruct_(model, captured)
+    with reconstructing(model, masks, calibration if reconstruct else None):
+        apply_masks_(model, masks)
     return model

@@ -17,7 +17,8 @@ SparseGPT's layer-by-layer pass through the pruned model), which keeps the two s
 from __future__ import annotations
 
 import logging
-from collections.abc import Iterable, Mapping
+from collections.abc import Iterable, Iterator, Mapping
+from contextlib import contextmanager
 from dataclasses import dataclass
 
 import torch
@@ -39,16 +40,12 @@ class LayerInputs:
     samples: int
 
 
-def _matrix_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor | None:
-    """The layer's input as ``(samples, weight columns)``; None for a layer this cannot express."""
+def _matrix_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
+    """The input of a layer :func:`unsupported` accepts, as ``(samples, weight columns)``."""
     if isinstance(module, nn.Linear):
         return x.reshape(-1, x.shape[-1])
-    if isinstance(module, nn.Conv2d) and module.groups == 1 and module.padding_mode == "zeros":
-        if isinstance(module.padding, str):  # "same" / "valid": unfold needs numbers
-            return None
-        cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
-        return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # columns in the weight's (C, kh, kw) order
-    return None
+    cols = F.unfold(x, module.kernel_size, module.dilation, module.padding, module.stride)
+    return cols.transpose(1, 2).reshape(-1, cols.shape[1])  # columns in the weight's (C, kh, kw) order
 
 
 def unsupported(module: nn.Module) -> str | None:
@@ -58,7 +55,7 @@ def unsupported(module: nn.Module) -> str | None:
     if isinstance(module, nn.Conv2d):
         if module.groups != 1:
             return "grouped convolution"
-        if module.padding_mode != "zeros" or isinstance(module.padding, str):
+        if module.padding_mode != "zeros" or isinstance(module.padding, str):  # unfold needs numbers
             return "padding other than explicit zeros"
         return None
     return f"{type(module).__name__} is neither Linear nor Conv2d"
@@ -144,3 +141,13 @@ def reconstruct_(model: nn.Module, captured: Mapping[str, LayerInputs], damp: fl
         report[name] = {"before": before / dense_out if dense_out else 0.0,
                         "after": after / dense_out if dense_out else 0.0}
     return report
+
+
+@contextmanager
+def reconstructing(model: nn.Module, names: Iterable[str], batches: Iterable | None) -> Iterator[None]:
+    """Capture ``names``' inputs on entry (the model still dense), re-solve their kept weights on exit
+    (the masks attached inside); with ``batches`` None, nothing happens."""
+    captured = capture_inputs(model, names, batches) if batches is not None else None
+    yield
+    if captured is not None:
+        reconstruct_(model, captured)
