@@ -9,8 +9,11 @@ choice evaluation uses) and are registered in :data:`GATES`:
   expected L0 ``sigmoid(log_alpha - beta log(-gamma/zeta))``; a penalty pulls every group of 4
   towards 2 expected-open gates. Gates start open (ordered by magnitude), so nothing is pruned early.
 * ``patterns`` (MaskLLM, Fang et al., NeurIPS 2024): per group of 4, a categorical over the six 2:4
-  patterns, sampled with Gumbel-softmax and initialised from the magnitude choice, so every sample
-  keeps exactly 2 weights' worth per group and training never sees a dense 2:4 region.
+  patterns, initialised from the magnitude choice, so training never sees a dense 2:4 region. By
+  default the forward pass uses the current choice itself and only the gradient is the softmax
+  mixture's (straight-through, no Gumbel noise): training then runs on exactly the masks evaluation
+  and hardening use, from the first step. MaskLLM's Gumbel-softmax samples (``noise=True``) explore,
+  but on a short budget that noise cost more accuracy than the choices it found (docs/flexhinm.md).
 
 A gate is a mask module of the project's single mechanism (``masks.set_mask_module_``): the weight
 the layer sees is ``original * z``. Outside the region, ``z`` is a fixed keep/drop mask (dense and
@@ -243,17 +246,21 @@ class HardConcreteGate(NMGate):
 
 @GATES.register("patterns")
 class PatternGate(NMGate):
-    """A categorical over the six 2:4 patterns per group (MaskLLM); ``temperature`` is Gumbel-softmax's.
+    """A categorical over the six 2:4 patterns per group (MaskLLM); ``temperature`` is the softmax's.
 
-    ``straight_through``: train with the sampled pattern (binary) instead of the soft mixture of patterns.
+    ``straight_through``: the forward pass uses the chosen pattern (binary), the backward pass the
+    gradient of the soft mixture of patterns; ``False`` trains on the mixture itself.
+    ``noise``: Gumbel noise on the logits (MaskLLM's sampling). Without it (the default), the chosen
+    pattern is the current argmax, so training uses exactly the evaluation masks.
     """
 
     default_temperature = (1.0, 0.05)
 
-    def __init__(self, weight: torch.Tensor, *, prior: float = 30.0, straight_through: bool = False) -> None:
+    def __init__(self, weight: torch.Tensor, *, prior: float = 30.0, straight_through: bool = True,
+                 noise: bool = False) -> None:
         super().__init__(weight)
         self.prior = float(prior)
-        self.straight_through = bool(straight_through)
+        self.straight_through, self.noise = bool(straight_through), bool(noise)
         rows, groups, _ = as_groups(weight).shape
         self.logits = nn.Parameter(torch.zeros(rows, groups, len(PATTERNS_24), device=weight.device))
         self.register_buffer("patterns", PATTERNS_24.to(weight.device))
@@ -278,13 +285,17 @@ class PatternGate(NMGate):
         return from_groups(keep, tuple(self.region.shape))
 
     def sample(self) -> torch.Tensor:
-        """A Gumbel-softmax mixture of the six patterns; with ``straight_through`` the forward value is the
-        sampled pattern itself (exact 2:4, binary) and the gradient that of the mixture (Jang et al. 2017)."""
-        u = torch.rand_like(self.logits).clamp_(1e-6, 1 - 1e-6)
-        y = ((self.logits - (-u.log()).log()) / self.temperature).softmax(-1)
+        """A softmax mixture of the six patterns (Gumbel-softmax with ``noise``); with ``straight_through``
+        the forward value is the top pattern itself (exact 2:4, binary) and the gradient that of the mixture
+        (Jang et al. 2017)."""
+        logits = self.logits
+        if self.noise:
+            u = torch.rand_like(logits).clamp_(1e-6, 1 - 1e-6)
+            logits = logits - (-u.log()).log()
+        y = (logits / self.temperature).softmax(-1)
         if self.straight_through:
             hard = torch.zeros_like(y).scatter_(-1, y.argmax(-1, keepdim=True), 1.0)
-            y = hard + y - y.detach()
+            y = hard + (y - y.detach())  # exactly the pattern forward, the mixture's gradient backward
         return from_groups(y @ self.patterns, tuple(self.region.shape))
 
     def expected_open(self) -> torch.Tensor:

@@ -7,9 +7,10 @@ its ``param_groups`` (the gates' own learning rate, no weight decay) and ``on_ep
 Phases, as fractions of the budget (:class:`~.config.GradualConfig`): the sparsity ramps up and each
 layer is re-partitioned into dense / 2:4 / vector-pruned regions; learnable gates (:mod:`.gates`) pick
 2 of every 4 weights in the 2:4 region; groups are then frozen to their choice, most confident first;
-after that the forward pass uses exactly the masks evaluation uses, so the weights fine-tune under the
-final masks before :meth:`GradualFlexHiNM.harden_` swaps every gate for a fixed
-:class:`~mm_plugin.masks.WeightMask`.
+after that every gate's forward pass is exactly the mask evaluation uses (with the default gates, from
+the first step), so the weights fine-tune under the final masks before :meth:`GradualFlexHiNM.harden_`
+swaps every gate for a fixed :class:`~mm_plugin.masks.WeightMask`. Without a ramp every state meets the
+final targets (:attr:`GradualFlexHiNM.checkpoints_final`), so ``finetune`` may keep its best checkpoint.
 """
 
 from __future__ import annotations
@@ -169,6 +170,12 @@ class GradualFlexHiNM:
         self.ramp = (round(s.ramp[0] * steps), round(s.ramp[1] * steps))
         self.harden_steps = (round(s.harden[0] * steps), round(s.harden[1] * steps))
         self.update_every = max(1, (self.ramp[1] - self.ramp[0]) // s.updates)
+
+    @property
+    def checkpoints_final(self) -> bool:
+        """Every state evaluation sees meets the final targets (no sparsity ramp): evaluation mode uses each
+        gate's current exact 2:4 choice, so a best-on-validation checkpoint is a valid result to keep."""
+        return self.ramp[1] == 0
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.gates.values() for p in g.parameters()]

@@ -157,7 +157,7 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None])
     hooks = pattern.hooks(model, job, ctx, steps=max(1, round(epochs_run * len(ctx.data.train))))
     ft = finetune(model, ctx.data.train, ctx.data.val, epochs=epochs_run, lr=config.lr,
                   patience=None if hooks else config.patience, seed=job.seed, progress=False, desc=job.key,
-                  hooks=hooks, keep="last" if hooks else "best")  # a schedule needs its whole budget
+                  hooks=hooks)  # a schedule runs its whole budget; finetune decides which state it may keep
     extra.update(pattern.finish_(model, hooks))
     val_loss = score(model, ctx.data.val)[1]
     test = evaluate(model, ctx.data.test) if epochs is None else None  # rungs rank on validation only

@@ -124,7 +124,8 @@ def finetune(
     after ``patience`` epochs without a strict improvement (``None`` = run all epochs). The untrained
     model counts as epoch 0, so fine-tuning never returns a model worse on val than its input.
     The best state is loaded back into ``model`` before returning; ``keep="last"`` keeps the final
-    state instead (gradual pruning, whose early states are denser than asked).
+    state instead. A hook whose ``checkpoints_final`` is False (gradual pruning with a sparsity ramp,
+    whose early states are denser than asked) makes it ``"last"``.
 
     ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
     every forward pass and add ``penalty()`` to the loss. A hook may also have ``param_groups(model)``
@@ -133,6 +134,8 @@ def finetune(
     """
     if keep not in ("best", "last"):
         raise ValidationError(f"finetune: keep must be 'best' or 'last', got {keep!r}")
+    if not all(getattr(hook, "checkpoints_final", True) for hook in hooks):
+        keep = "last"
     if epochs < 0:
         raise ValidationError(f"finetune: epochs must be >= 0, got {epochs}")
     steps = max(1, round(epochs * len(train)))  # a fraction of an epoch ends early in the last one

@@ -21,7 +21,7 @@ from mm_plugin.flexhinm import (
 from mm_plugin.flexhinm.gates import top2
 from mm_plugin.flexhinm.layout import as_groups
 from mm_plugin.masks import WeightMask, mask_module, measure_sparsity, set_mask_module_
-from mm_plugin.training import finetune
+from mm_plugin.training import evaluate, finetune
 
 SPARSITY = {"0.weight": 0.5, "2.weight": 0.7, "4.weight": 0.5}
 
@@ -91,16 +91,65 @@ def test_late_phase_trains_with_the_masks_evaluation_uses():
         assert torch.equal(model(x), eval_out)
 
 
-def test_learning_changes_regions_before_the_late_phase():
-    """Early on, training samples differ from the evaluation mask (that is what learns); the gap
-    diagnostic sees it, and it closes once the groups are hardened."""
+def test_sampled_gates_differ_from_the_evaluation_mask_before_the_late_phase():
+    """With Gumbel noise (``noise=True``), training samples differ from the evaluation mask early on; the
+    gap diagnostic sees it, and it closes once the groups are hardened."""
     model = _mlp()
-    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=100)
+    sampled = GradualConfig(gate_options={"noise": True, "straight_through": False})
+    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=100,
+                            schedule=sampled)
     x = torch.randn(8, 16)
     model.train()
     torch.manual_seed(1)
     assert not torch.equal(model(x), model.eval()(x))
     assert sched.diagnostics()["gates_open"] == pytest.approx(2.0)
+
+
+def test_default_gates_train_with_the_evaluation_masks_at_every_step_and_still_learn():
+    """The default (straight-through, no noise): the forward pass is each group's current choice from step 0,
+    exactly what evaluation and hardening use, while the relaxed gradient still changes choices."""
+    model, data = _mlp(), _data()
+    steps = 2 * len(data)
+    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=steps)
+    x = next(iter(data))[0]
+    gaps = []
+
+    class Check:
+        def on_step(self, m: nn.Module, step: int) -> None:
+            m.train()
+            with torch.no_grad():
+                train_out = m(x)
+                m.eval()
+                gaps.append(float((train_out - m(x)).abs().max()))
+                m.train()
+
+        def penalty(self) -> torch.Tensor:
+            return torch.zeros(())
+
+    finetune(model, data, data, epochs=2, lr=1e-2, patience=None, progress=False, hooks=(sched, Check()))
+    assert len(gaps) == steps and max(gaps) == 0.0
+    assert sched.history[0]["changed_vs_magnitude"] > 0  # learning moved some 2:4 choices off magnitude's
+
+
+def test_finetune_keeps_the_best_checkpoint_only_when_every_state_meets_the_targets():
+    """Without a ramp every evaluated state is a deployable exact 2:4 model, so ``keep="best"`` holds and
+    hardening the restored gates gives the model validation picked; a ramp forces the last state."""
+    model, data = _mlp(), _data()
+    steps = 2 * len(data)
+    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=steps)
+    assert sched.checkpoints_final
+    ft = finetune(model, data, data, epochs=2, lr=1e-2, patience=None, progress=False, hooks=(sched,))
+    picked = evaluate(model, data)
+    regions = sched.nm_regions
+    sched.harden_()
+    assert evaluate(model, data) == picked == ft.best_val_accuracy
+    assert validate_nm(model, regions=regions).ok
+    ramped = _mlp()
+    sched = GradualFlexHiNM(ramped, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=steps,
+                            schedule=GradualConfig(ramp=(0.0, 0.4)))
+    assert not sched.checkpoints_final
+    ft = finetune(ramped, data, data, epochs=2, lr=1e-2, patience=None, progress=False, hooks=(sched,))
+    assert ft.best_epoch == 2  # the last state, whatever validation preferred
 
 
 def test_pattern_gate_samples_two_of_four_and_starts_from_magnitude():
