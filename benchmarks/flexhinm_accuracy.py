@@ -19,7 +19,10 @@ by least squares on 8 calibration batches (:func:`mm_plugin.masks.reconstruct_`;
 
 Every finished run is written atomically to ``<out>/runs/`` and skipped by a rerun (resume); the table
 (``flexhinm_accuracy.md``) and all records (``flexhinm_accuracy.json``) are rebuilt from the run files.
-Settings are picked on validation accuracy; the table reports test accuracy.
+Settings are picked on validation accuracy; the table reports test accuracy. Every method keeps the same
+checkpoint (``--keep``: its best epoch on validation, epoch 0 included, or its last): a learned schedule
+without a sparsity ramp evaluates its current exact 2:4 choice at every epoch, so any of its checkpoints is
+a valid result; one with a ramp keeps its last (``finetune`` enforces it).
 
     python benchmarks/flexhinm_accuracy.py --models resnet8:0.75,swin_tiny_mnist:0.75,swin_tiny_mnist:0.5 \\
         --epochs 2,8,20 --seeds 0,1,2 --out docs/results/flexhinm_accuracy
@@ -78,7 +81,8 @@ def method_settings(method: str, variants: dict[str, dict]) -> tuple[str, Gradua
 
 
 def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: float,
-            variants: dict[str, dict], calibration: list | None, keep: str) -> dict:
+            variants: dict[str, dict], calibration: list | None, keep: str) -> tuple[dict, torch.nn.Module]:
+    """Prune a copy of ``dense`` with ``method``, fine-tune it, harden it: its record and the model."""
     model = copy.deepcopy(dense)
     hooks: tuple = ()
     learned = method_settings(method, variants)
@@ -97,7 +101,7 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
     reestimate_bn(model, data.calibration(4))  # as the runner does: pruning shifts every activation's statistics
     oneshot = evaluate(model, data.val)
     ft = finetune(model, data.train, data.val, epochs=epochs, lr=lr, patience=None, seed=seed, progress=False,
-                  hooks=hooks, keep="last" if hooks else keep)
+                  hooks=hooks, keep=keep)
     record: dict = {}
     if hooks:
         pre_harden = evaluate(model, data.val)
@@ -108,7 +112,7 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
     report = measure_sparsity(model, list(targets))
     return {"method": method, "seed": seed, "epochs": epochs, "sparsity": global_sparsity(report),
             "oneshot_val": oneshot, "val": evaluate(model, data.val), "test": evaluate(model, data.test),
-            "history": ft.history, "seconds": round(time.perf_counter() - start, 1), **record}
+            "history": ft.history, "seconds": round(time.perf_counter() - start, 1), **record}, model
 
 
 def cell(rs: list[dict]) -> str:
@@ -118,11 +122,21 @@ def cell(rs: list[dict]) -> str:
     return f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}"
 
 
+def paired(a: list[dict], b: list[dict]) -> str:
+    """Mean ± standard error of the per-seed test differences ``a - b`` (points): both methods share the
+    seed's split and fine-tuning order, so the pairing removes what the seed does to both."""
+    tb = {r["seed"]: r["test"] for r in b}
+    diffs = [100 * (r["test"] - tb[r["seed"]]) for r in a if r["seed"] in tb]
+    if len(diffs) < 2:
+        return f"{diffs[0]:+.2f}" if diffs else ""
+    return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
+
+
 def table(rows: list[dict], methods: list[str]) -> list[str]:
     """One line per (model, target, epochs): test accuracy per method and the share of the gap closed."""
     head = ["model", "target", "epochs", "seeds", "dense"] + [LABELS.get(m, m) for m in methods]
     has_gap = {"unstructured", "hybrid-oneshot", "flexhinm-gp"} <= set(methods)
-    head += ["gap closed"] if has_gap else []
+    head += ["gap closed", "FlexHiNM-GP − hybrid, per seed"] if has_gap else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = sorted({(r["model"], r["target"], r["epochs"]) for r in rows})
     for model, target, epochs in keys:
@@ -137,6 +151,7 @@ def table(rows: list[dict], methods: list[str]) -> list[str]:
             gap = mean.get("unstructured", 0) - mean.get("hybrid-oneshot", 0)
             closed = (mean["flexhinm-gp"] - mean["hybrid-oneshot"]) / gap if gap > 0 and "flexhinm-gp" in mean else None
             line.append(f"{100 * closed:.0f} %" if closed is not None else "")
+            line.append(paired(by["flexhinm-gp"], by["hybrid-oneshot"]))
         lines.append("| " + " | ".join(line) + " |")
     return lines
 
@@ -152,8 +167,8 @@ def main() -> None:
                     help='extra learned method, e.g. hc=\'{"gate": "hard_concrete"}\' (repeatable)')
     ap.add_argument("--lr", type=float, default=5e-4)
     ap.add_argument("--keep", choices=("best", "last"), default="best",
-                    help="the one-shot methods' checkpoint: best epoch on validation (epoch 0 included), or the last "
-                         "(the learned ones always keep their last, the first with their final masks)")
+                    help="every method's checkpoint: best epoch on validation (epoch 0 included), or the last (a "
+                         "learned schedule with a sparsity ramp always keeps its last)")
     ap.add_argument("--reconstruct", action="store_true",
                     help="every method re-solves its kept weights on 8 calibration batches after pruning")
     ap.add_argument("--out", default="docs/results/flexhinm_accuracy")
@@ -187,7 +202,7 @@ def main() -> None:
                     r = {"model": name, "target": target, "dense_test": dense_test, "layers": len(targets),
                          "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
                          **run_one(method, dense, data, x, targets, seed, epochs, args.lr, variants, calibration,
-                                   args.keep)}
+                                   args.keep)[0]}
                     write_json_atomic(path, r)
                     print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
@@ -196,11 +211,11 @@ def main() -> None:
     variants_run = sorted({r["method"] for r in rows} - set(METHODS))
     solved = " and re-solving the kept weights on calibration data" if args.reconstruct else ""
     lines = [(f"Test accuracy (%) after pruning every eligible layer{solved} and fine-tuning with the same budget "
-              f"(AdamW, lr {args.lr}, cosine), mean ± std over seeds; the one-shot methods keep their "
-              f"{'last epoch' if args.keep == 'last' else 'best epoch on validation (epoch 0 included)'}, "
-              f"the learned ones their last."), "", *table(rows, shown), "",
+              f"(AdamW, lr {args.lr}, cosine), mean ± std over seeds; every method keeps its "
+              f"{'last epoch' if args.keep == 'last' else 'best epoch on validation (epoch 0 included)'}."), "", *table(rows, shown), "",
              ("*Gap closed*: the share of the gap between hybrid one-shot and unstructured that FlexHiNM-GP "
-              "recovers (negative: below hybrid one-shot).")]
+              "recovers (negative: below hybrid one-shot). *Per seed*: the mean ± standard error of FlexHiNM-GP's "
+              "test accuracy minus hybrid one-shot's on the same seed (points).")]
     if variants_run:  # ablations: FlexHiNM-GP with other GradualConfig fields, where they were run
         keys = {(r["model"], r["target"], r["epochs"]) for r in rows if r["method"] in variants_run}
         default = json.loads(json.dumps(GradualConfig().to_dict()))  # tuples as JSON lists, like the records
