@@ -76,7 +76,7 @@ def main() -> None:
     low, high = axes[0].get_ylim()
     axes[0].set_ylim(min(low, 1.5), max(high, 2.5))  # pattern gates sit at exactly 2: no offset axis
     axes[0].ticklabel_format(axis="y", useOffset=False)
-    axes[4].axhline(0, color="k", lw=0.8)
+    axes[[key for key, _ in PANELS].index("train_eval_gap")].axhline(0, color="k", lw=0.8)
     handles, labels = axes[0].get_legend_handles_labels()
     fig.legend(handles, labels, fontsize=8, loc="lower center", ncol=len(labels))
     fig.tight_layout(rect=(0, 0.08, 1, 1))

@@ -37,7 +37,6 @@ class LayerInputs:
 
     gram: torch.Tensor  # (inputs, inputs) float64
     weight: torch.Tensor  # (rows, inputs) float64: the dense weight as a matrix
-    samples: int
 
 
 def _matrix_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -75,12 +74,11 @@ def capture_inputs(model: nn.Module, names: Iterable[str], batches: Iterable) ->
             continue
         w = module.weight.detach().reshape(module.weight.shape[0], -1).double()
         found[name] = LayerInputs(torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device),
-                                  w.clone(), 0)
+                                  w.clone())
 
         def hook(mod: nn.Module, args: tuple, out: torch.Tensor, entry: LayerInputs = found[name]) -> None:
             x = _matrix_inputs(mod, args[0].detach()).double()
             entry.gram.add_(x.T @ x)
-            entry.samples += x.shape[0]
 
         handles.append(module.register_forward_hook(hook))
     was_training = model.training
