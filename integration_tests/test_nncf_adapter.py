@@ -402,6 +402,68 @@ def test_flexhinm_through_nncf_hooks():
         assert torch.equal(stripped.get_parameter(name) == 0, ~keep), name
 
 
+def test_flexhinm_gradual_learns_the_24_choices_through_ctrl_scheduler():
+    """``"gradual"``: the 2:4 choices are gates that an NNCF 2.x-style loop trains (``ctrl.scheduler``,
+    ``ctrl.loss()``, ``ctrl.param_groups()`` for the gates' own learning rate); the first ``step()`` past
+    the budget hardens exactly the choices the gates hold into NNCF mask hooks, exact 2:4 in the region."""
+    config = {"input_info": {"sample_size": [1, 3, 32, 32]},
+              "compression": {"algorithm": "flexhinm", "strategy": "balanced", "target_sparsity": 0.5,
+                              "flexhinm": {"permutation": "none"}, "gradual": {"epochs": 2, "steps_per_epoch": 4}}}
+    ctrl, model = mnncf.create_compressed_model(make_swin(), config)
+    sched = ctrl.learning
+    assert sched is not None and sched.total_steps == 8 and not mnncf.wrapping.mask_hooks(model)
+    assert ctrl.schedule is None and ctrl.scheduler.current_sparsity_level is None
+    groups = ctrl.param_groups()
+    gate_params = {id(p) for p in sched.parameters()}
+    assert {id(p) for p in groups[1]["params"]} == gate_params and groups[1]["weight_decay"] == 0.0
+    assert not gate_params & {id(p) for p in groups[0]["params"]}
+    start = {n: g.logits.detach().clone() for n, g in sched.gates.items()}
+    optimizer = torch.optim.AdamW(groups, lr=1e-3)
+    torch.manual_seed(0)
+    x, y = torch.randn(8, 3, 32, 32), torch.randint(0, 10, (8,))
+    model.train()
+    for _ in range(2):
+        ctrl.scheduler.epoch_step()
+        for _ in range(4):
+            ctrl.scheduler.step()
+            loss = nn.functional.cross_entropy(model(x), y) + ctrl.loss()
+            optimizer.zero_grad()
+            loss.backward()
+            optimizer.step()
+    # at the weights' rate (1e-3) a logit would move by about 0.008 in 8 steps
+    assert max(float((g.logits.detach() - start[n]).abs().max()) for n, g in sched.gates.items()) > 0.5
+    learning = ctrl.statistics()
+    assert learning.source == "gates" and abs(learning.pruning_ratio - 0.5) < 0.02
+    choices, regions = {n: g.hard_mask().clone() for n, g in sched.gates.items()}, sched.nm_regions
+    ctrl.scheduler.step()  # past the budget: hardened
+    assert ctrl.learning is None and set(mnncf.wrapping.mask_hooks(model)) == set(ctrl.strategy.sparsity)
+    hooks = mnncf.wrapping.mask_hooks(model)
+    assert all(torch.equal(hooks[n].binary_mask, choices[n]) for n in choices)
+    assert ctrl.statistics().pruning_ratio == pytest.approx(learning.pruning_ratio, abs=1e-6)
+    stripped = ctrl.strip()
+    assert mm_plugin.flexhinm.validate_nm(stripped, regions=regions).ok
+
+
+@pytest.mark.parametrize("step, message", [
+    ({"gradual": {"epochs": 2}}, r"compression\.gradual\.steps_per_epoch: is required"),
+    ({"gradual": {"epochs": 2, "steps_per_epoch": 4, "harden": [0.9, 0.5]}},
+     r"compression\.gradual: harden must be two fractions 0 <= start <= end <= 1"),
+    ({"gradual": {"epochs": 2, "steps_per_epoch": 4, "gate": "coin"}},
+     r"compression\.gradual\.gate: unknown value 'coin'; allowed values: hard_concrete, patterns"),
+])
+def test_bad_gradual_options_name_their_path(step, message):
+    with pytest.raises(ConfigError, match=message):
+        mnncf.load_config({"input_info": {"sample_size": [1, 3, 32, 32]},
+                           "compression": {"algorithm": "flexhinm", "target_sparsity": 0.5, **step}})
+
+
+def test_quantization_after_a_learned_flexhinm_step_is_refused():
+    with pytest.raises(ConfigError, match=r"compression\[1\]: int8 calibration would run before the learned 2:4"):
+        mnncf.load_config({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [
+            {"algorithm": "flexhinm", "target_sparsity": 0.5, "gradual": {"epochs": 1, "steps_per_epoch": 4}},
+            {"algorithm": "quantization"}]})
+
+
 @pytest.mark.parametrize("params, message", [
     ({"permutation": "random"}, (r"compression\.flexhinm\.permutation: unknown value 'random'; allowed values: "
                                  r"(.*, )?greedy, gyro, none")),

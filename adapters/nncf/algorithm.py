@@ -33,8 +33,8 @@ from mm_plugin.errors import (
     check_fraction,
     one_line,
 )
-from mm_plugin.flexhinm import flexhinm_sparsify_
-from mm_plugin.masks import bake_masks_
+from mm_plugin.flexhinm import GradualFlexHiNM, flexhinm_sparsify_
+from mm_plugin.masks import bake_masks_, measure_sparsity
 from mm_plugin.model import Unit, forward_eval
 from mm_plugin.planning import (
     CompressionStatistics,
@@ -50,6 +50,7 @@ from mm_plugin.planning import (
 )
 from mm_plugin.planning.reach import check_reach, range_targets_for
 from mm_plugin.portfolio.channels import ChannelPruning, prune_channels
+from mm_plugin.training import optimizer_groups
 
 from .config import CompressionConfig, PruningStep, Step, load_config
 from .scopes import ignored_modules, resolve
@@ -94,6 +95,7 @@ class CompressionController:
         self.seconds: dict[str, float] = {}
         self.left_dense: dict[str, str] = {}  # FlexHiNM: planned weights it could not give the pattern
         self.flexhinm_result: Any = None
+        self.learning: GradualFlexHiNM | None = None  # flexhinm with "gradual": the gates, until harden()
         self.channels: ChannelPruning | None = None  # filter_pruning options: what Torch-Pruning removed
         self.scheduler = Scheduler(None, self.set_sparsity_level)
         self._base: Strategy | None = None  # the named strategy, before it is brought to a level
@@ -112,17 +114,36 @@ class CompressionController:
         return self.scheduler.schedule
 
     def loss(self) -> torch.Tensor:
-        """NNCF 2.x's compression loss term: zero, the masks are not trained."""
-        return torch.zeros(())
+        """NNCF 2.x's compression loss term: the learned 2:4 gates' penalty while they learn (zero for
+        the default pattern gates), otherwise zero: the masks are not trained."""
+        return self.learning.penalty() if self.learning is not None else torch.zeros(())
+
+    def param_groups(self) -> list[dict]:
+        """Optimizer groups for the compressed model: its weights, then the learned gates' own group
+        (their learning rate, no weight decay), e.g. ``torch.optim.AdamW(ctrl.param_groups(), lr=...)``.
+        With one group for everything, the gates would move at the weights' rate: too slowly to learn."""
+        return optimizer_groups(self.model, (self.learning,) if self.learning is not None else ())
+
+    def harden(self) -> None:
+        """End the learned path: every gate's current 2:4 choice becomes a fixed NNCF mask hook, as after
+        a one-shot step. ``ctrl.scheduler`` calls it after the schedule's last step; ``strip``,
+        ``prepare_for_export`` and ``export`` call it if training stopped earlier."""
+        if self.learning is None:
+            return
+        unwrap_model(self.model)
+        masks = self.learning.harden_()
+        bake_masks_(self.model)
+        self._register_masks(self.model, masks)
+        self.learning = None
+        log.info("%s: the learned 2:4 choices are hardened into NNCF mask hooks", self.step.path)
 
     def _timed(self, what: str, start: float) -> None:
         self.seconds[what] = time.perf_counter() - start
 
     def _apply_pruning(self, step: PruningStep, calibration: Iterable | None, loss_fn: Callable | None,
                        final_level: bool) -> None:
-        from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
         from nncf.torch.function_hook.pruning.prune_model import get_prunable_parameters
-        from nncf.torch.function_hook.wrapper import register_post_function_hook, wrap_model
+        from nncf.torch.function_hook.wrapper import wrap_model
 
         t = time.perf_counter()
         model = wrap_model(self.model)
@@ -186,20 +207,30 @@ class CompressionController:
         strategy = plan.at_level(self._base, level)
         self._timed("plan", t)
         t = time.perf_counter()
+        self.model, self.strategy = model, strategy
         if step.algorithm == "flexhinm":
             masks = self._flexhinm_masks(model, step, strategy, calibration, loss_fn, solve_on)
         else:
             masks = self._masks(model, strategy)
-        for unit in plan.units:
-            keep = masks[unit.name]
-            hook = UnstructuredPruningMask(tuple(keep.shape)).to(device=keep.device)
-            hook.binary_mask.copy_(keep)
-            register_post_function_hook(model, unit.name, 0, hook)
-        self._record(masks)
+        if masks is not None:  # None: learned gates hold the masks until harden()
+            self._register_masks(model, masks)
         self._timed("masks", t)
-        self.model, self.strategy = model, strategy
         log.info("%s: %d weights masked, planned global sparsity %.4f", step.path, len(plan.units),
                  plan.global_sparsity(strategy))
+
+    def _register_masks(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+        """Every planned weight's keep-mask as NNCF's stock mask hook (all-ones where none is given)."""
+        from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
+        from nncf.torch.function_hook.wrapper import register_post_function_hook, wrap_model
+
+        wrap_model(model)
+        masks = {u.name: masks[u.name] if u.name in masks else
+                 torch.ones_like(model.get_parameter(u.name), dtype=torch.bool) for u in self.plan.units}
+        for name, keep in masks.items():
+            hook = UnstructuredPruningMask(tuple(keep.shape)).to(device=keep.device)
+            hook.binary_mask.copy_(keep)
+            register_post_function_hook(model, name, 0, hook)
+        self._record(masks)
 
     def _masks(self, model: nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
         return mm_plugin.compute_masks(model, strategy, signal=self.step.get("signal"), calibration=self._calibration,
@@ -231,8 +262,9 @@ class CompressionController:
 
     def _flexhinm_masks(self, model: nn.Module, step: PruningStep, strategy: Strategy,
                         calibration: Iterable | None, loss_fn: Callable | None,
-                        solve_on: Iterable | None) -> dict[str, torch.Tensor]:
-        """FlexHiNM's one-shot verb on the plan's per-layer amounts; its masks become NNCF hooks.
+                        solve_on: Iterable | None) -> dict[str, torch.Tensor] | None:
+        """FlexHiNM on the plan's per-layer amounts: the one-shot verb's masks (they become NNCF hooks),
+        or, with ``gradual``, learnable 2:4 gates that ``ctrl.scheduler`` drives (None is returned).
 
         FlexHiNM traces and permutes the plain model (permutations folded into neighbouring weights,
         outputs checked), so NNCF's wrapper comes off for that step and goes back on. With a gradient
@@ -246,13 +278,19 @@ class CompressionController:
         if step.get("signal") != "magnitude":
             scores = compute_scores(model, list(strategy.sparsity), step.get("signal"), calibration, loss_fn)
         inputs = self.example_inputs if isinstance(self.example_inputs, tuple) else (self.example_inputs,)
+        if step.gradual is not None:
+            self.learning = GradualFlexHiNM(model, strategy.sparsity, step.flexhinm, total_steps=step.total_steps,
+                                            schedule=step.gradual, example_inputs=inputs, scores=scores,
+                                            calibration=solve_on)
+            self.scheduler = LearningScheduler(self.learning, self.harden)
+            self.left_dense = dict(self.learning.skipped)
+            wrap_model(model)
+            return None
         result = flexhinm_sparsify_(model, strategy.sparsity, step.flexhinm, example_inputs=inputs, scores=scores,
                                     calibration=solve_on)
         bake_masks_(model)
-        wrap_model(model)
         self.flexhinm_result, self.left_dense = result, dict(result.skipped)
-        return {name: result.masks[name] if name in result.masks else
-                torch.ones_like(model.get_parameter(name), dtype=torch.bool) for name in strategy.sparsity}
+        return result.masks
 
     def _apply_quantization(self, step: Step, calibration: Iterable | None) -> None:
         import nncf
@@ -283,7 +321,8 @@ class CompressionController:
     def statistics(self) -> CompressionStatistics:
         """Plan vs. what the model computes with, per weight: from ``nncf.pruning_statistic`` while the
         masks are NNCF hooks, from the weights themselves once baked (per channel group, as Torch-Pruning
-        measured it, when filter-pruning options removed channels)."""
+        measured it, when filter-pruning options removed channels; from the gates' current 2:4 choices
+        while a ``gradual`` step learns them)."""
         import nncf
 
         if self.plan is None:
@@ -294,6 +333,15 @@ class CompressionController:
                                       source="torch_pruning", **fields)
         fields |= {"target_sparsity": self.step.target, "unplanned": self.unplanned, "left_dense": dict(self.left_dense),
                    "schedule_level": self.scheduler.current_sparsity_level}
+        if self.learning is not None:
+            was_training = self.model.training
+            self.model.eval()  # a gate in evaluation mode applies its exact 2:4 choice
+            try:
+                measured = {r.name: r.zeros / r.numel for r in measure_sparsity(self.model, list(self.learning.gates))}
+            finally:
+                self.model.train(was_training)
+            return weight_statistics(self.model, self.plan, self.strategy, ops=self.weights, source="gates",
+                                     measured=measured, **fields)
         nncf_stat = nncf.pruning_statistic(self.model) if mask_hooks(self.model) else None
         if nncf_stat is None:
             return weight_statistics(self.model, self.plan, self.strategy, ops=self.weights, **fields)
@@ -305,9 +353,11 @@ class CompressionController:
 
     def strip(self, do_copy: bool = True) -> nn.Module:
         """``nncf.strip``: masks baked into the weights (``StripFormat.IN_PLACE``); with int8, quantizers
-        become native torch FakeQuantize (``StripFormat.NATIVE``) after the masks are baked."""
+        become native torch FakeQuantize (``StripFormat.NATIVE``) after the masks are baked. Learned gates
+        are hardened first (:meth:`harden`)."""
         import nncf
 
+        self.harden()
         model = copy.deepcopy(self.model) if do_copy else self.model
         if hook_storage(model) is None:
             return model
@@ -332,14 +382,17 @@ class CompressionController:
 
     def prepare_for_export(self) -> nn.Module:
         """Bake the masks in place; without quantizers the model is unwrapped into a plain ``nn.Module``.
-        ``self.model`` is replaced by the result, which is also returned."""
+        ``self.model`` is replaced by the result, which is also returned. Learned gates are hardened first."""
+        self.harden()
         self.model = self._ready_for_export(self.model)
         return self.model
 
     def export(self, path: str | os.PathLike, *, compress_to_fp16: bool = False, verify: bool = True,
                backend_name: str = "openvino") -> ExportReport:
         """Export a stripped copy (``self.model`` is left as it is) with the deployment backend (OpenVINO
-        IR by default), then check the file's zeros against the plan (:func:`mm_plugin.deploy.export_checked`)."""
+        IR by default), then check the file's zeros against the plan (:func:`mm_plugin.deploy.export_checked`).
+        Learned gates are hardened first."""
+        self.harden()
         t = time.perf_counter()
         model = self._ready_for_export(copy.deepcopy(self.model))
         self._timed("strip", t)
@@ -348,6 +401,38 @@ class CompressionController:
                                 quantized=self.quantized, seconds={"strip": self.seconds["strip"]})
         self.seconds.update(report.seconds)
         return report
+
+
+class LearningScheduler:
+    """``ctrl.scheduler`` of a flexhinm step with ``gradual``: NNCF 2.x's calls (``epoch_step()`` at the
+    start of every epoch, ``step()`` before every optimizer step) advance the
+    :class:`~mm_plugin.flexhinm.GradualFlexHiNM`; the first ``step()`` past its budget hardens the
+    gates (``finish``), after which training goes on under fixed masks."""
+
+    schedule = None  # no NNCF 2.x level schedule: every layer holds its planned amount from the first step
+
+    def __init__(self, learning: GradualFlexHiNM, finish: Callable[[], None]) -> None:
+        self.learning, self._finish = learning, finish
+        self.current_epoch = -1
+        self.current_step = -1
+
+    current_sparsity_level = None
+
+    def epoch_step(self, next_epoch: int | None = None) -> None:
+        self.current_epoch = self.current_epoch + 1 if next_epoch is None else next_epoch
+
+    def step(self, next_step: int | None = None) -> None:
+        self.current_step = self.current_step + 1 if next_step is None else next_step
+        if self.current_step >= self.learning.total_steps:
+            self._finish()
+        else:
+            self.learning.on_step(step=self.current_step)
+
+    def get_state(self) -> dict[str, int]:
+        return {"current_epoch": self.current_epoch, "current_step": self.current_step}
+
+    def load_state(self, state: dict[str, int]) -> None:
+        self.current_epoch, self.current_step = state["current_epoch"], state["current_step"]
 
 
 def _range_targets(step: PruningStep, units: Sequence[Unit]) -> tuple[float, ...]:

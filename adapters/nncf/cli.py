@@ -98,6 +98,10 @@ def run_cli(args: argparse.Namespace) -> int:
     if ctrl.schedule is not None:
         log.info("mm-prune nncf does not train: the schedule's final level %g is applied (a training loop starts "
                  "at %g and drives ctrl.scheduler)", ctrl.schedule.final_level, ctrl.schedule.sparsity_at(-1))
+    if ctrl.learning is not None:
+        log.info("mm-prune nncf does not train: the flexhinm step's gates keep their first 2:4 choices (a training "
+                 "loop drives ctrl.scheduler for %d steps to learn them)", ctrl.learning.total_steps)
+        ctrl.harden()
     out = Path(args.out)
     checkpoint: dict[str, Any] = {"state_dict": model.state_dict(), "config": ctrl.config.raw}
     if hook_storage(model) is not None:

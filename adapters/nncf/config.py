@@ -18,7 +18,7 @@ import torch
 
 from mm_plugin.config_schema import check_required, defaults, fill_registries, read_json, validate
 from mm_plugin.errors import ConfigError, MMError
-from mm_plugin.flexhinm import IMPORTANCES, PERMUTATIONS, FlexHiNMConfig
+from mm_plugin.flexhinm import GATES, IMPORTANCES, PERMUTATIONS, FlexHiNMConfig, GradualConfig
 from mm_plugin.model import InputInfo, make_inputs
 from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals
 from mm_plugin.planning.rules import load_rules_at
@@ -38,7 +38,7 @@ def schema() -> dict[str, Any]:
     """``schema.json`` with every ``x-registry`` enum filled from the plugin's registries."""
     return fill_registries(json.loads(SCHEMA_PATH.read_text()), {
         "signals": list_signals(), "allocations": list_allocations(), "strategies": list(NAMED_STRATEGIES),
-        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names()})
+        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names(), "gates": GATES.names()})
 
 
 # --- the validated config --------------------------------------------------------------------------
@@ -64,6 +64,8 @@ class PruningStep(Step):
     target_path: str = ""
     schedule: Schedule | None = None  # NNCF 2.x's gradual schedule, or None: one shot
     structured: bool = False  # NNCF 2.x filter_pruning options: channels removed through Torch-Pruning
+    gradual: GradualConfig | None = None  # flexhinm: 2:4 choices learned during fine-tuning; None: one shot
+    total_steps: int = 0  # the learned schedule's budget in optimizer steps (``gradual``'s epochs x steps_per_epoch)
 
 
 @dataclass(frozen=True)
@@ -95,13 +97,25 @@ def _pruning_step(options: dict[str, Any], path: str, algorithm: str) -> tuple[P
             flexhinm = FlexHiNMConfig(**options.get("flexhinm", {}))
         except (MMError, TypeError, ValueError) as e:
             raise ConfigError(f"{path}.flexhinm: {str(e).replace('FlexHiNMConfig.', '')}") from None
+    gradual, total_steps = _gradual(options["gradual"], f"{path}.gradual") if "gradual" in options else (None, 0)
     rules = load_rules_at(options["rules"], f"{path}.rules") if "rules" in options else None
     scopes = parse_scopes(options, path)
     legacy = pruning_plan(options, path, algorithm)
     range_targets = tuple(options["range_targets"]) if "range_targets" in options else None
     step = PruningStep(path, algorithm, options, scopes, rules, range_targets, flexhinm, legacy.target,
-                       legacy.target_path, legacy.schedule, legacy.structured)
+                       legacy.target_path, legacy.schedule, legacy.structured, gradual, total_steps)
     return step, legacy.notes
+
+
+def _gradual(options: Mapping[str, Any], path: str) -> tuple[GradualConfig, int]:
+    """The ``gradual`` object: ``GradualConfig``'s fields and the budget it spans, in optimizer steps."""
+    fields = dict(options)
+    steps = fields.pop("epochs") * fields.pop("steps_per_epoch")
+    try:
+        return GradualConfig.from_dict(fields), steps
+    except (MMError, TypeError, ValueError) as e:
+        what = str(e).replace("GradualConfig.", "").replace("GradualConfig: ", "")
+        raise ConfigError(f"{path}: {what}") from None
 
 
 def _defaults(algorithm: str) -> dict[str, Any]:
@@ -136,6 +150,10 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionCon
         if algo in PRUNING_ALGORITHMS and "quantization" in seen:
             raise ConfigError(f"{path}.algorithm: {algo!r} must come before quantization (pruning a quantized "
                               "model would lose the int8 scales); reorder the list")
+        if algo == "quantization" and any(isinstance(s, PruningStep) and s.gradual is not None for s in steps):
+            raise ConfigError(f"{path}: int8 calibration would run before the learned 2:4 choices exist (the "
+                              "flexhinm step's 'gradual' learns them during fine-tuning); quantize the trained model "
+                              "with a second config, or drop 'gradual' to prune once")
         if algo in PRUNING_ALGORITHMS:
             step, step_notes = _pruning_step(entry, path, algo)
         elif algo == "quantization":

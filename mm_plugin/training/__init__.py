@@ -8,6 +8,7 @@ from .loop import (
     evaluate,
     finetune,
     labels,
+    optimizer_groups,
     reestimate_bn,
     score,
     seed_everything,
@@ -17,5 +18,5 @@ from .zoo import MODELS, create_model, pretrained_demo_model
 __all__ = [
     "DATASETS", "MODELS", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
     "imagenet_crops",
-    "labels", "load_data", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
+    "labels", "load_data", "optimizer_groups", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
 ]

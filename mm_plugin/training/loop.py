@@ -94,9 +94,13 @@ class TrainingHook(Protocol):
     def penalty(self) -> torch.Tensor: ...
 
 
-def _hook_param_groups(model: nn.Module, hooks: Sequence[TrainingHook]) -> list[dict]:
-    """Optimizer groups a hook asks for with ``param_groups(model)`` (e.g. gates with their own lr)."""
-    return [g for hook in hooks if hasattr(hook, "param_groups") for g in hook.param_groups(model)]
+def optimizer_groups(model: nn.Module, hooks: Sequence[TrainingHook]) -> list[dict]:
+    """Optimizer groups for ``model`` trained with ``hooks``: first every trainable parameter no hook
+    claims (the optimizer's defaults), then the groups hooks ask for with ``param_groups(model)`` (e.g.
+    learnable gates with their own learning rate). A parameter is never in two groups."""
+    extra = [g for hook in hooks if hasattr(hook, "param_groups") for g in hook.param_groups(model)]
+    taken = {id(p) for g in extra for p in g["params"]}
+    return [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in taken]}, *extra]
 
 
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
@@ -143,10 +147,7 @@ def finetune(
         raise ValidationError(f"finetune: patience must be >= 1 or None, got {patience}")
     seed_everything(seed)
     device = _device_of(model)
-    extra = _hook_param_groups(model, hooks)
-    taken = {id(p) for g in extra for p in g["params"]}
-    params = [p for p in model.parameters() if p.requires_grad and id(p) not in taken]
-    optimizer = torch.optim.AdamW([{"params": params}, *extra], lr=lr, weight_decay=weight_decay)
+    optimizer = torch.optim.AdamW(optimizer_groups(model, hooks), lr=lr, weight_decay=weight_decay)
     scheduler = torch.optim.lr_scheduler.LambdaLR(
         optimizer, lambda step: 0.5 * (1 + math.cos(math.pi * step / steps))
     )
