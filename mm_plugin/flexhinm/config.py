@@ -96,6 +96,8 @@ class GradualConfig(_Fields):
 
     ``ramp``: the sparsity rises with the cubic schedule (Zhu & Gupta) over this span, the layer being
     re-partitioned ``updates`` times; ``(0, 0)`` puts the final partition in place at once.
+    ``ramp_from``: the share of each layer's target the ramp starts from: 0 starts dense (the seed's
+    gradual pruning), 1 holds the target throughout, so the ramp's re-partitions only relabel vectors.
     ``harden``: the share of 2:4 groups frozen to their learned choice rises linearly over this span,
     most confident first; after its end the forward pass uses exactly the masks evaluation uses.
     ``gate``: a name in ``GATES`` (``"patterns"`` or ``"hard_concrete"``) and ``gate_options`` its
@@ -113,6 +115,7 @@ class GradualConfig(_Fields):
     gate: str = "patterns"
     gate_options: Mapping = field(default_factory=dict)
     ramp: tuple[float, float] = (0.0, 0.0)
+    ramp_from: float = 0.0
     updates: int = 10
     harden: tuple[float, float] = (0.5, 0.75)
     temperature: tuple[float, float] | None = None
@@ -135,6 +138,8 @@ class GradualConfig(_Fields):
             if min(t) <= 0:
                 raise ConfigError(f"GradualConfig.temperature must be positive, got {t}")
             object.__setattr__(self, "temperature", t)
+        if not 0.0 <= float(self.ramp_from) <= 1.0:
+            raise ConfigError(f"GradualConfig.ramp_from must be a fraction in [0, 1], got {self.ramp_from}")
         if int(self.updates) < 1:
             raise ConfigError(f"GradualConfig.updates must be >= 1, got {self.updates}")
         if not self.gate_lr > 0 or self.penalty_weight < 0:

@@ -173,9 +173,10 @@ class GradualFlexHiNM:
 
     @property
     def checkpoints_final(self) -> bool:
-        """Every state evaluation sees meets the final targets (no sparsity ramp): evaluation mode uses each
-        gate's current exact 2:4 choice, so a best-on-validation checkpoint is a valid result to keep."""
-        return self.ramp[1] == 0
+        """Every state evaluation sees meets the final targets (no sparsity ramp, or one that holds the
+        target): evaluation mode uses each gate's current exact 2:4 choice, so a best-on-validation
+        checkpoint is a valid result to keep."""
+        return self.ramp[1] == 0 or self.schedule.ramp_from == 1.0
 
     def parameters(self) -> list[nn.Parameter]:
         return [p for g in self.gates.values() for p in g.parameters()]
@@ -185,7 +186,8 @@ class GradualFlexHiNM:
         return [{"params": self.parameters(), "lr": self.schedule.gate_lr, "weight_decay": 0.0}]
 
     def sparsity_at(self, step: int) -> dict[str, float]:
-        return {n: cubic_sparsity(t, step, *self.ramp) for n, t in self.targets.items()}
+        return {n: cubic_sparsity(t, step, *self.ramp, initial=self.schedule.ramp_from * t)
+                for n, t in self.targets.items()}
 
     def _original(self, name: str) -> torch.Tensor:
         module, attr = param_module(self.model, name)

@@ -152,6 +152,29 @@ def test_finetune_keeps_the_best_checkpoint_only_when_every_state_meets_the_targ
     assert ft.best_epoch == 2  # the last state, whatever validation preferred
 
 
+def test_a_ramp_from_the_target_only_relabels_vectors_and_keeps_every_checkpoint_final():
+    """``ramp_from=1``: every re-partition holds each layer's target (so any checkpoint is deployable),
+    and with movement scores a re-partition can move which vectors are pruned."""
+    model, data = _mlp(), _data()
+    steps = 2 * len(data)
+    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=steps,
+                            schedule=GradualConfig(ramp=(0.0, 0.4), ramp_from=1.0, partition_score="movement"))
+    assert sched.checkpoints_final
+    assert all(sched.sparsity_at(step) == sched.targets for step in range(0, steps, 3))
+    gate = sched.gates["2.weight"]
+    before = gate.hard_mask().clone()
+    finetune(model, data, data, epochs=1, lr=1e-2, patience=None, progress=False, hooks=(sched,))
+    row_tile, group = slice(0, 8), slice(0, 4)
+    kept = bool(before[row_tile, group].any())
+    gate.movement[row_tile, group] = (-1e3 if kept else 1e3) * gate.movement.abs().max()
+    sched._repartition(sched.ramp[1])
+    assert bool(gate.hard_mask()[row_tile, group].any()) != kept
+    report = {r.name: r.zeros / r.numel for r in measure_sparsity(model.eval(), list(SPARSITY))}
+    assert all(abs(report[n] - t) <= 1 / 16 for n, t in SPARSITY.items())
+    with pytest.raises(ConfigError, match="ramp_from must be a fraction"):
+        GradualConfig(ramp_from=1.5)
+
+
 def test_pattern_gate_samples_two_of_four_and_starts_from_magnitude():
     torch.manual_seed(0)
     w = torch.randn(8, 16)
