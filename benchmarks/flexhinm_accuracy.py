@@ -216,14 +216,14 @@ def main() -> None:
              ("*Gap closed*: the share of the gap between hybrid one-shot and unstructured that FlexHiNM-GP "
               "recovers (negative: below hybrid one-shot). *Per seed*: the mean ± standard error of FlexHiNM-GP's "
               "test accuracy minus hybrid one-shot's on the same seed (points).")]
-    if variants_run:  # ablations: FlexHiNM-GP with other GradualConfig fields, where they were run
-        keys = {(r["model"], r["target"], r["epochs"]) for r in rows if r["method"] in variants_run}
+    if variants_run:  # ablations: FlexHiNM-GP with other GradualConfig fields, on the seeds they were run
+        runs_of = {(r["model"], r["target"], r["epochs"], r["seed"]) for r in rows if r["method"] in variants_run}
         default = json.loads(json.dumps(GradualConfig().to_dict()))  # tuples as JSON lists, like the records
         settings = {r["method"]: json.dumps({k: v for k, v in r["schedule"].items() if v != default.get(k)} | (
                         {"permutation": r["permutation"]} if r["permutation"] != "gyro" else {}))
                     for r in rows if r["method"] in variants_run}
         lines += ["", "Ablations (FlexHiNM-GP with other `GradualConfig` fields), test accuracy (%):", "",
-                  *table([r for r in rows if (r["model"], r["target"], r["epochs"]) in keys],
+                  *table([r for r in rows if (r["model"], r["target"], r["epochs"], r["seed"]) in runs_of],
                          ["hybrid-oneshot", "flexhinm-gp", *variants_run]), "",
                   *(f"* `{name}`: `{settings[name]}`" for name in variants_run)]
     write_text_atomic(out / "flexhinm_accuracy.md", "\n".join(lines) + "\n")
