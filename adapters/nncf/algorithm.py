@@ -410,13 +410,12 @@ class LearningScheduler:
     gates (``finish``), after which training goes on under fixed masks."""
 
     schedule = None  # no NNCF 2.x level schedule: every layer holds its planned amount from the first step
+    current_sparsity_level = None
 
     def __init__(self, learning: GradualFlexHiNM, finish: Callable[[], None]) -> None:
         self.learning, self._finish = learning, finish
         self.current_epoch = -1
         self.current_step = -1
-
-    current_sparsity_level = None
 
     def epoch_step(self, next_epoch: int | None = None) -> None:
         self.current_epoch = self.current_epoch + 1 if next_epoch is None else next_epoch
