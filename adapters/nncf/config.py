@@ -19,6 +19,7 @@ import torch
 from mm_plugin.config_schema import check_required, defaults, fill_registries, read_json, validate
 from mm_plugin.errors import ConfigError, MMError
 from mm_plugin.flexhinm import GATES, IMPORTANCES, PERMUTATIONS, FlexHiNMConfig, GradualConfig
+from mm_plugin.flexhinm.config import PARTITION_SCORES
 from mm_plugin.model import InputInfo, make_inputs
 from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals
 from mm_plugin.planning.rules import load_rules_at
@@ -38,7 +39,8 @@ def schema() -> dict[str, Any]:
     """``schema.json`` with every ``x-registry`` enum filled from the plugin's registries."""
     return fill_registries(json.loads(SCHEMA_PATH.read_text()), {
         "signals": list_signals(), "allocations": list_allocations(), "strategies": list(NAMED_STRATEGIES),
-        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names(), "gates": GATES.names()})
+        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names(), "gates": GATES.names(),
+        "partition_scores": list(PARTITION_SCORES)})
 
 
 # --- the validated config --------------------------------------------------------------------------
