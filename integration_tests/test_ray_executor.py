@@ -1,10 +1,8 @@
 """`mm-prune run --executor ray`: the same records as one machine, exactly one record per job whatever
 fails, and the driver the only writer of the run folder."""
 
-import dataclasses
 import os
 import signal
-import subprocess
 import threading
 import time
 
@@ -13,6 +11,7 @@ import pytest
 pytest.importorskip("ray")
 
 from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio.executors import Ray
 
 CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=1, budget=2, candidates=8, seeds=(0,),
@@ -35,30 +34,40 @@ def test_ray_gives_the_sequential_metrics(sequential, tmp_path):
     assert len(records) == len({r["key"] for r in records}) == len(sequential)
 
 
-def _ray_workers() -> list[int]:
-    out = subprocess.run(["pgrep", "-f", "ray::_threaded"], capture_output=True, text=True).stdout.split()
-    return [int(pid) for pid in out]
+def test_a_killed_worker_is_retried_and_its_job_returned_once(tmp_path):
+    """The job's first attempt announces its worker and waits to be killed, so the kill never races the
+    run's end; the retry finds the announcement and returns."""
+    announced = tmp_path / "first-attempt.pid"
 
+    def job(shared: int, item: int) -> int:
+        if item == 2 and not announced.exists():
+            partial = announced.with_suffix(".partial")
+            partial.write_text(str(os.getpid()))
+            partial.rename(announced)  # whole or absent: the killer never reads half a pid
+            time.sleep(120)
+        return shared + item
 
-def test_a_killed_worker_is_retried_and_its_job_recorded_once(sequential, tmp_path):
     killed = []
 
-    def kill_one() -> None:
-        deadline = time.monotonic() + 180
-        while not killed and time.monotonic() < deadline:
-            busy = _ray_workers()
-            if busy and len(load_records(tmp_path)) >= 2:  # mid-run, a task in progress
-                os.kill(busy[0], signal.SIGKILL)
-                killed.append(busy[0])
+    def kill_the_first_attempt() -> None:
+        deadline = time.monotonic() + 120
+        while not announced.exists() and time.monotonic() < deadline:
             time.sleep(0.05)
+        if announced.exists():
+            pid = int(announced.read_text())
+            os.kill(pid, signal.SIGKILL)
+            killed.append(pid)
 
-    thread = threading.Thread(target=kill_one)
+    thread = threading.Thread(target=kill_the_first_attempt)
     thread.start()
-    records = run(dataclasses.replace(CONFIG), tmp_path, progress=False, executor="ray", cpus_per_trial=1).records
-    thread.join()
-    assert killed, "no worker was caught running a task"
-    assert len(records) == len({r["key"] for r in records}) == len(sequential)
-    assert {r["key"] for r in records} == {r["key"] for r in sequential}
+    executor = Ray(cpus_per_trial=1, progress=False)
+    try:
+        results = list(executor.map(job, 10, list(range(5))))
+    finally:
+        executor.close()
+        thread.join()
+    assert killed, "the job's first attempt never announced itself"
+    assert sorted(results) == [(i, 10 + i) for i in range(5)]  # every item once, the killed one included
 
 
 def test_a_resumed_ray_run_adds_no_duplicate(sequential, tmp_path):
