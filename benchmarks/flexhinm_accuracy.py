@@ -132,20 +132,27 @@ def paired(a: list[dict], b: list[dict]) -> str:
     return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
 
 
+def _cell(rs: list[dict], seeds: list[int]) -> str:
+    """``cell`` naming its own seeds where they are fewer than the row's, so no mean passes for another's."""
+    own = sorted(r["seed"] for r in rs)
+    note = f" (seeds {','.join(map(str, own))})" if len(own) > 1 and own != seeds else ""
+    return cell(rs) + note if rs else ""
+
+
 def table(rows: list[dict], methods: list[str]) -> list[str]:
     """One line per (model, target, epochs): test accuracy per method and the share of the gap closed."""
     head = ["model", "target", "epochs", "seeds", "dense"] + [LABELS.get(m, m) for m in methods]
     has_gap = {"unstructured", "hybrid-oneshot", "flexhinm-gp"} <= set(methods)
     head += ["gap closed", "FlexHiNM-GP − hybrid, per seed"] if has_gap else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
-    keys = sorted({(r["model"], r["target"], r["epochs"]) for r in rows})
+    keys = sorted({(r["model"], r["target"], r["epochs"]) for r in rows if r["method"] in methods})
     for model, target, epochs in keys:
         by = {m: [r for r in rows if (r["model"], r["target"], r["epochs"], r["method"]) == (model, target, epochs, m)]
               for m in methods}
         seeds = sorted({r["seed"] for m in methods for r in by[m]})
         dense = next(r["dense_test"] for m in methods for r in by[m])
         line = [model, f"{target:.0%}", str(epochs), ",".join(map(str, seeds)), f"{100 * dense:.2f}"]
-        line += [cell(by[m]) if by[m] else "" for m in methods]
+        line += [_cell(by[m], seeds) for m in methods]
         if has_gap:
             mean = {m: statistics.mean(r["test"] for r in by[m]) for m in methods if by[m]}
             gap = mean.get("unstructured", 0) - mean.get("hybrid-oneshot", 0)
