@@ -457,6 +457,16 @@ def test_bad_gradual_options_name_their_path(step, message):
                            "compression": {"algorithm": "flexhinm", "target_sparsity": 0.5, **step}})
 
 
+def test_the_gradual_schema_accepts_every_gradual_config_field():
+    """The schema is data, written by hand: a GradualConfig field it lacks would be refused in NNCF configs."""
+    from dataclasses import fields
+
+    from mm_plugin.flexhinm import GradualConfig
+
+    gradual = mnncf.config.schema()["$defs"]["flexhinm"]["properties"]["gradual"]["properties"]
+    assert set(gradual) - {"epochs", "steps_per_epoch"} == {f.name for f in fields(GradualConfig)}
+
+
 def test_quantization_after_a_learned_flexhinm_step_is_refused():
     with pytest.raises(ConfigError, match=r"compression\[1\]: int8 calibration would run before the learned 2:4"):
         mnncf.load_config({"input_info": {"sample_size": [1, 3, 32, 32]}, "compression": [

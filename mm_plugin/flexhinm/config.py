@@ -109,7 +109,9 @@ class GradualConfig(_Fields):
     re-partitions during the ramp rank vectors by: ``"magnitude"`` (``FlexHiNMConfig.importance`` of the
     current weights) or ``"movement"`` (that importance times ``1 + tanh(m / std m)``, ``m`` the
     first-order loss change each weight made during training so far, Sanh et al. 2020), so that learning
-    also moves the dense / 2:4 / vector-pruned boundaries; it needs a ramp.
+    also moves the dense / 2:4 / vector-pruned boundaries; it needs a ramp. ``pruned_gradient``: pruned
+    weights keep training on the straight-through gradient (SR-STE, Zhou et al. 2021), so the ramp's
+    magnitude re-partitions can bring back vectors that would have helped.
     """
 
     gate: str = "patterns"
@@ -122,6 +124,7 @@ class GradualConfig(_Fields):
     gate_lr: float = 0.4
     penalty_weight: float = 300.0
     partition_score: str = "magnitude"
+    pruned_gradient: bool = False
 
     def __post_init__(self) -> None:
         GATES.get(self.gate, where="GradualConfig.gate")

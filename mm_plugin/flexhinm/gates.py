@@ -68,6 +68,7 @@ class NMGate(nn.Module):
         self.register_buffer("movement", torch.zeros(shape, device=dev))  # see :meth:`track_movement_`
         self.force_sampling = False  # see :func:`sampling`
         self.tracking = False
+        self.pruned_gradient = False  # see :meth:`forward`
 
     # -- what a formulation defines -----------------------------------------------------------------
     def _reset_(self, weight: torch.Tensor, groups: torch.Tensor) -> None:
@@ -141,6 +142,10 @@ class NMGate(nn.Module):
         else:
             z = self.hard_mask().to(weight.dtype)
         out = weight * z
+        if self.pruned_gradient and self.training:
+            # straight-through for the weights (SR-STE, Zhou et al. 2021): the value is unchanged, but
+            # pruned weights get the gradient they would have if kept, so a re-partition can regrow them
+            out = out + (1 - z.detach()) * (weight - weight.detach())
         if self.tracking and self.training and out.requires_grad:
             out.register_hook(self._accumulate(weight.detach()))
         return out

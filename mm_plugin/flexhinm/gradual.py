@@ -141,6 +141,7 @@ class GradualFlexHiNM:
         self.gates: dict[str, NMGate] = {}
         self._last_update: int | None = None
         self._previous: dict[str, torch.Tensor] = {}
+        self._labels: dict[str, tuple[torch.Tensor, torch.Tensor]] = {}  # (first, current) vector labels
         self.history: list[dict[str, float]] = []
         _SCHEDULES[model] = self
         # with calibration, the first partition's kept weights are re-solved; the gates start from them
@@ -150,6 +151,7 @@ class GradualFlexHiNM:
                 gate = gate_cls(module.weight.detach(), **s.gate_options)
                 set_mask_module_(model, name, gate)
                 gate.track_movement_(s.partition_score == "movement")  # GradualConfig ensures a ramp
+                gate.pruned_gradient = bool(s.pruned_gradient)
                 self.gates[name] = gate
             self.on_step(model, 0)  # the first partition is in place before any training or evaluation
         self._snapshot()
@@ -203,6 +205,7 @@ class GradualFlexHiNM:
                 score = score * _movement_factor(self.gates[name].movement)
             part = hybrid_partition(score.cpu(), t, self.config.tile_rows)
             self.gates[name].set_regions_(w, part.nm_region, part.mask)
+            self._labels[name] = (self._labels.get(name, (part.labels,))[0], part.labels)
         self._last_update = step
 
     def on_step(self, model: nn.Module | None = None, step: int | None = None) -> None:
@@ -240,7 +243,8 @@ class GradualFlexHiNM:
     @torch.no_grad()
     def diagnostics(self) -> dict[str, float]:
         """Mean expected-open gates per learnable group, the share of 2:4 groups hardened, the share
-        whose choice differs from the magnitude top-2 they started from, and from the last snapshot."""
+        whose choice differs from the magnitude top-2 they started from, and from the last snapshot;
+        and the share of vectors whose region (dense / 2:4 / pruned) differs from the first partition's."""
         open_sum = n_open = n_nm = hard = vs_start = vs_last = 0
         for name, g in self.gates.items():
             learn = g.region_groups()
@@ -259,6 +263,8 @@ class GradualFlexHiNM:
             "hardened_share": hard / n_nm if n_nm else float("nan"),
             "changed_vs_magnitude": vs_start / n_nm if n_nm else float("nan"),
             "changed_since_last": vs_last / n_nm if n_nm else float("nan"),
+            "vectors_relabelled": (sum(int((a != b).sum()) for a, b in self._labels.values())
+                                   / max(1, sum(a.numel() for a, _ in self._labels.values()))),
         }
 
     def on_epoch(self, model: nn.Module | None = None, epoch: int | None = None) -> dict[str, float]:

@@ -163,12 +163,14 @@ def test_a_ramp_from_the_target_only_relabels_vectors_and_keeps_every_checkpoint
     assert all(sched.sparsity_at(step) == sched.targets for step in range(0, steps, 3))
     gate = sched.gates["2.weight"]
     before = gate.hard_mask().clone()
+    assert sched.diagnostics()["vectors_relabelled"] == 0.0
     finetune(model, data, data, epochs=1, lr=1e-2, patience=None, progress=False, hooks=(sched,))
     row_tile, group = slice(0, 8), slice(0, 4)
     kept = bool(before[row_tile, group].any())
     gate.movement[row_tile, group] = (-1e3 if kept else 1e3) * gate.movement.abs().max()
     sched._repartition(sched.ramp[1])
     assert bool(gate.hard_mask()[row_tile, group].any()) != kept
+    assert sched.diagnostics()["vectors_relabelled"] > 0.0  # the diagnostic sees the boundary move
     report = {r.name: r.zeros / r.numel for r in measure_sparsity(model.eval(), list(SPARSITY))}
     assert all(abs(report[n] - t) <= 1 / 16 for n, t in SPARSITY.items())
     with pytest.raises(ConfigError, match="ramp_from must be a fraction"):
@@ -310,3 +312,22 @@ def test_movement_scores_reach_pruned_weights_and_move_the_boundaries():
         GradualConfig(partition_score="movement")
     with pytest.raises(ConfigError, match="partition_score must be one of"):
         GradualConfig(partition_score="wanda", ramp=(0.0, 0.4))
+
+
+@pytest.mark.parametrize("pruned_gradient", [False, True])
+def test_pruned_weights_train_only_with_pruned_gradient_and_the_forward_value_is_the_same(pruned_gradient):
+    """``pruned_gradient`` (SR-STE): the layer still sees exactly the masked weight, but pruned weights get
+    the gradient they would have if kept, so a magnitude re-partition can regrow them; without it they
+    get none."""
+    model, (x, y) = _mlp(), next(iter(_data()))
+    sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=10,
+                            schedule=GradualConfig(pruned_gradient=pruned_gradient))
+    gate, layer = sched.gates["2.weight"], model[2]
+    model.train()
+    seen = layer.weight.detach().clone()
+    assert torch.equal(seen, layer.parametrizations.weight.original.detach() * gate.hard_mask())
+    nn.functional.cross_entropy(model(x), y).backward()
+    grad = layer.parametrizations.weight.original.grad
+    pruned = ~gate.hard_mask()
+    assert bool(pruned.any()) and bool((grad[~pruned] != 0).any())
+    assert bool((grad[pruned] != 0).any()) == pruned_gradient
