@@ -115,11 +115,17 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
             "history": ft.history, "seconds": round(time.perf_counter() - start, 1), **record}, model
 
 
-def cell(rs: list[dict]) -> str:
+def cell(rs: list[dict], seeds: list[int]) -> str:
+    """Mean ± std test accuracy; a cell with fewer seeds than its row names them, so no mean passes for
+    another's."""
+    if not rs:
+        return ""
     tests = [100 * r["test"] for r in rs]
     if len(tests) == 1:
         return f"{tests[0]:.2f} (seed {rs[0]['seed']})"
-    return f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}"
+    own = sorted(r["seed"] for r in rs)
+    note = f" (seeds {','.join(map(str, own))})" if own != seeds else ""
+    return f"{statistics.mean(tests):.2f} ± {statistics.stdev(tests):.2f}{note}"
 
 
 def paired(a: list[dict], b: list[dict]) -> str:
@@ -130,13 +136,6 @@ def paired(a: list[dict], b: list[dict]) -> str:
     if len(diffs) < 2:
         return f"{diffs[0]:+.2f}" if diffs else ""
     return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
-
-
-def _cell(rs: list[dict], seeds: list[int]) -> str:
-    """``cell`` naming its own seeds where they are fewer than the row's, so no mean passes for another's."""
-    own = sorted(r["seed"] for r in rs)
-    note = f" (seeds {','.join(map(str, own))})" if len(own) > 1 and own != seeds else ""
-    return cell(rs) + note if rs else ""
 
 
 def table(rows: list[dict], methods: list[str]) -> list[str]:
@@ -152,7 +151,7 @@ def table(rows: list[dict], methods: list[str]) -> list[str]:
         seeds = sorted({r["seed"] for m in methods for r in by[m]})
         dense = next(r["dense_test"] for m in methods for r in by[m])
         line = [model, f"{target:.0%}", str(epochs), ",".join(map(str, seeds)), f"{100 * dense:.2f}"]
-        line += [_cell(by[m], seeds) for m in methods]
+        line += [cell(by[m], seeds) for m in methods]
         if has_gap:
             mean = {m: statistics.mean(r["test"] for r in by[m]) for m in methods if by[m]}
             gap = mean.get("unstructured", 0) - mean.get("hybrid-oneshot", 0)

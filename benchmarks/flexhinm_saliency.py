@@ -32,19 +32,16 @@ from mm_plugin.training import evaluate, reestimate_bn
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
-DAMP = 0.01  # as mm_plugin.masks.reconstruct_: a share of mean(diag X^T X)
-
 
 def data_scores(model: torch.nn.Module, names: list[str], batches: list, kind: str) -> dict[str, torch.Tensor]:
     """``obs`` or ``wanda`` importance of every named weight, from its layer's ``X^T X``."""
     out = {}
     for name, entry in capture_inputs(model, names, batches).items():
-        gram, w = entry.gram, entry.weight
-        if kind == "obs":
-            h = gram + DAMP * gram.diagonal().mean() * torch.eye(gram.shape[0], dtype=gram.dtype)
-            s = w.pow(2) / torch.linalg.inv(h).diagonal()
+        w = entry.weight
+        if kind == "obs":  # H + lambda I, damped as reconstruction damps it
+            s = w.pow(2) / torch.linalg.inv(entry.damped_gram()).diagonal()
         else:
-            s = w.abs() * gram.diagonal().sqrt()
+            s = w.abs() * entry.gram.diagonal().sqrt()
         out[name] = s.float().reshape(model.get_parameter(name).shape)
     return out
 

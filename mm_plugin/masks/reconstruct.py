@@ -29,6 +29,7 @@ from ..errors import ValidationError
 from .mask import masked_weights, param_module
 
 log = logging.getLogger(__name__)
+DAMP = 0.01  # lambda's share of mean(diag H)
 
 
 @dataclass
@@ -37,6 +38,11 @@ class LayerInputs:
 
     gram: torch.Tensor  # (inputs, inputs) float64
     weight: torch.Tensor  # (rows, inputs) float64: the dense weight as a matrix
+
+    def damped_gram(self, damp: float = DAMP) -> torch.Tensor:
+        """``H + lambda I``, ``lambda = damp * mean(diag H)``: invertible even where inputs are collinear."""
+        g = self.gram
+        return g + damp * g.diagonal().mean().clamp_min(1e-12) * torch.eye(g.shape[0], dtype=g.dtype, device=g.device)
 
 
 def _matrix_inputs(module: nn.Module, x: torch.Tensor) -> torch.Tensor:
@@ -104,7 +110,7 @@ def _output_error(delta: torch.Tensor, gram: torch.Tensor) -> float:
 
 
 @torch.no_grad()
-def reconstruct_(model: nn.Module, captured: Mapping[str, LayerInputs], damp: float = 0.01
+def reconstruct_(model: nn.Module, captured: Mapping[str, LayerInputs], damp: float = DAMP
                  ) -> dict[str, dict]:
     """Re-solve the kept weights of every captured, masked layer (formula in the module doc). In place.
 
@@ -124,8 +130,7 @@ def reconstruct_(model: nn.Module, captured: Mapping[str, LayerInputs], damp: fl
         original = module.parametrizations[attr].original
         keep = mask_mod.hard_mask().reshape(entry.weight.shape).to(torch.bool)
         w = entry.weight
-        h = entry.gram + damp * entry.gram.diagonal().mean().clamp_min(1e-12) * torch.eye(
-            entry.gram.shape[0], dtype=entry.gram.dtype, device=entry.gram.device)
+        h = entry.damped_gram(damp)
         new = w.clone()
         for r in range(w.shape[0]):
             k, p = keep[r], ~keep[r]
