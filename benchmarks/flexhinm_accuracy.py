@@ -7,6 +7,8 @@ and seed, with the same BatchNorm re-estimation after pruning (as ``mm-prune run
 * ``unstructured``: one-shot magnitude masks per layer, fixed during fine-tuning;
 * ``hybrid-oneshot``: the FlexHiNM hybrid pattern (dense / 2:4 / vector-pruned) from one-shot magnitude,
   no permutation, fixed during fine-tuning (HiNM-style structured baseline);
+* ``hybrid-random`` (a control, run only when named): the same pattern with the vectors ranked at random
+  (each row still keeps its magnitude 2:4 choice), so the table shows what the choice of vectors is worth;
 * ``flexhinm-gp``: Gyro-Permutation folded into the model, then the 2:4 choices learned during
   fine-tuning (:class:`~mm_plugin.flexhinm.GradualFlexHiNM`, default :class:`GradualConfig`), hardened
   to exact 2:4 at the end;
@@ -50,6 +52,8 @@ from mm_plugin.flexhinm import (
     flexhinm_sparsify_,
     validate_nm,
 )
+from mm_plugin.flexhinm.layout import M, as_groups, as_rows, from_groups, from_rows, row_tile_ids
+from mm_plugin.flexhinm.partition import vector_values
 from mm_plugin.masks import global_sparsity, measure_sparsity, prune
 from mm_plugin.model.inventory import inventory
 from mm_plugin.training import evaluate, finetune, reestimate_bn
@@ -57,8 +61,9 @@ from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
 METHODS = ("unstructured", "hybrid-oneshot", "flexhinm-gp", "flexhinm-gp-noperm")
+CONTROLS = ("hybrid-random",)
 LABELS = {"unstructured": "unstructured", "hybrid-oneshot": "hybrid one-shot", "flexhinm-gp": "FlexHiNM-GP",
-          "flexhinm-gp-noperm": "FlexHiNM-GP, no perm."}
+          "flexhinm-gp-noperm": "FlexHiNM-GP, no perm.", "hybrid-random": "hybrid, random vectors"}
 
 
 def eligible_targets(model: torch.nn.Module, x: torch.Tensor, target: float) -> dict[str, float]:
@@ -71,13 +76,32 @@ def eligible_targets(model: torch.nn.Module, x: torch.Tensor, target: float) -> 
 
 def method_settings(method: str, variants: dict[str, dict]) -> tuple[str, GradualConfig] | None:
     """Permutation and schedule of a learned method; None for the one-shot ones."""
-    if method in ("unstructured", "hybrid-oneshot"):
+    if method in ("unstructured", "hybrid-oneshot", *CONTROLS):
         return None
     if method in ("flexhinm-gp", "flexhinm-gp-noperm"):
         return ("none" if method.endswith("noperm") else "gyro"), GradualConfig()
     fields = dict(variants[method])
     permutation = fields.pop("permutation", "gyro")
     return permutation, GradualConfig.from_dict(fields)
+
+
+def random_vector_scores(model: torch.nn.Module, targets: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
+    """Scores under which the partition ranks the vectors at random and each row keeps its magnitude 2:4
+    choice: ``|w|`` of each row's top 2 of 4 (the other two scored 0, so a vector is worth no more dense
+    than 2:4 and the split is the least vector pruning the target allows, the split magnitude picks on every
+    layer of both demo models at 75 %), rescaled so that each vector's value is a uniform random number."""
+    gen = torch.Generator().manual_seed(seed)
+    out = {}
+    for name in targets:
+        w = model.get_parameter(name).detach().abs().float()
+        top2 = as_groups(w).topk(2, dim=-1).indices
+        w = from_groups(torch.zeros_like(as_groups(w)).scatter_(-1, top2, as_groups(w).gather(-1, top2)),
+                        tuple(w.shape))
+        tile_ids, n_tiles = row_tile_ids(tuple(w.shape), FlexHiNMConfig().tile_rows)
+        _, nm = vector_values(w, tile_ids, n_tiles)  # (row tiles, groups)
+        factor = torch.rand(nm.shape, generator=gen) / nm.clamp_min(1e-12)
+        out[name] = from_rows(as_rows(w) * factor[tile_ids].repeat_interleave(M, dim=1), tuple(w.shape))
+    return out
 
 
 def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: float,
@@ -91,6 +115,9 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
         prune(model, targets, signal="magnitude", calibration=calibration, reconstruct=calibration is not None)
     elif method == "hybrid-oneshot":
         flexhinm_sparsify_(model, targets, FlexHiNMConfig(permutation="none", seed=seed), calibration=calibration)
+    elif method == "hybrid-random":
+        flexhinm_sparsify_(model, targets, FlexHiNMConfig(permutation="none", seed=seed),
+                           scores=random_vector_scores(model, targets, seed), calibration=calibration)
     else:
         permutation, schedule = learned
         sched = GradualFlexHiNM(model, targets, FlexHiNMConfig(permutation=permutation, seed=seed),
@@ -213,8 +240,8 @@ def main() -> None:
                     print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     write_json_atomic(out / "flexhinm_accuracy.json", rows)
-    shown = [m for m in METHODS if any(r["method"] == m for r in rows)]
-    variants_run = sorted({r["method"] for r in rows} - set(METHODS))
+    shown = [m for m in (*METHODS, *CONTROLS) if any(r["method"] == m for r in rows)]
+    variants_run = sorted({r["method"] for r in rows} - set(METHODS) - set(CONTROLS))
     solved = " and re-solving the kept weights on calibration data" if args.reconstruct else ""
     lines = [(f"Test accuracy (%) after pruning every eligible layer{solved} and fine-tuning with the same budget "
               f"(AdamW, lr {args.lr}, cosine), mean ± std over seeds; every method keeps its "
