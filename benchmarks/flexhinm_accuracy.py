@@ -50,9 +50,11 @@ from mm_plugin.flexhinm import (
     GradualConfig,
     GradualFlexHiNM,
     flexhinm_sparsify_,
+    hybrid_partition,
     validate_nm,
 )
-from mm_plugin.flexhinm.layout import M, as_groups, as_rows, from_groups, from_rows, row_tile_ids
+from mm_plugin.flexhinm.gates import top2
+from mm_plugin.flexhinm.layout import M, as_rows, from_rows, row_tile_ids
 from mm_plugin.flexhinm.partition import vector_values
 from mm_plugin.masks import global_sparsity, measure_sparsity, prune
 from mm_plugin.model.inventory import inventory
@@ -87,20 +89,23 @@ def method_settings(method: str, variants: dict[str, dict]) -> tuple[str, Gradua
 
 def random_vector_scores(model: torch.nn.Module, targets: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
     """Scores under which the partition ranks the vectors at random and each row keeps its magnitude 2:4
-    choice: ``|w|`` of each row's top 2 of 4 (the other two scored 0, so a vector is worth no more dense
-    than 2:4 and the split is the least vector pruning the target allows, the split magnitude picks on every
-    layer of both demo models at 75 %), rescaled so that each vector's value is a uniform random number."""
+    choice: ``|w|`` of each row's top 2 of 4, rescaled so that each vector's value is a uniform random
+    number. The other two weights score 0, so no vector is worth more dense than 2:4 and the split is the
+    least vector pruning the target allows; a layer where magnitude splits otherwise stops the run."""
     gen = torch.Generator().manual_seed(seed)
+    tile_rows = FlexHiNMConfig().tile_rows
     out = {}
-    for name in targets:
-        w = model.get_parameter(name).detach().abs().float()
-        top2 = as_groups(w).topk(2, dim=-1).indices
-        w = from_groups(torch.zeros_like(as_groups(w)).scatter_(-1, top2, as_groups(w).gather(-1, top2)),
-                        tuple(w.shape))
-        tile_ids, n_tiles = row_tile_ids(tuple(w.shape), FlexHiNMConfig().tile_rows)
+    for name, target in targets.items():
+        magnitude = model.get_parameter(name).detach().abs().float()
+        w = magnitude * top2(magnitude)
+        tile_ids, n_tiles = row_tile_ids(tuple(w.shape), tile_rows)
         _, nm = vector_values(w, tile_ids, n_tiles)  # (row tiles, groups)
         factor = torch.rand(nm.shape, generator=gen) / nm.clamp_min(1e-12)
         out[name] = from_rows(as_rows(w) * factor[tile_ids].repeat_interleave(M, dim=1), tuple(w.shape))
+        mine, theirs = (hybrid_partition(x, target, tile_rows).counts for x in (out[name], magnitude))
+        if mine != theirs:
+            raise SystemExit(f"hybrid-random: {name} would split {mine}, magnitude splits {theirs}; the control "
+                             f"only compares which vectors go at the same split")
     return out
 
 
