@@ -25,7 +25,7 @@ from flexhinm_accuracy import eligible_targets
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.flexhinm import FlexHiNMConfig, flexhinm_sparsify_
-from mm_plugin.masks import apply_masks_, reconstructing
+from mm_plugin.masks import LayerInputs, apply_masks_, capture_inputs, reconstruct_
 from mm_plugin.masks.pruning import compute_masks
 from mm_plugin.training import evaluate, reestimate_bn
 from mm_plugin.training.data import load_data
@@ -34,13 +34,14 @@ from mm_plugin.training.zoo import pretrained_demo_model
 TILES = (64, 16, 4)
 
 
-def one_shot(dense: torch.nn.Module, masks: dict[str, torch.Tensor], data, calibration: list | None
-             ) -> dict[str, float]:
-    """Validation accuracy after masking (the kept weights re-solved on ``calibration`` if given) and
-    BatchNorm re-estimation, and the share of the dense |w| the masks keep."""
+def one_shot(dense: torch.nn.Module, masks: dict[str, torch.Tensor], data,
+             captured: dict[str, LayerInputs] | None) -> dict[str, float]:
+    """Validation accuracy after masking (the kept weights re-solved from the dense model's ``captured``
+    inputs if given) and BatchNorm re-estimation, and the share of the dense |w| the masks keep."""
     model = copy.deepcopy(dense)
-    with reconstructing(model, list(masks), calibration):
-        apply_masks_(model, masks)
+    apply_masks_(model, masks)
+    if captured is not None:
+        reconstruct_(model, captured)
     reestimate_bn(model, data.calibration(4))
     weights = {n: dense.get_parameter(n).detach().abs() for n in masks}
     kept = sum(float((w * masks[n]).sum()) for n, w in weights.items()) / sum(float(w.sum()) for w in weights.values())
@@ -50,17 +51,19 @@ def one_shot(dense: torch.nn.Module, masks: dict[str, torch.Tensor], data, calib
 def regions(name: str, target: float, data, x: torch.Tensor, calibration: list | None) -> list[dict]:
     dense, _ = pretrained_demo_model(name, data)
     targets = eligible_targets(dense, x, target)
-    rows = [{"pattern": "unstructured", **one_shot(dense, compute_masks(copy.deepcopy(dense), targets), data, calibration)}]
+    # every pattern is re-solved from the same dense inputs: capture them once
+    captured = capture_inputs(dense, list(targets), calibration) if calibration is not None else None
+    rows = [{"pattern": "unstructured", **one_shot(dense, compute_masks(copy.deepcopy(dense), targets), data, captured)}]
     for tile in TILES:
         parts = flexhinm_sparsify_(copy.deepcopy(dense), targets,
                                    FlexHiNMConfig(permutation="none", tile_rows=tile)).partitions
         rows.append({"pattern": f"hybrid, tiles of {tile} rows",
-                     **one_shot(dense, {n: p.mask for n, p in parts.items()}, data, calibration)})
+                     **one_shot(dense, {n: p.mask for n, p in parts.items()}, data, captured)})
         if tile == TILES[0]:
             rows.append({"pattern": "its vector-pruned region alone (2:4 region dense)",
-                         **one_shot(dense, {n: p.mask | p.nm_region for n, p in parts.items()}, data, calibration)})
+                         **one_shot(dense, {n: p.mask | p.nm_region for n, p in parts.items()}, data, captured)})
             rows.append({"pattern": "its 2:4 region alone (vector-pruned region dense)",
-                         **one_shot(dense, {n: p.mask | ~p.nm_region for n, p in parts.items()}, data, calibration)})
+                         **one_shot(dense, {n: p.mask | ~p.nm_region for n, p in parts.items()}, data, captured)})
     return [{"model": name, "target": target, "layers": len(targets), **r} for r in rows]
 
 
