@@ -32,6 +32,7 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError, check_fraction
+from ..masks import MaskModule
 from ..registry import Registry
 from .layout import M, N, as_groups, from_groups
 from .partition import check_nm_shape
@@ -49,7 +50,7 @@ def top2(scores: torch.Tensor) -> torch.Tensor:
     return from_groups(keep, tuple(scores.shape))
 
 
-class NMGate(nn.Module):
+class NMGate(MaskModule):
     """Base of the learnable gates: regions, hardening and the exact 2:4 choice (see module doc)."""
 
     #: ``(start, end)`` temperature of a schedule that does not set its own.

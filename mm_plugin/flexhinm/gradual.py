@@ -23,7 +23,14 @@ import torch
 from torch import nn
 
 from ..errors import ValidationError
-from ..masks import apply_masks_, masked_weights, param_module, reconstructing, set_mask_module_
+from ..masks import (
+    apply_masks_,
+    masked_original,
+    masked_weights,
+    param_module,
+    reconstructing,
+    set_mask_module_,
+)
 from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
 from .gates import GATES, NMGate, sampling
 from .layout import as_groups
@@ -191,15 +198,12 @@ class GradualFlexHiNM:
         return {n: cubic_sparsity(t, step, *self.ramp, initial=self.schedule.ramp_from * t)
                 for n, t in self.targets.items()}
 
-    def _original(self, name: str) -> torch.Tensor:
-        module, attr = param_module(self.model, name)
-        return module.parametrizations[attr].original
 
     @torch.no_grad()
     def _repartition(self, step: int) -> None:
         score_fn = IMPORTANCES.get(self.config.importance)
         for name, t in self.sparsity_at(step).items():
-            w = self._original(name)
+            w = masked_original(self.model, name)
             score = score_fn(w).float()
             if self.schedule.partition_score == "movement":
                 score = score * _movement_factor(self.gates[name].movement)

@@ -205,8 +205,9 @@ def plain_copy(model: nn.Module) -> nn.Module:
         if not parametrize.is_parametrized(module):
             continue
         values = {attr: getattr(module, attr).detach().clone() for attr in module.parametrizations}
-        was_param = {
-            attr: isinstance(plist.original, nn.Parameter) for attr, plist in module.parametrizations.items()
+        was_param = {  # the stored tensor(s) under the parametrizations (one, or several for weight_norm)
+            attr: any(isinstance(t, nn.Parameter) for t in plist.parameters(recurse=False))
+            for attr, plist in module.parametrizations.items()
         }
         del module._modules["parametrizations"]
         module.__class__ = module.__class__.__bases__[0]  # parametrize subclasses the original class

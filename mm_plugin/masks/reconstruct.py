@@ -26,7 +26,7 @@ import torch.nn.functional as F
 from torch import nn
 
 from ..errors import ValidationError
-from .mask import masked_weights, param_module
+from .mask import masked_original, masked_weights, param_module
 
 log = logging.getLogger(__name__)
 DAMP = 0.01  # lambda's share of mean(diag H)
@@ -126,8 +126,7 @@ def reconstruct_(model: nn.Module, captured: Mapping[str, LayerInputs], damp: fl
         mask_mod = masks.get(name)
         if mask_mod is None:
             continue
-        module, attr = param_module(model, name)
-        original = module.parametrizations[attr].original
+        original = masked_original(model, name)
         keep = mask_mod.hard_mask().reshape(entry.weight.shape).to(torch.bool)
         w = entry.weight
         h = entry.damped_gram(damp)

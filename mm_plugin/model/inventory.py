@@ -31,9 +31,9 @@ PACKED_WEIGHTS: dict[type[nn.Module], tuple[str, ...]] = {
 
 
 def _weight_of(module: nn.Module, attr: str = "weight") -> torch.Tensor | None:
-    """One of the module's own weights (through a mask parametrization if there is one)."""
+    """One of the module's own weights (as its parametrizations compute it, masks included)."""
     if parametrize.is_parametrized(module, attr):
-        return module.parametrizations[attr].original
+        return getattr(module, attr)
     return module._parameters.get(attr)
 
 

@@ -74,3 +74,77 @@ def test_baking_a_deep_copy_leaves_the_original_masked(mlp):
     twin = bake_masks_(copy.deepcopy(mlp))
     assert torch.allclose(mlp(x), before) and torch.allclose(twin(x), before)
     assert "body.0.weight" in current_masks(mlp) and not current_masks(twin)
+
+
+class _Scaled(torch.nn.Module):
+    """A user's own parametrization, with a right_inverse as torch's docs write them."""
+
+    def forward(self, w):
+        return 2 * w
+
+    def right_inverse(self, w):
+        return w / 2
+
+
+class _Symmetric(torch.nn.Module):
+    """One that cannot hold a masked weight: it keeps the upper triangle only."""
+
+    def forward(self, w):
+        return w.triu() + w.triu(1).transpose(-1, -2)
+
+    def right_inverse(self, w):
+        return w.triu()
+
+
+def _user_parametrized(mlp, kind):
+    from torch.nn.utils import parametrize
+    from torch.nn.utils.parametrizations import weight_norm
+
+    if kind == "weight_norm":
+        weight_norm(mlp.body[0])
+        return "body.0.weight", mlp.body[0]
+    square = torch.nn.Linear(64, 64)
+    mlp.body.insert(0, square)
+    parametrize.register_parametrization(square, "weight", {"user": _Scaled, "symmetric": _Symmetric}[kind]())
+    return "body.0.weight", square
+
+
+@pytest.mark.parametrize("kind", ["weight_norm", "user"])
+def test_masks_sit_beside_a_users_parametrization(mlp, kind):
+    """The mask masks what the user's parametrization computes; baking removes the mask only."""
+    name, module = _user_parametrized(mlp, kind)
+    theirs = type(module.parametrizations.weight[0])
+    x = torch.randn(3, 64)
+    mm_plugin.prune(mlp, {name: 0.5, "head.weight": 0.25})
+    keep = current_masks(mlp)[name]
+    assert [type(p) for p in module.parametrizations.weight][0] is theirs  # theirs stays first
+    assert (module.weight[~keep] == 0).all() and int((module.weight == 0).sum()) == keep.numel() // 2
+    opt = torch.optim.AdamW(mlp.parameters(), lr=1e-2, weight_decay=0.1)
+    for xb, yb in batches(5, shape=(16, 64)):
+        opt.zero_grad()
+        torch.nn.functional.cross_entropy(mlp(xb), yb).backward()
+        opt.step()
+    assert (module.weight[~keep] == 0).all()
+    before = mlp(x)
+    bake_masks_(mlp)
+    assert [type(p) for p in module.parametrizations.weight] == [theirs]  # only the mask was removed
+    assert not current_masks(mlp)
+    assert torch.allclose(mlp(x), before, atol=1e-5)
+    assert torch.equal(module.weight == 0, ~keep)
+    assert not hasattr(mlp.head, "parametrizations")  # a weight with the mask alone is plain again
+
+
+def test_baking_into_a_parametrization_that_cannot_hold_the_mask_is_refused_and_changes_nothing(mlp):
+    name, module = _user_parametrized(mlp, "symmetric")
+    mm_plugin.prune(mlp, {name: 0.5})
+    x = torch.randn(3, 64)
+    before = mlp(x)
+    with pytest.raises(ValidationError, match="_Symmetric.*do not reproduce it exactly"):
+        bake_masks_(mlp)
+    assert name in current_masks(mlp) and torch.equal(mlp(x), before)
+
+
+def test_reconstruction_refuses_a_weight_under_a_users_parametrization(mlp):
+    name, _ = _user_parametrized(mlp, "weight_norm")
+    with pytest.raises(ValidationError, match="weight_norm|_WeightNorm.*remove them first"):
+        mm_plugin.prune(mlp, {name: 0.5}, calibration=batches(2, shape=(16, 64)), reconstruct=True)
