@@ -11,6 +11,7 @@ from mm_plugin.adapters.openvino import Timer
 from mm_plugin.adapters.torch_pruning import load_pruned, macs_of
 
 from mm_plugin.errors import ConfigError, UnknownNameError
+from mm_plugin.model import count_prunable
 from mm_plugin.portfolio import RunConfig, run
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
@@ -38,7 +39,8 @@ def test_every_method_removes_the_same_multiply_adds(finished):
         assert r["pattern"] == "structured"
         assert abs((1 - r["macs_ratio"]) - 0.3) < 0.03, r["key"]  # matched compute, within channel steps
         assert r["latency_ratio"] > 0 and r["dense_latency_ms"] > 0
-        assert 0 < r["sparsity"] < 1 and r["nonzeros"] == r["params"]
+        assert 0 < r["sparsity"] < 1 and r["sparsity"] == 1 - r["nonzeros"] / r["params"]
+        assert r["params"] == count_prunable(factories.tiny_cnn())  # every prunable weight of the dense model
         assert set(r["layer_sparsity"]) == {"0", "3", "8"}  # the three channel groups; the logits stay
 
 
@@ -46,7 +48,7 @@ def test_checkpoints_reload_as_pruned_models(finished):
     out, result = finished
     for r in result.records:
         model = load_pruned(out / r["checkpoint"], factories.tiny_cnn())
-        assert sum(p.numel() for p in model.parameters()) == r["params"]
+        assert count_prunable(model) == r["nonzeros"]
         x = torch.randn(2, 1, 8, 8)
         assert model.eval()(x).shape == (2, 10)
         assert macs_of(model, x[:1]) == r["macs"]
@@ -96,7 +98,7 @@ def test_select_by_latency_exports_a_front_checkpoint(finished, tmp_path):
     pick, record = select(out, max_latency=slowest)
     assert pick.latency_ratio <= slowest and record["config_key"] == pick.key
     model = load_pruned(export_selected(out, record, tmp_path / "best.pt"), factories.tiny_cnn())
-    assert sum(p.numel() for p in model.parameters()) == record["params"]
+    assert count_prunable(model) == record["nonzeros"]
     with pytest.raises(ValidationError, match="no front member meets latency <= 0.01"):
         select(out, max_latency=0.01)
 

@@ -16,7 +16,7 @@ import torch_pruning as tp
 from torch import nn
 
 from mm_plugin.errors import ConfigError
-from mm_plugin.model import count_params
+from mm_plugin.model import count_prunable
 from mm_plugin.planning import Plan, Strategy
 from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
 from mm_plugin.registry import Needs, Registry
@@ -96,11 +96,11 @@ class StructuredPattern(Pattern):
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]
-        dense_params = ctx.memo("dense_params", lambda: count_params(ctx.dense))
-        params = count_params(model)
+        params = ctx.memo("dense_params", lambda: count_prunable(ctx.dense))  # what unstructured counts too
+        nonzeros = count_prunable(model)
         macs = macs_of(model, ctx.example)
         kept = kept_channels(model, plan)
-        return {"sparsity": 1.0 - params / dense_params, "params": params, "nonzeros": params,
+        return {"sparsity": 1.0 - nonzeros / params, "params": params, "nonzeros": nonzeros,
                 "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
                 "knob": self._knob(job, ctx), "macs": macs, "macs_ratio": macs / ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))}
 

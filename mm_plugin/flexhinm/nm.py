@@ -170,7 +170,7 @@ def validate_nm(
     A group is ``m`` consecutive input channels of one output channel and kernel position; it passes
     with at least ``m - n`` zeros. ``regions`` (a :class:`FlexHiNMResult` or ``{name: bool tensor}``)
     restricts the check to each layer's 2:4 region, so a hybrid layer passes when its 2:4 part is
-    right; without it every group is checked. Masked (parametrized) weights are checked as the model
+    right (a layer it does not name has none); without it every group is checked. Masked (parametrized) weights are checked as the model
     computes with them. Layers that cannot carry the pattern are listed with the reason.
     """
     if not (0 < n < m):
@@ -188,7 +188,8 @@ def validate_nm(
         if w is None:
             reports.append(NMLayerReport(name, (), 0, 0, False, reason))
             continue
-        region = regions.get(name) if regions is not None else None
+        # with regions, a layer they do not name has no 2:4 region (the pattern left it dense)
+        region = None if regions is None else regions.get(name, torch.zeros(w.shape, dtype=torch.bool))
         reports.append(_check_weight(name, w, n, m, region))
     return NMReport(n, m, tuple(reports))
 

@@ -8,6 +8,7 @@ from .inventory import (
     Trace,
     check_forward,
     count_params,
+    count_prunable,
     forward_eval,
     inventory,
     names_of,
@@ -22,7 +23,7 @@ from .units import KINDS, UNIT_KINDS, ChannelGroup, Inventory, SkippedParam, Uni
 
 __all__ = [
     "KINDS", "PRUNABLE_TYPES", "UNIT_KINDS", "ChannelGroup", "IgnoredScope", "InputInfo", "Inventory", "SkippedParam",
-    "Trace", "Unit", "attention_modules", "check_forward", "closest_names", "count_params", "edit_distance",
+    "Trace", "Unit", "attention_modules", "check_forward", "closest_names", "count_params", "count_prunable", "edit_distance",
     "forward_eval", "group_units", "inventory", "make_inputs",
     "names_of", "op_type", "param_owner", "prunable_weights", "resolve_names", "submodule", "to_numpy", "trace",
     "update_attention_",

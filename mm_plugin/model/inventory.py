@@ -171,6 +171,11 @@ def count_params(model: nn.Module) -> int:
     return sum(p.numel() for p in model.parameters())
 
 
+def count_prunable(model: nn.Module) -> int:
+    """Entries of every prunable weight (what a sparsity counts), as the model computes with them."""
+    return sum(getattr(m, a).numel() for m in model.modules() for a in prunable_weights(m))
+
+
 def resolve_names(model: nn.Module, names: Iterable[str]) -> list[nn.Module | nn.Parameter]:
     params = dict(model.named_parameters())
     return [params[n] if n in params else submodule(model, n) for n in names]

@@ -143,8 +143,9 @@ class Pattern:
         return {}
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
-        """Record fields of the fine-tuned model: ``sparsity``, ``params``, ``nonzeros`` and more."""
-        report = measure_sparsity(model)
+        """Record fields of the fine-tuned model: ``sparsity``, ``params``, ``nonzeros`` and more, over every
+        weight of the plan (those a pattern leaves dense, without a mask, included)."""
+        report = measure_sparsity(model, [u.name for u in ctx.plans[job.signal].units])
         return {"sparsity": global_sparsity(report), "layer_sparsity": {r.name: r.sparsity for r in report},
                 "params": sum(r.numel for r in report), "nonzeros": sum(r.numel - r.zeros for r in report)}
 

@@ -120,7 +120,8 @@ def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command
     dense = aggregates[0].dense_test if aggregates else float("nan")
     lines = [f"# {title}", "", f"Reproduce: `{command}`", "",
              f"Dense test accuracy: {100 * dense:.2f} %. Sparsity is measured on the fine-tuned model "
-             "(zeros / prunable weights; structured runs: parameters removed). Accuracies are test-split means ± std over seeds; the Pareto front "
+             "(zeros over every weight of the plan, those left dense included; structured runs: the share of "
+             "Conv, Linear and Embedding weights removed). Accuracies are test-split means ± std over seeds; the Pareto front "
              "(★) is chosen on validation accuracy, so the test split is never used for selection.", ""]
     lines += ["| ★ | method | signal | strategy / allocation | target | sparsity | non-zeros | one-shot | "
               "fine-tuned test | val | drop | seeds |",

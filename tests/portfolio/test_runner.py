@@ -127,12 +127,20 @@ def test_flexhinm_sparsity_gives_nm_friendly_masks(tmp_path):
     import dataclasses
 
     from mm_plugin.flexhinm import validate_nm
-    config = dataclasses.replace(CONFIG, sparsity="flexhinm", targets=(0.5,), strategies=("balanced",), baselines=())
+    keep_head = {"name": "keep-head", "kinds": ["head"], "max": 0.0}  # a layer the pattern leaves dense
+    config = dataclasses.replace(CONFIG, sparsity="flexhinm", targets=(0.5,), strategies=("balanced",), baselines=(),
+                                 rules=[*CONFIG.rules, keep_head])
     result = run(config, tmp_path, progress=False, keep_checkpoints="all")
     (record,) = result.records
-    assert record["pattern"] == "flexhinm" and abs(record["sparsity"] - 0.5) < 0.05
-    model = factories.trained_mlp()
     ckpt = torch.load(tmp_path / record["checkpoint"], weights_only=True)
+    planned = {n: ckpt["state_dict"][n] for n in record["planned_sparsity"]}
+    assert record["planned_sparsity"]["5.weight"] == 0.0 and "5.weight" in record["layer_sparsity"]
+    zeros = sum(int((w == 0).sum()) for w in planned.values())
+    params = sum(w.numel() for w in planned.values())
+    assert record["pattern"] == "flexhinm" and record["params"] == params  # every planned weight, dense ones too
+    assert record["nonzeros"] == params - zeros and record["sparsity"] == zeros / params
+    assert abs(record["sparsity"] - 0.5) < 0.01  # the hybrid split rounds each layer to half a vector
+    model = factories.trained_mlp()
     model.load_state_dict(ckpt["state_dict"])
     assert validate_nm(model, regions=ckpt["nm_regions"]).ok
     assert any(r.any() for r in ckpt["nm_regions"].values())
