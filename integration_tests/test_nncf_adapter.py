@@ -155,10 +155,12 @@ def test_masks_are_nncf_hooks_and_ignored_weights_stay_dense(swin):
     assert mlp and all(ctrl.plan.hi[i] <= 0.45 for i in mlp)
     assert all("mlp-cap" in ctrl.plan.rules[ctrl.plan.units[i].name] for i in mlp)
     assert all(ctrl.strategy.sparsity[ctrl.plan.units[i].name] <= 0.45 + 1e-9 for i in mlp)
-    # the weights themselves are untouched until strip (NNCF's convention)
+    # the raw weights agree with the masks: kept ones untouched, pruned ones zero (as the core's apply_masks_)
     fresh = make_swin()
-    for name in hooks:
-        assert torch.equal(model.get_parameter(name), fresh.get_parameter(name))
+    for name, hook in hooks.items():
+        keep = hook.binary_mask
+        assert torch.equal(model.get_parameter(name), fresh.get_parameter(name) * keep), name
+        assert torch.all(model.get_parameter(name)[keep] != 0), name
 
 
 def test_controller_statistics_report_the_plan(compressed):

@@ -1,7 +1,8 @@
 """A validated config into NNCF 3.4's machinery: the core's plan and masks as NNCF pruning hooks, NNCF's
 statistics and strip, int8 with ``nncf.quantize``, and the export checked zero by zero.
 
-Each keep-mask goes in as NNCF's stock ``UnstructuredPruningMask`` on the weight constant, so
+Each keep-mask goes in as NNCF's stock ``UnstructuredPruningMask`` on the weight constant (the raw values
+of the weights it prunes are set to zero, at creation and at every level change), so
 ``nncf.pruning_statistic``, ``nncf.strip`` and ``nncf.torch.get_config`` / ``load_from_config`` work
 unchanged. NNCF's own ratio updates rewrite every mask with one ratio: do not run them on these models;
 NNCF 2.x schedules run through ``ctrl.scheduler``, which re-masks with the core's masks. Filter-pruning
@@ -219,7 +220,8 @@ class CompressionController:
                  plan.global_sparsity(strategy))
 
     def _register_masks(self, model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
-        """Every planned weight's keep-mask as NNCF's stock mask hook (all-ones where none is given)."""
+        """Every planned weight's keep-mask as NNCF's stock mask hook (all-ones where none is given); the
+        raw value of every weight it prunes is set to zero (:func:`_zero_pruned`)."""
         from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
         from nncf.torch.function_hook.wrapper import register_post_function_hook, wrap_model
 
@@ -230,6 +232,7 @@ class CompressionController:
             hook = UnstructuredPruningMask(tuple(keep.shape)).to(device=keep.device)
             hook.binary_mask.copy_(keep)
             register_post_function_hook(model, name, 0, hook)
+        _zero_pruned(model, masks)
         self._record(masks)
 
     def _masks(self, model: nn.Module, strategy: Strategy) -> dict[str, torch.Tensor]:
@@ -242,7 +245,15 @@ class CompressionController:
     def set_sparsity_level(self, level: float) -> None:
         """NNCF 2.x's ``set_sparsity_level``: re-mask every planned weight for a new global level (the
         plan's strategy at that level, the core's masks for it, written into the NNCF hooks). The
-        scheduler calls it; a run without training can pass ``ctrl.schedule.final_level``."""
+        scheduler calls it; a run without training can pass ``ctrl.schedule.final_level``.
+
+        A pruned weight's raw value is zero, never its stale pre-pruning value: the weights the current
+        masks prune are zeroed before the new masks are scored (an optimizer's momentum may have moved
+        them), and those the new masks prune are zeroed after. Under magnitude and |w*g| a pruned weight
+        therefore scores 0 and stays pruned as the level rises; one that comes back (a falling level, or a
+        gradient signal picking it) starts from zero. NNCF 2.x re-masked from the raw weight, so a revived
+        weight came back with its stale, weight-decayed value; zero is what gradual magnitude pruning
+        (Zhu & Gupta 2017), TF-MOT's ``prune_low_magnitude`` and the core's ``apply_masks_`` do."""
         if self.plan is None or self.step.algorithm != "mix_and_match" or self.channels is not None:
             raise MMError("set_sparsity_level: only a mix_and_match step with unstructured masks changes level "
                           "(flexhinm and filter-pruning steps prune once)")
@@ -253,10 +264,12 @@ class CompressionController:
         level = check_fraction(level, "sparsity level")
         _check_reach(self.plan, self.step, max(level, self.plan.reach()[0]), "set_sparsity_level")
         strategy = self.plan.at_level(self._base, level)
+        _zero_pruned(self.model, {n: h.binary_mask for n, h in hooks.items()})  # score the effective weights
         masks = self._masks(self.model, strategy)
         with torch.no_grad():
             for name, keep in masks.items():
                 hooks[name].binary_mask.copy_(keep)
+        _zero_pruned(self.model, masks)
         self._record(masks)
         self.strategy = strategy
 
@@ -432,6 +445,16 @@ class LearningScheduler:
 
     def load_state(self, state: dict[str, int]) -> None:
         self.current_epoch, self.current_step = state["current_epoch"], state["current_step"]
+
+
+@torch.no_grad()
+def _zero_pruned(model: nn.Module, masks: Mapping[str, torch.Tensor]) -> None:
+    """Set the raw value of every weight a keep-mask prunes to zero, so the parameters agree with the NNCF
+    mask hooks (as the core's ``apply_masks_`` zeroes ``original``): a weight a later level revives starts
+    from zero, not from the stale value it had before it was pruned."""
+    for name, keep in masks.items():
+        param = model.get_parameter(name)
+        param.masked_fill_(~keep.to(device=param.device, dtype=torch.bool), 0.0)
 
 
 def _range_targets(step: PruningStep, units: Sequence[Unit]) -> tuple[float, ...]:
