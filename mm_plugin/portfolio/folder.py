@@ -14,24 +14,27 @@ import hashlib
 import json
 import logging
 import os
+import random
 import re
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator
+from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import filelock
+import numpy as np
 import torch
 from torch import nn
+from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import ConfigError
 from ..files import write_atomic, write_json_atomic, write_text_atomic
-from ..training import DataSplits
+from ..training import TRAINING_RECIPE, DataSplits
 from .config import RunConfig
 
 log = logging.getLogger(__name__)
@@ -50,19 +53,63 @@ def _sha256(data: bytes | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
+def _hash_into(digest: Any, item: Any) -> None:
+    """Every tensor of a batch (tensors, tuples, lists, dicts) in order, with its dtype and shape."""
+    if isinstance(item, torch.Tensor):
+        t = item.detach().cpu().contiguous()
+        digest.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes())
+    elif isinstance(item, Mapping):
+        for key in sorted(item, key=str):
+            digest.update(str(key).encode())
+            _hash_into(digest, item[key])
+    elif isinstance(item, (tuple, list)):
+        for part in item:
+            _hash_into(digest, part)
+    else:
+        digest.update(repr(item).encode())
+
+
+def split_fingerprint(loader: DataLoader, dataset: Any = None) -> str:
+    """``<samples>:<SHA-256>`` of every sample of a split, streamed batch by batch in the dataset's own
+    order (a shuffling loader is read unshuffled) under a fixed RNG, so random transforms repeat too.
+    ``dataset``: read instead of the loader's (the training set without its augmentation)."""
+    dataset = loader.dataset if dataset is None else dataset
+    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
+        source: Any = loader
+    else:
+        source = DataLoader(dataset, batch_size=loader.batch_size or 64, shuffle=False,
+                            collate_fn=loader.collate_fn)
+    digest, samples = hashlib.sha256(), 0
+    py_state, np_state = random.getstate(), np.random.get_state()
+    try:
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)
+            random.seed(0)
+            np.random.seed(0)
+            for batch in source:
+                _hash_into(digest, batch)
+                first = batch[0] if isinstance(batch, (tuple, list)) else batch
+                samples += len(first) if hasattr(first, "__len__") else 1
+    finally:
+        random.setstate(py_state)
+        np.random.set_state(np_state)
+    return f"{samples}:{digest.hexdigest()}"
+
+
 def fingerprint(config: RunConfig, dense: nn.Module, data: DataSplits) -> dict[str, str]:
-    """SHA-256 of what defines the results beyond the settings: the dense weights, the data the runs
-    are measured on (sizes and the first validation and test batches) and a rules file's content."""
+    """SHA-256 of what defines the results beyond the settings: the dense weights, every sample of every
+    split, the training loop's fixed recipe and batching, and a rules file's content."""
     model = hashlib.sha256()
     for name, tensor in dense.state_dict().items():
-        model.update(name.encode() + tensor.detach().cpu().contiguous().numpy().tobytes())
-    sample = hashlib.sha256(repr((data.name, data.num_classes, data.input_shape)).encode())
-    for loader in (data.val, data.test):
-        for i, (x, y) in enumerate(loader):
-            if i == 8:
-                break
-            sample.update(x.numpy().tobytes() + torch.as_tensor(y).numpy().tobytes())
-    out = {"model": model.hexdigest(), "data": sample.hexdigest()}
+        model.update(name.encode())
+        _hash_into(model, tensor)
+    training = {**TRAINING_RECIPE, "batch_size": data.train.batch_size, "batches_per_epoch": len(data.train),
+                "drop_last": data.train.drop_last, "train_set": type(data.train.dataset).__qualname__}
+    out = {"model": model.hexdigest(),
+           "data": _sha256(repr((data.name, data.num_classes, tuple(data.input_shape))).encode()),
+           "train": split_fingerprint(data.train, data.calibration_source),
+           "val": split_fingerprint(data.val), "test": split_fingerprint(data.test),
+           "training": _sha256(json.dumps(training, sort_keys=True).encode())}
     if isinstance(config.rules, (str, os.PathLike)):
         out["rules_file"] = _sha256(Path(config.rules))
     return out

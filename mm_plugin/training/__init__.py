@@ -3,6 +3,7 @@
 from .crops import imagenet_crops
 from .data import DATASETS, DataSplits, load_data
 from .loop import (
+    TRAINING_RECIPE,
     FinetuneResult,
     TrainingHook,
     evaluate,
@@ -16,7 +17,7 @@ from .loop import (
 from .zoo import MODELS, create_model, pretrained_demo_model
 
 __all__ = [
-    "DATASETS", "MODELS", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
+    "DATASETS", "MODELS", "TRAINING_RECIPE", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
     "imagenet_crops",
     "labels", "load_data", "optimizer_groups", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
 ]

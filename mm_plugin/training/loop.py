@@ -103,6 +103,12 @@ def optimizer_groups(model: nn.Module, hooks: Sequence[TrainingHook]) -> list[di
     return [{"params": [p for p in model.parameters() if p.requires_grad and id(p) not in taken]}, *extra]
 
 
+#: What :func:`finetune` does that no argument sets: part of every run's fingerprint, so results of another
+#: recipe never merge with these.
+TRAINING_RECIPE = {"optimizer": "AdamW", "lr_schedule": "cosine to 0, per step", "loss": "cross_entropy",
+                   "selection": "best validation accuracy, epoch 0 included"}
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 

@@ -184,3 +184,30 @@ def test_every_cli_mistake_is_one_line_with_exit_code_2(argv, message, tmp_path,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_one_changed_training_sample_is_refused(finished, tmp_path, monkeypatch):
+    import factories
+
+    from mm_plugin.portfolio.folder import fingerprint
+    from mm_plugin.training import load_data
+
+    same = [fingerprint(CONFIG, factories.trained_mlp(), load_data("factories:small_digits")) for _ in range(2)]
+    assert same[0] == same[1]  # every sample is read in the dataset's order, whatever the loader shuffles
+    assert set(same[0]) >= {"model", "train", "val", "test", "training"}
+    assert same[0]["train"].startswith("400:") and same[0]["test"].startswith("100:")
+    original = factories.small_digits
+
+    def one_pixel_changed(batch_size: int = 64, seed: int = 0):
+        data = original(batch_size, seed)
+        x, y = data["train"].dataset.tensors
+        x = x.clone()
+        x[7, 0, 3, 3] += 0.5
+        data["train"] = type(data["train"])(type(data["train"].dataset)(x, y), batch_size=batch_size, shuffle=True)
+        return data
+
+    monkeypatch.setattr(factories, "small_digits", one_pixel_changed)  # the same --data, other training data
+    out = tmp_path / "copy"
+    shutil.copytree(finished[0], out)
+    with pytest.raises(ConfigError, match=r"other inputs \(inputs\.train: '400:[0-9a-f]+' -> '400:[0-9a-f]+'\)"):
+        run(CONFIG, out, progress=False)
