@@ -52,3 +52,33 @@ def small_digits(batch_size: int = 64, seed: int = 0):
     loaders = [DataLoader(TensorDataset(x[a:b], y[a:b]), batch_size=batch_size, shuffle=(i == 0))
                for i, (a, b) in enumerate(parts)]
     return {"train": loaders[0], "val": loaders[1], "test": loaders[2], "num_classes": 10, "name": "small_digits"}
+
+
+class _Watched(DataLoader):
+    """A loader that notes each read in ``log`` and refuses a read of any split after the test split's."""
+
+    def __init__(self, split: str, log: list, *args, **kwargs) -> None:
+        super().__init__(*args, **kwargs)
+        self.split, self.log = split, log
+
+    def __iter__(self):
+        if self.split != "test" and "test" in self.log:
+            raise AssertionError(f"the {self.split} split was read after the test split: the test split was "
+                                 "read before the final evaluation")
+        self.log.append(self.split)
+        return super().__iter__()
+
+
+#: The reads of the last :func:`guarded_digits` data, in order.
+READS: list = []
+
+
+def guarded_digits(batch_size: int = 64, seed: int = 0):
+    """:func:`small_digits` whose loaders raise when the training or validation split is read after the
+    test split: every selection (fine-tuning, best epochs, a search's rungs and pick) must be over first."""
+    data = small_digits(batch_size, seed)
+    READS.clear()
+    for split in ("train", "val", "test"):
+        loader = data[split]
+        data[split] = _Watched(split, READS, loader.dataset, batch_size=batch_size, shuffle=split == "train")
+    return data

@@ -10,6 +10,7 @@ runner then times each configuration with the installed latency backend (OpenVIN
 
 from __future__ import annotations
 
+import copy
 from typing import Any
 
 import torch_pruning as tp
@@ -107,3 +108,6 @@ class StructuredPattern(Pattern):
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""
         return {"mm_format": "state_dict", "data": tp.state_dict(model), "record": record, **extra}
+
+    def load(self, payload: dict[str, Any], ctx: RunContext) -> nn.Module:
+        return tp.load_state_dict(copy.deepcopy(ctx.dense), payload["data"])

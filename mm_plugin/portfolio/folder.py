@@ -241,6 +241,13 @@ class RunFolder:
         self._sound.append(record)
         write_text_atomic(self.results, "".join(json.dumps(r) + "\n" for r in self._sound))
 
+    def update(self, record: dict) -> None:
+        """Replace the record with the same key (the final evaluation completes records), atomically."""
+        if self._sound is None:
+            self._sound = self.records()
+        self._sound = [record if r["key"] == record["key"] else r for r in self._sound]
+        write_text_atomic(self.results, "".join(json.dumps(r) + "\n" for r in self._sound))
+
     def checkpoint_path(self, key: str) -> Path:
         return self.path / "checkpoints" / (re.sub(r"[^A-Za-z0-9_.=-]+", "_", key) + ".pt")
 

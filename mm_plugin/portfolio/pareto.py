@@ -41,7 +41,7 @@ class Aggregate:
     val_std: float
     test: float
     test_std: float
-    oneshot_test: float
+    oneshot_val: float
     dense_test: float
     latency_ratio: float | None = None  # measured latency / dense (structured runs)
     macs_ratio: float | None = None
@@ -72,7 +72,7 @@ def aggregate(records: Iterable[dict]) -> list[Aggregate]:
             n=len(rs), sparsity=float(col("sparsity").mean()), nonzeros=float(col("nonzeros").mean()),
             val=float(col("val_accuracy").mean()), val_std=float(col("val_accuracy").std()),
             test=float(col("test_accuracy").mean()), test_std=float(col("test_accuracy").std()),
-            oneshot_test=float(col("oneshot_test_accuracy").mean()), dense_test=float(col("dense_test_accuracy").mean()),
+            oneshot_val=float(col("oneshot_val_accuracy").mean()), dense_test=float(col("dense_test_accuracy").mean()),
             **{f: float(col(f).mean()) for f in ("latency_ratio", "macs_ratio") if all(f in r for r in rs)},
         ))
     return sorted(out, key=lambda a: (a.sparsity, a.method, a.name))

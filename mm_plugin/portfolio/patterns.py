@@ -10,6 +10,7 @@ works once the Torch-Pruning extra is installed and never imports it otherwise.
 
 from __future__ import annotations
 
+import copy
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
@@ -153,6 +154,12 @@ class Pattern:
         """What goes into the checkpoint file (masks baked in: exact zeros, plain weight names)."""
         bake_masks_(model)
         return {"state_dict": model.state_dict(), "record": record, **extra}
+
+    def load(self, payload: dict[str, Any], ctx: RunContext) -> nn.Module:
+        """The fine-tuned model a :meth:`checkpoint` payload holds (the final evaluation reads it back)."""
+        model = copy.deepcopy(ctx.dense)
+        model.load_state_dict(payload["state_dict"])
+        return model
 
 
 class FlexHiNMPattern(Pattern):

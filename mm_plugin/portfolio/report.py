@@ -123,14 +123,14 @@ def write_report(aggregates: Sequence[Aggregate], out: Path, title: str, command
              "(zeros over every weight of the plan, those left dense included; structured runs: the share of "
              "Conv, Linear and Embedding weights removed). Accuracies are test-split means ± std over seeds; the Pareto front "
              "(★) is chosen on validation accuracy, so the test split is never used for selection.", ""]
-    lines += ["| ★ | method | signal | strategy / allocation | target | sparsity | non-zeros | one-shot | "
+    lines += ["| ★ | method | signal | strategy / allocation | target | sparsity | non-zeros | one-shot val | "
               "fine-tuned test | val | drop | seeds |",
               "|---|---|---|---|---|---|---|---|---|---|---|---|"]
     for a in aggregates:
         lines.append(
             f"| {'★' if a.key in front else ''} | {a.method} | {a.signal} | {a.name} | "
             f"{'' if a.target is None else f'{a.target:.3f}'} | {100 * a.sparsity:.2f} % | {a.nonzeros:,.0f} | "
-            f"{100 * a.oneshot_test:.2f} | {_pm(a.test, a.test_std, a.n)} | {100 * a.val:.2f} | "
+            f"{100 * a.oneshot_val:.2f} | {_pm(a.test, a.test_std, a.n)} | {100 * a.val:.2f} | "
             f"{100 * a.drop:+.2f} | {a.n} |"
         )
     rows = comparison(aggregates, merged)

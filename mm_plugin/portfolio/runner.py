@@ -123,36 +123,35 @@ def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Jo
     return jobs, merged
 
 
-def _oneshot(job: Job, pattern: Pattern, ctx: RunContext, test: bool = True
-             ) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
+def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
-    scores: what ranks candidates before any fine-tuning (the test split only for the record)."""
+    validation scores: what ranks candidates before any fine-tuning."""
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
     reestimate_bn(model, ctx.batches())
     val, val_loss = score(model, ctx.data.val)
-    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss,
-                          **({"oneshot_test_accuracy": evaluate(model, ctx.data.test)} if test else {})}
+    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss}
 
 
 def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
+    """A job's record; ``test_accuracy`` (and the dense model's) stay None until the final evaluation."""
     return {"key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
             "name": job.name, "target": job.target, "seed": job.seed, "pattern": ctx.config.sparsity,
             **({} if job.rung is None else {"rung": job.rung}), "planned_sparsity": job.sparsity,
-            "dense_val_accuracy": ctx.cache["dense_accuracy"][0], "dense_test_accuracy": ctx.cache["dense_accuracy"][1],
-            **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
+            "dense_val_accuracy": ctx.cache["dense_val_accuracy"], "dense_test_accuracy": None,
+            "test_accuracy": None, **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
 
 
 def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None]) -> tuple[dict, Any, Any]:
     """One job, anywhere (an executor's task): prune, score one-shot, fine-tune (``epochs``: the config's,
-    or fewer for a search rung, then only the scores count) and measure. Returns the record, the
-    checkpoint payload and, for a timed pattern, the model; nothing is written here."""
+    or fewer for a search rung, then only the scores count) and measure, on the validation split only.
+    Returns the record, the checkpoint payload and, for a timed pattern, the model; nothing is written here."""
     (pattern, ctx), (job, epochs) = shared, item
     start = time.perf_counter()
     config = ctx.config
-    model, extra, oneshot = _oneshot(job, pattern, ctx, test=epochs is None)
-    if epochs == 0:  # a search's rung 0: the validation split ranks, the test split stays unread
+    model, extra, oneshot = _oneshot(job, pattern, ctx)
+    if epochs == 0:  # a search's rung 0: one-shot scores rank
         return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
-                       val_loss=oneshot["oneshot_val_loss"], test_accuracy=None), None, None
+                       val_loss=oneshot["oneshot_val_loss"]), None, None
     epochs_run = config.epochs if epochs is None else epochs
     hooks = pattern.hooks(model, job, ctx, steps=max(1, round(epochs_run * len(ctx.data.train))))
     ft = finetune(model, ctx.data.train, ctx.data.val, epochs=epochs_run, lr=config.lr,
@@ -160,13 +159,28 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None])
                   hooks=hooks)  # a schedule runs its whole budget; finetune decides which state it may keep
     extra.update(pattern.finish_(model, hooks))
     val_loss = score(model, ctx.data.val)[1]
-    test = evaluate(model, ctx.data.test) if epochs is None else None  # rungs rank on validation only
-    trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss, "test_accuracy": test,
+    trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss,
                "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run}
-    if epochs is not None:
+    if epochs is not None:  # a search's rung 1: short fine-tunes rank
         return _record(job, ctx, start, **trained), None, None
     record = _record(job, ctx, start, **pattern.measure(model, job, ctx), **trained)
     return record, pattern.checkpoint(model, record, extra), model if pattern.timed else None
+
+
+def _final_evaluation(pattern: Pattern, ctx: RunContext, folder: RunFolder, progress: bool) -> None:
+    """The test split's only reader, once every job is fine-tuned and every search has picked on
+    validation: the dense model and each finished configuration (from its checkpoint) are evaluated on
+    test, and their records completed. A rerun finishes what an interrupted one left."""
+    todo = [r for r in folder.records() if r.get("rung") is None and r["test_accuracy"] is None]
+    if not todo:
+        return
+    dense_test = ctx.memo("dense_test_accuracy", lambda: evaluate(ctx.dense, ctx.data.test))
+    scored: dict[str, float] = {}  # a search's pick shares its finalist's checkpoint
+    for r in tqdm(todo, desc="test split", disable=not progress, unit="model"):
+        if r["checkpoint"] not in scored:
+            payload = torch.load(folder.path / r["checkpoint"], map_location="cpu", weights_only=False)
+            scored[r["checkpoint"]] = evaluate(pattern.load(payload, ctx), ctx.data.test)
+        folder.update({**r, "test_accuracy": scored[r["checkpoint"]], "dense_test_accuracy": dense_test})
 
 
 @dataclass
@@ -288,8 +302,8 @@ def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Modul
     pattern = get_pattern(config.sparsity)()
     calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
     ctx = RunContext(config, dense, example, calibration, plans={}, data=data)
-    ctx.cache["dense_accuracy"] = (evaluate(dense, data.val), evaluate(dense, data.test))
-    log.info("dense %s: val %.4f, test %.4f", config.model, *ctx.cache["dense_accuracy"])
+    ctx.cache["dense_val_accuracy"] = evaluate(dense, data.val)
+    log.info("dense %s: val %.4f", config.model, ctx.cache["dense_val_accuracy"])
     for i, signal in enumerate(config.signals):
         p = pattern.plan(ctx, signal)
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
@@ -306,6 +320,7 @@ def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Modul
         for target, seed in tqdm([(t, s) for t in config.targets for s in config.seeds], disable=not progress,
                                  desc=f"{config.model} searches", unit="search"):
             _search(target, seed, driver)
+    _final_evaluation(pattern, ctx, folder, progress)
 
     records = folder.records()
     aggs = aggregate(records)
