@@ -43,6 +43,7 @@ import time
 from pathlib import Path
 
 import torch
+from resume import load_or_make
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.flexhinm import (
@@ -85,6 +86,21 @@ def method_settings(method: str, variants: dict[str, dict]) -> tuple[str, Gradua
     fields = dict(variants[method])
     permutation = fields.pop("permutation", "gyro")
     return permutation, GradualConfig.from_dict(fields)
+
+
+def learned_settings(method: str, variants: dict[str, dict]) -> dict | None:
+    """What a learned method's numbers depend on beyond its name: permutation and schedule (None: one-shot)."""
+    learned = method_settings(method, variants)
+    return None if learned is None else {"permutation": learned[0], "schedule": learned[1].to_dict()}
+
+
+def legacy_setting(record: dict, key: str):
+    """A setting of a record written before records stored their settings."""
+    if key == "learned":  # a GradualConfig field added since reads as its default
+        default = json.loads(json.dumps(GradualConfig().to_dict()))
+        return {"permutation": record["permutation"], "schedule": {**default, **record["schedule"]}} \
+            if "schedule" in record else None
+    return record.get(key, {"reconstruct": False, "keep": "best"}.get(key))
 
 
 def random_vector_scores(model: torch.nn.Module, targets: dict[str, float], seed: int) -> dict[str, torch.Tensor]:
@@ -231,18 +247,19 @@ def main() -> None:
             for seed in map(int, args.seeds.split(",")):
                 for method in methods:
                     path = runs / f"{name}-{target:.2f}-{epochs}ep-{method}-s{seed}.json"
-                    if path.exists():
-                        made = json.loads(path.read_text())
-                        if (made.get("reconstruct", False), made.get("keep", "best")) != (args.reconstruct, args.keep):
-                            raise SystemExit(f"{path} was made with other --reconstruct / --keep settings; give "
-                                             f"another --out folder")
-                        continue
-                    r = {"model": name, "target": target, "dense_test": dense_test, "layers": len(targets),
-                         "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
-                         **run_one(method, dense, data, x, targets, seed, epochs, args.lr, variants, calibration,
-                                   args.keep)[0]}
-                    write_json_atomic(path, r)
-                    print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
+                    settings = {"model": name, "target": target, "epochs": epochs, "seed": seed, "method": method,
+                                "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
+                                "dense_test": dense_test, "learned": learned_settings(method, variants)}
+
+                    def make() -> dict:
+                        r = {"model": name, "target": target, "dense_test": dense_test, "layers": len(targets),
+                             "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
+                             **run_one(method, dense, data, x, targets, seed, epochs, args.lr, variants,
+                                       calibration, args.keep)[0]}
+                        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
+                        return r
+
+                    load_or_make(path, settings, make, legacy_setting)
     rows = [json.loads(p.read_text()) for p in sorted(runs.glob("*.json"))]
     write_json_atomic(out / "flexhinm_accuracy.json", rows)
     shown = [m for m in (*METHODS, *CONTROLS) if any(r["method"] == m for r in rows)]

@@ -17,12 +17,12 @@ Each finished (method, seed) is written atomically to ``<out>/runs/`` and skippe
 from __future__ import annotations
 
 import argparse
-import json
 import logging
 from pathlib import Path
 
 import torch
 from flexhinm_accuracy import eligible_targets, run_one
+from resume import load_or_make
 from scipy.stats import binomtest
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
@@ -73,14 +73,20 @@ def main() -> None:
     for seed in seeds:
         for method in methods:
             path = out / "runs" / f"{tag}-{method}-s{seed}.json"
-            if not path.exists():
+            settings = {"model": args.model, "target": args.target, "epochs": args.epochs, "method": method,
+                        "seed": seed, "lr": args.lr, "reconstruct": args.reconstruct}
+
+            def make() -> dict:
                 record, model = run_one(method, dense, data, x, targets, seed, args.epochs, args.lr, {}, calibration,
                                         "best")
-                write_json_atomic(path, {"method": method, "seed": seed, "reconstruct": args.reconstruct,
-                                         "val": record["val"], "test": record["test"],
-                                         "val_correct": correct(model, data.val),
-                                         "test_correct": correct(model, data.test)})
-            runs[method, seed] = json.loads(path.read_text())
+                return {"method": method, "seed": seed, "reconstruct": args.reconstruct, "val": record["val"],
+                        "test": record["test"], "val_correct": correct(model, data.val),
+                        "test_correct": correct(model, data.test)}
+
+            # records from before settings were stored: the file name holds model, target and epochs; they ran
+            # at the defaults of the time for the rest
+            legacy = {"model": args.model, "target": args.target, "epochs": args.epochs, "lr": 5e-4, "reconstruct": False}
+            runs[method, seed] = load_or_make(path, settings, make, lambda r, k: r.get(k, legacy.get(k)))
     rows = [{"pair": f"{a} vs {b}", "seed": seed, "split": split,
              **mcnemar(runs[a, seed][f"{split}_correct"], runs[b, seed][f"{split}_correct"])}
             for a, b in pairs for seed in seeds for split in ("val", "test")]

@@ -31,6 +31,7 @@ import time
 from pathlib import Path
 
 import torch
+from resume import load_or_make
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.flexhinm import PERMUTATIONS, hybrid_partition, matrix_problem, permute_layer
@@ -231,20 +232,23 @@ def main(argv: list[str] | None = None) -> int:
               "args": {k: v for k, v in vars(args).items() if k != "hybrid_method_list"},
               "torch": torch.__version__, "python": platform.python_version(), "suites": {}}
     md = ["# Gyro-Permutation against references", "", f"`{report['command']}`", ""]
+    # what a layer's numbers depend on (not where they are written, nor which layers or suites are run)
+    settings = {k: v for k, v in report["args"].items() if k not in ("out", "threads", "suites", "layers")}
+    previous = out_dir / "results.json"  # layers written before settings were stored ran with its args
+    legacy = json.loads(previous.read_text()).get("args", {}) if previous.exists() else {}
     for suite in args.suites.split(","):
         weights = efficientnet_lite0_weights() if suite == "efficientnet_lite0" else demo_weights(suite)
         rows = []
         for name, w in eligible(weights, args.layers).items():
-            path = out_dir / "layers" / f"{suite}__{name}.json"
-            if path.exists():
-                rows.append(json.loads(path.read_text()))
-                continue
-            rows.append(run_layer(name, w, methods, args))
-            write_json_atomic(path, rows[-1])
-            r = rows[-1]
-            print(f"{suite} {name:36s} {list(w.shape)!s:20s} bound {100 * r['bound']:5.1f}  " + "  ".join(
-                f"{m} {100 * r[f'recovered_{m}']:5.1f}" for m in methods if f"recovered_{m}" in r and m != "none"),
-                flush=True)
+            def make() -> dict:
+                r = run_layer(name, w, methods, args)
+                print(f"{suite} {name:36s} {list(w.shape)!s:20s} bound {100 * r['bound']:5.1f}  " + "  ".join(
+                    f"{m} {100 * r[f'recovered_{m}']:5.1f}" for m in methods if f"recovered_{m}" in r and m != "none"),
+                    flush=True)
+                return r
+
+            rows.append(load_or_make(out_dir / "layers" / f"{suite}__{name}.json", settings, make,
+                                     lambda r, k: legacy.get(k)))
         summary = summarize(rows, methods, args.hybrid_method_list)
         report["suites"][suite] = {"summary": summary, "layers": rows}
         md += [markdown(suite, rows, summary, methods, args.hybrid_method_list, args), ""]
