@@ -19,17 +19,15 @@ and seed, with the same BatchNorm re-estimation after pruning (as ``mm-prune run
 ``--reconstruct`` gives every method the same extra step right after pruning: the kept weights re-solved
 by least squares on 8 calibration batches (:func:`mm_plugin.masks.reconstruct_`; the masks do not change).
 
-Every finished run is written atomically to ``<out>/runs/`` and skipped by a rerun (resume); the table
+Every finished run is written atomically to ``<out>/runs/`` and reused by a rerun with the same settings
+(``resume.py``: a run made with other settings stops the benchmark); the table
 (``flexhinm_accuracy.md``) and all records (``flexhinm_accuracy.json``) are rebuilt from the run files.
 Settings are picked on validation accuracy; the table reports test accuracy. Every method keeps the same
 checkpoint (``--keep``: its best epoch on validation, epoch 0 included, or its last): a learned schedule
 without a sparsity ramp evaluates its current exact 2:4 choice at every epoch, so any of its checkpoints is
 a valid result; one with a ramp keeps its last (``finetune`` enforces it).
 
-    python benchmarks/flexhinm_accuracy.py --models resnet8:0.75,swin_tiny_mnist:0.75,swin_tiny_mnist:0.5 \\
-        --epochs 2,8,20 --seeds 0,1,2 --out docs/results/flexhinm_accuracy
-    python benchmarks/flexhinm_accuracy.py --models resnet8:0.75,swin_tiny_mnist:0.75 --epochs 2,8,20 \
-        --seeds 0,1,2 --reconstruct --out docs/results/flexhinm_accuracy/reconstructed
+The commands behind the published tables are in ``docs/results/flexhinm.md``.
 """
 
 from __future__ import annotations
