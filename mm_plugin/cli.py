@@ -189,7 +189,8 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("run", help="prune, fine-tune and evaluate every strategy and baseline")
     p.add_argument("--model", required=True)
-    p.add_argument("--data", default="mnist")
+    p.add_argument("--data", default=None, help="built-in name or package.module:function; required unless "
+                                                "--model is a built-in model (which knows its data)")
     p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
     _add_run_args(p)
     p.set_defaults(func=_cmd_run)
@@ -213,9 +214,15 @@ def build_parser() -> argparse.ArgumentParser:
     for name in COMMANDS.names():
         try:
             COMMANDS.get(name)(sub)
-        except MMError as e:  # the toolkit is an optional extra
-            log.debug("subcommand %s unavailable: %s", name, e)
+        except MMError as e:  # the toolkit is an optional extra: the subcommand stays, and says why it cannot run
+            why = str(e)
+            stub = sub.add_parser(name, help=f"unavailable: {why}", add_help=False)
+            stub.set_defaults(func=lambda args, name=name, why=why: _unavailable(name, why))
     return parser
+
+
+def _unavailable(name: str, why: str) -> int:
+    raise ConfigError(f"mm-prune {name} cannot run here: {why}")
 
 
 def main(argv: Sequence[str] | None = None) -> int:

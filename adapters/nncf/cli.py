@@ -96,10 +96,10 @@ def run_cli(args: argparse.Namespace) -> int:
     t = time.perf_counter()
     ctrl, model = create_compressed_model(model, cfg, calibration=calibration, final_level=True)
     if ctrl.schedule is not None:
-        log.info("mm-prune nncf does not train: the schedule's final level %g is applied (a training loop starts "
+        log.warning("mm-prune nncf does not train: the schedule's final level %g is applied (a training loop starts "
                  "at %g and drives ctrl.scheduler)", ctrl.schedule.final_level, ctrl.schedule.sparsity_at(-1))
     if ctrl.learning is not None:
-        log.info("mm-prune nncf does not train: the flexhinm step's gates keep their first 2:4 choices (a training "
+        log.warning("mm-prune nncf does not train: the flexhinm step's gates keep their first 2:4 choices (a training "
                  "loop drives ctrl.scheduler for %d steps to learn them)", ctrl.learning.total_steps)
         ctrl.harden()
     out = Path(args.out)

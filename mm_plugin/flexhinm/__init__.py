@@ -135,10 +135,11 @@ def _resolve(model: nn.Module, sparsity: Mapping[str, float]) -> tuple[dict[str,
                 f"sparsity names {key!r}, but the model has no module {module_name!r}"
             ) from None
         reason = nm_ineligibility(module)
+        if reason and t > 0.0:  # asked to be sparse, it cannot be: say so
+            log.warning("FlexHiNM leaves %s dense instead of %.0f %% sparse: %s", name, 100 * t, reason)
         if reason is None and t == 0.0:
             reason = "target sparsity is 0"
         if reason:
-            log.info("FlexHiNM leaves %s dense: %s", name, reason)
             skipped[name] = reason
         else:
             targets[name] = t

@@ -112,7 +112,8 @@ def _trace(model: nn.Module, example_inputs: Sequence | None) -> fx.GraphModule:
         try:
             ShapeProp(gm).propagate(*example_inputs)
         except Exception as exc:  # noqa: BLE001 - shapes are a bonus; structural rules still apply
-            log.info("shape propagation failed (%s); flatten after pooling will not be followed", exc)
+            log.warning("shape propagation failed (%s): channels that pass a flatten after pooling are not "
+                        "followed, so their layers are not permuted", exc)
     return gm
 
 
@@ -259,7 +260,8 @@ def find_channel_groups(model: nn.Module, example_inputs: Sequence | None = None
             if not children or isinstance(module, _LEAVES):
                 skipped[prefix.rstrip(".") or "<model>"] = reason
                 return
-            log.info("%s: %s; tracing its children instead", prefix.rstrip(".") or "<model>", reason)
+            log.warning("%s: %s; tracing its children one by one instead, so channels that cross from one child "
+                        "to the next are not permuted", prefix.rstrip(".") or "<model>", reason)
             for child_name, child in children:
                 visit(child, f"{prefix}{child_name}.", None)
             return

@@ -236,7 +236,7 @@ def export_onnx(
     try:
         torch.onnx.export(plain, args, str(path), opset_version=opset, dynamo=False, **kwargs)
     except Exception as first:  # noqa: BLE001 - exporter-specific errors; pragma: no cover
-        log.info("TorchScript ONNX export failed (%s); trying the dynamo exporter", first)
+        log.warning("TorchScript ONNX export failed (%s); trying the dynamo exporter instead", first)
         try:
             torch.onnx.export(plain, args, str(path), opset_version=opset, dynamo=True, **kwargs)
         except Exception as second:  # noqa: BLE001

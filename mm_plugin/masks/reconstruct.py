@@ -76,7 +76,7 @@ def capture_inputs(model: nn.Module, names: Iterable[str], batches: Iterable) ->
         module, attr = param_module(model, name)
         why = unsupported(module) if attr == "weight" else "not a layer's weight"
         if why:
-            log.info("reconstruction skips %s: %s", name, why)
+            log.warning("reconstruction skips %s (its kept weights stay as they are): %s", name, why)
             continue
         w = module.weight.detach().reshape(module.weight.shape[0], -1).double()
         found[name] = LayerInputs(torch.zeros(w.shape[1], w.shape[1], dtype=torch.float64, device=w.device),

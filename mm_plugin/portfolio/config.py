@@ -5,8 +5,9 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ValidationError, check_fraction
+from ..errors import ConfigError, ValidationError, check_fraction
 from ..planning import load_rules
+from ..training import MODEL_DATA
 from .patterns import get_pattern
 
 
@@ -15,7 +16,7 @@ class RunConfig:
     """Everything that decides a run's numbers; a run folder belongs to exactly one of these."""
 
     model: str
-    data: str = "mnist"
+    data: str | None = None  # None: the built-in model's own data; any other model must name its data
     signals: tuple[str, ...] = ("magnitude",)
     strategies: tuple[str, ...] | None = None  # None: every planned strategy
     baselines: tuple[str, ...] | None = None  # None: the pattern's (GMP, LAMP, ERK; TP uniform and global)
@@ -37,6 +38,12 @@ class RunConfig:
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
 
     def __post_init__(self) -> None:
+        if self.data is None:
+            if self.model not in MODEL_DATA:
+                raise ConfigError(f"model {self.model!r} needs its data: pass --data (a built-in name such as "
+                                  "mnist, or package.module:function); only the built-in models "
+                                  f"({', '.join(MODEL_DATA)}) know theirs")
+            object.__setattr__(self, "data", MODEL_DATA[self.model])
         pattern = get_pattern(self.sparsity)
         for name in ("baselines", "targets"):  # fill defaults, so config.json says them
             if getattr(self, name) is None:

@@ -14,10 +14,10 @@ from .loop import (
     score,
     seed_everything,
 )
-from .zoo import MODELS, create_model, pretrained_demo_model
+from .zoo import MODEL_DATA, MODELS, create_model, pretrained_demo_model
 
 __all__ = [
-    "DATASETS", "MODELS", "TRAINING_RECIPE", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
+    "DATASETS", "MODEL_DATA", "MODELS", "TRAINING_RECIPE", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
     "imagenet_crops",
     "labels", "load_data", "optimizer_groups", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
 ]

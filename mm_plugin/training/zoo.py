@@ -32,6 +32,10 @@ logger = logging.getLogger(__name__)
 
 #: Built-in models: ``name -> fn(num_classes, in_chans[, img_size]) -> nn.Module``.
 MODELS: Registry = Registry("model")
+#: The data each built-in model is made for: what a run uses when no data is named. Any other model must
+#: name its data (it would otherwise train on digits it was never meant for).
+MODEL_DATA: dict[str, str] = {"resnet8": "mnist", "swin_tiny_mnist": "mnist", "vit_mnist": "mnist",
+                              "efficientnet_lite0": "imagenet_crops"}
 
 #: Demo models trained by :func:`pretrained_demo_model` with the recipes below and shipped with the
 #: package, so the demo need not train them; a recipe change changes the key and retrains.

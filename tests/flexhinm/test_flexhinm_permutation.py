@@ -165,3 +165,25 @@ def test_config_validates_names():
         FlexHiNMConfig(tile_rows=6)
     assert FlexHiNMConfig.from_dict(FlexHiNMConfig(seed=3).to_dict()).seed == 3
     assert same_outputs([torch.ones(2)], [torch.ones(2) + 1e-7])
+
+
+def test_a_model_fx_cannot_trace_warns_what_is_not_permuted(caplog):
+    """A fallback that changes what is computed is a WARNING naming what and why."""
+    import logging
+
+    from torch import nn
+
+    from mm_plugin.flexhinm.folding import find_channel_groups
+
+    class DataDependent(nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.body = nn.Sequential(nn.Linear(16, 32), nn.ReLU(), nn.Linear(32, 16))
+
+        def forward(self, x):
+            return self.body(x) if x.sum() > 0 else -self.body(x)  # fx cannot trace a data-dependent branch
+
+    caplog.set_level(logging.WARNING, logger="mm_plugin.flexhinm")
+    found = find_channel_groups(DataDependent())
+    assert found.groups  # the children are still searched
+    assert "<model>: torch.fx cannot trace it" in caplog.text and "are not permuted" in caplog.text

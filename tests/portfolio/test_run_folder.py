@@ -170,11 +170,12 @@ def test_a_rule_that_matches_nothing_warns_with_the_closest_names(caplog):
 
 
 @pytest.mark.parametrize("argv, message", [
-    (["run", "--model", "x", "--out", "{file}"], "is a file; give --out a folder path"),
+    (["run", "--model", "x", "--data", "mnist", "--out", "{file}"], "is a file; give --out a folder path"),
+    (["run", "--model", "timm:resnet10t", "--out", "{dir}"], "model 'timm:resnet10t' needs its data: pass --data"),
     (["run", "--model", "factories:trained_mlp", "--data", "factories:small_digits", "--out", "{file}/sub"],
      "cannot write to run folder"),
-    (["run", "--model", "x", "--seeds", "-1", "--out", "{dir}"], "seeds must be one or more integers >= 0"),
-    (["run", "--model", "x", "--rules", "{dir}", "--out", "{dir}/r"], "is a folder; give the path of a .json"),
+    (["run", "--model", "resnet8", "--seeds", "-1", "--out", "{dir}"], "seeds must be one or more integers >= 0"),
+    (["run", "--model", "resnet8", "--rules", "{dir}", "--out", "{dir}/r"], "is a folder; give the path of a .json"),
     (["plan", "--model", "timm:resnet18", "--input-size", "3,16"], "--input-size 3,16 does not fit timm:resnet18"),
     (["select", "{dir}", "--min-accuracy", "0.5"], "has no finished runs"),
 ])
@@ -184,6 +185,19 @@ def test_every_cli_mistake_is_one_line_with_exit_code_2(argv, message, tmp_path,
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.count("\n") == 1, err
+
+
+def test_an_adapter_subcommand_that_cannot_load_says_why_when_called(monkeypatch, capsys):
+    from mm_plugin import cli
+
+    def broken(subparsers):
+        raise ConfigError("subcommand 'thing' needs a toolkit that is not installed: No module named 'thing'")
+
+    monkeypatch.setitem(cli.COMMANDS._items, "thing", broken)
+    assert "thing" in cli.build_parser().format_help()  # listed, not vanished
+    assert main(["thing"]) == 2
+    err = capsys.readouterr().err
+    assert "mm-prune thing cannot run here: subcommand 'thing' needs a toolkit" in err and err.count("\n") == 1
 
 
 def test_one_changed_training_sample_is_refused(finished, tmp_path, monkeypatch):

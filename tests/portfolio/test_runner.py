@@ -88,7 +88,7 @@ def test_bad_model_and_data(tmp_path):
     with pytest.raises(ConfigError, match="factories:broken_data.*disk not mounted"):
         run(dataclasses.replace(CONFIG, data="factories:broken_data"), tmp_path / "b", progress=False)
     with pytest.raises(ValidationError, match="unknown signal"):
-        RunConfig(model="x", signals=("magnitud",))
+        RunConfig(model="x", data="mnist", signals=("magnitud",))
 
 
 def test_pareto_front_hand_made():
