@@ -55,9 +55,9 @@ from mm_plugin.flexhinm import (
 from mm_plugin.flexhinm.gates import top2
 from mm_plugin.flexhinm.layout import M, as_rows, from_rows, row_tile_ids
 from mm_plugin.flexhinm.partition import vector_values
-from mm_plugin.masks import global_sparsity, measure_sparsity, prune
+from mm_plugin.masks import global_sparsity, measure_sparsity, prune_
 from mm_plugin.model.inventory import inventory
-from mm_plugin.training import evaluate, finetune, reestimate_bn
+from mm_plugin.training import evaluate, finetune, reestimate_bn_
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
@@ -131,7 +131,7 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
     learned = method_settings(method, variants)
     start = time.perf_counter()
     if method == "unstructured":
-        prune(model, targets, signal="magnitude", calibration=calibration, reconstruct=calibration is not None)
+        prune_(model, targets, signal="magnitude", calibration=calibration, reconstruct=calibration is not None)
     elif method == "hybrid-oneshot":
         flexhinm_sparsify_(model, targets, FlexHiNMConfig(permutation="none", seed=seed), calibration=calibration)
     elif method == "hybrid-random":
@@ -144,7 +144,7 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
                                 probe=lambda m: evaluate(m, data.val), calibration=calibration)
         hooks = (sched,)
     torch.manual_seed(seed)
-    reestimate_bn(model, data.calibration(4))  # as the runner does: pruning shifts every activation's statistics
+    reestimate_bn_(model, data.calibration(4))  # as the runner does: pruning shifts every activation's statistics
     oneshot = evaluate(model, data.val)
     ft = finetune(model, data.train, data.val, epochs=epochs, lr=lr, patience=None, seed=seed, progress=False,
                   hooks=hooks, keep=keep)

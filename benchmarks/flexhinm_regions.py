@@ -27,7 +27,7 @@ from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.flexhinm import FlexHiNMConfig, flexhinm_sparsify_
 from mm_plugin.masks import LayerInputs, apply_masks_, capture_inputs, reconstruct_
 from mm_plugin.masks.pruning import compute_masks
-from mm_plugin.training import evaluate, reestimate_bn
+from mm_plugin.training import evaluate, reestimate_bn_
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
@@ -42,7 +42,7 @@ def one_shot(dense: torch.nn.Module, masks: dict[str, torch.Tensor], data,
     apply_masks_(model, masks)
     if captured is not None:
         reconstruct_(model, captured)
-    reestimate_bn(model, data.calibration(4))
+    reestimate_bn_(model, data.calibration(4))
     weights = {n: dense.get_parameter(n).detach().abs() for n in masks}
     kept = sum(float((w * masks[n]).sum()) for n, w in weights.items()) / sum(float(w.sum()) for w in weights.values())
     return {"oneshot_val": evaluate(model, data.val), "magnitude_kept": kept}

@@ -28,7 +28,7 @@ from flexhinm_accuracy import eligible_targets
 from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.flexhinm import FlexHiNMConfig, flexhinm_sparsify_
 from mm_plugin.masks import capture_inputs
-from mm_plugin.training import evaluate, reestimate_bn
+from mm_plugin.training import evaluate, reestimate_bn_
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
@@ -68,7 +68,7 @@ def main() -> None:
                 model = copy.deepcopy(dense)
                 flexhinm_sparsify_(model, targets, FlexHiNMConfig(permutation="none"), scores=scores,
                                    calibration=calibration if solve else None)
-                reestimate_bn(model, data.calibration(4))
+                reestimate_bn_(model, data.calibration(4))
                 rows.append({"model": name, "target": float(target), "importance": kind, "reconstruct": solve,
                              "oneshot_val": evaluate(model, data.val)})
                 print(rows[-1], flush=True)

@@ -480,7 +480,7 @@ def test_quantization_after_a_learned_flexhinm_step_is_refused():
     ({"permutation": "random"}, (r"compression\.flexhinm\.permutation: unknown value 'random'; allowed values: "
                                  r"(.*, )?greedy, gyro, none")),
     ({"tile_rows": 6}, r"compression\.flexhinm: tile_rows must be None or a positive multiple of 4"),
-    ({"tile": 64}, r"compression\.flexhinm\.tile: unknown key .*allowed keys: effort, importance"),
+    ({"tile": 64}, r"compression\.flexhinm\.tile: unknown key .*allowed keys: effort, permutation"),
 ])
 def test_bad_flexhinm_params_name_their_path(params, message):
     with pytest.raises(ConfigError, match=message):

@@ -22,7 +22,7 @@ pytest.importorskip("nncf")
 pytest.importorskip("openvino")
 
 from mm_plugin.adapters import nncf as mnncf
-from mm_plugin.adapters.nncf import Schedule
+from mm_plugin.adapters.nncf import SparsitySchedule
 from mm_plugin.adapters.nncf.scopes import legacy_name, op_nodes, translate
 from mm_plugin.adapters.nncf.wrapping import build_graph, mask_hooks
 from nncf.torch.function_hook.wrapper import wrap_model
@@ -145,7 +145,7 @@ def test_training_script_keys_at_the_root_are_kept_and_ignored_silently(caplog):
 
 def test_sparsity_options_become_a_schedule():
     magnitude = mnncf.load_config(MAGNITUDE).steps[0]
-    assert magnitude.schedule == Schedule("multistep", 0.1, 0.6, freeze_epoch=3, steps=(1, 2, 3), levels=(0.1, 0.2, 0.4, 0.6))
+    assert magnitude.schedule == SparsitySchedule("multistep", 0.1, 0.6, freeze_epoch=3, steps=(1, 2, 3), levels=(0.1, 0.2, 0.4, 0.6))
     assert magnitude.target == 0.6 and magnitude.target_path.endswith("multistep_sparsity_levels[3]")
     cfg = mnncf.load_config(RB)
     rb, quant = cfg.steps
@@ -159,17 +159,17 @@ def test_sparsity_options_become_a_schedule():
 
 
 def test_schedules_follow_nncf2():
-    poly = Schedule("polynomial", 0.02, 0.61, target_epoch=5, freeze_epoch=10)
+    poly = SparsitySchedule("polynomial", 0.02, 0.61, target_epoch=5, freeze_epoch=10)
     assert poly.sparsity_at(-1) == pytest.approx(0.02) and poly.sparsity_at(0) == pytest.approx(0.02)
     assert poly.sparsity_at(1) == pytest.approx(0.61 - 0.59 * 0.8 ** 0.9) and poly.sparsity_at(7) == pytest.approx(0.61)
-    exp = Schedule("exponential", 0.0, 0.5, target_epoch=4)
+    exp = SparsitySchedule("exponential", 0.0, 0.5, target_epoch=4)
     assert exp.sparsity_at(2) == pytest.approx(1 - 0.5 ** 0.5) and exp.sparsity_at(9) == pytest.approx(0.5)
-    steps = Schedule("multistep", 0.1, 0.6, steps=(5, 10), levels=(0.1, 0.3, 0.6))
+    steps = SparsitySchedule("multistep", 0.1, 0.6, steps=(5, 10), levels=(0.1, 0.3, 0.6))
     assert [steps.sparsity_at(e) for e in (-1, 4, 5, 9, 10)] == [0.1, 0.1, 0.3, 0.3, 0.6]
-    per_step = Schedule("polynomial", 0.0, 0.5, target_epoch=2, concave=False, power=1, steps_per_epoch=4)
+    per_step = SparsitySchedule("polynomial", 0.0, 0.5, target_epoch=2, concave=False, power=1, steps_per_epoch=4)
     assert per_step.sparsity_at(0, 2) == pytest.approx(0.125)
-    assert Schedule("polynomial", 0.0, 0.5, freeze_epoch=3).final_level == pytest.approx(
-        Schedule("polynomial", 0.0, 0.5).sparsity_at(2))
+    assert SparsitySchedule("polynomial", 0.0, 0.5, freeze_epoch=3).final_level == pytest.approx(
+        SparsitySchedule("polynomial", 0.0, 0.5).sparsity_at(2))
 
 
 def test_filter_pruning_options_select_structured_with_notes():

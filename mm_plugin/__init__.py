@@ -4,7 +4,7 @@ masks, fine-tuning and the accuracy-vs-sparsity Pareto front; plus FlexHiNM-GP h
 The verbs, one per stage::
 
     plan = mm_plugin.plan(model, example_inputs, signal="magnitude")
-    mm_plugin.prune(model, plan.strategy("balanced"), signal="magnitude")
+    mm_plugin.prune_(model, plan.strategy("balanced"), signal="magnitude")
     mm_plugin.finetune(model, train_loader, val_loader, epochs=2)  # masks stay fixed
     mm_plugin.bake_masks_(model)  # plain zeros, ready for export
 
@@ -29,7 +29,7 @@ from .masks import (
     current_masks,
     global_sparsity,
     measure_sparsity,
-    prune,
+    prune_,
 )
 from .model import IgnoredScope, Inventory, Unit, inventory
 from .planning import (
@@ -52,10 +52,41 @@ from .training import evaluate, finetune
 __version__ = "0.1.0"
 
 __all__ = [
-    "CalibrationRequiredError", "ConfigError", "DEFAULT_RULES", "ExportVerificationError", "IgnoredScope",
-    "Inventory", "MMError", "Needs", "NoPrunableLayersError", "Plan", "Rule", "RuleError", "RunConfig", "Strategy",
-    "UnknownNameError", "Unit", "UnsupportedModelError", "ValidationError", "apply_masks_", "bake_masks_",
-    "compute_masks", "current_masks", "evaluate", "finetune", "global_sparsity", "inventory", "list_allocations",
-    "list_signals", "load_rules", "measure_sparsity", "plan", "plan_units", "prune", "register_allocation",
-    "register_signal", "run", "select",
+    "DEFAULT_RULES",
+    "CalibrationRequiredError",
+    "ConfigError",
+    "ExportVerificationError",
+    "IgnoredScope",
+    "Inventory",
+    "MMError",
+    "Needs",
+    "NoPrunableLayersError",
+    "Plan",
+    "Rule",
+    "RuleError",
+    "RunConfig",
+    "Strategy",
+    "Unit",
+    "UnknownNameError",
+    "UnsupportedModelError",
+    "ValidationError",
+    "apply_masks_",
+    "bake_masks_",
+    "compute_masks",
+    "current_masks",
+    "evaluate",
+    "finetune",
+    "global_sparsity",
+    "inventory",
+    "list_allocations",
+    "list_signals",
+    "load_rules",
+    "measure_sparsity",
+    "plan",
+    "plan_units",
+    "prune_",
+    "register_allocation",
+    "register_signal",
+    "run",
+    "select",
 ]

@@ -22,14 +22,25 @@ plan and masks as NNCF hooks (:mod:`.structured`: channels removed through the s
 """
 
 from mm_plugin.config_schema import strip_comments
-from mm_plugin.planning import CompressionStatistics, LayerStatistic, Schedule, Scheduler
+from mm_plugin.planning import CompressionStatistics, LayerStatistic, Scheduler, SparsitySchedule
 
 from .algorithm import CompressionController, ExportReport, create_compressed_model, unwrap_model
 from .cli import add_cli, run_cli
 from .config import CompressionConfig, load_config, schema
 
 __all__ = [
-    "CompressionConfig", "CompressionController", "CompressionStatistics", "ExportReport", "LayerStatistic",
-    "Schedule", "Scheduler", "add_cli", "create_compressed_model", "load_config", "run_cli", "schema",
-    "strip_comments", "unwrap_model",
+    "CompressionConfig",
+    "CompressionController",
+    "CompressionStatistics",
+    "ExportReport",
+    "LayerStatistic",
+    "Scheduler",
+    "SparsitySchedule",
+    "add_cli",
+    "create_compressed_model",
+    "load_config",
+    "run_cli",
+    "schema",
+    "strip_comments",
+    "unwrap_model",
 ]

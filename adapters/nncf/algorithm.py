@@ -40,8 +40,8 @@ from mm_plugin.model import Unit, forward_eval
 from mm_plugin.planning import (
     CompressionStatistics,
     Plan,
-    Schedule,
     Scheduler,
+    SparsitySchedule,
     Strategy,
     batch_inputs,
     calibration_need,
@@ -110,7 +110,7 @@ class CompressionController:
         return self.config.notes
 
     @property
-    def schedule(self) -> Schedule | None:
+    def schedule(self) -> SparsitySchedule | None:
         """The NNCF 2.x gradual schedule (``sparsity_at(epoch)``, ``final_level``), or None: one shot."""
         return self.scheduler.schedule
 
@@ -205,7 +205,7 @@ class CompressionController:
         self.scheduler = Scheduler(step.schedule, self.set_sparsity_level)
         schedule = step.schedule
         level = step.target if schedule is None else schedule.final_level if final_level else schedule.sparsity_at(-1)
-        strategy = plan.at_level(self._base, level)
+        strategy = plan.at_target(self._base, level)
         self._timed("plan", t)
         t = time.perf_counter()
         self.model, self.strategy = model, strategy
@@ -263,7 +263,7 @@ class CompressionController:
                           "compress the model again to change the level")
         level = check_fraction(level, "sparsity level")
         _check_reach(self.plan, self.step, max(level, self.plan.reach()[0]), "set_sparsity_level")
-        strategy = self.plan.at_level(self._base, level)
+        strategy = self.plan.at_target(self._base, level)
         _zero_pruned(self.model, {n: h.binary_mask for n, h in hooks.items()})  # score the effective weights
         masks = self._masks(self.model, strategy)
         with torch.no_grad():
@@ -281,7 +281,7 @@ class CompressionController:
 
         FlexHiNM traces and permutes the plain model (permutations folded into neighbouring weights,
         outputs checked), so NNCF's wrapper comes off for that step and goes back on. With a gradient
-        signal the core's scores replace FlexHiNM's ``importance``; with ``solve_on`` (the step's
+        signal the core's scores replace FlexHiNM's ``|w|``; with ``solve_on`` (the step's
         ``reconstruct``) the kept weights are re-solved on those batches.
         """
         from nncf.torch.function_hook.wrapper import wrap_model

@@ -18,10 +18,10 @@ import torch
 
 from mm_plugin.config_schema import check_required, defaults, fill_registries, read_json, validate
 from mm_plugin.errors import ConfigError, MMError
-from mm_plugin.flexhinm import GATES, IMPORTANCES, PERMUTATIONS, FlexHiNMConfig, GradualConfig
-from mm_plugin.flexhinm.config import PARTITION_SCORES
+from mm_plugin.flexhinm import GATES, PERMUTATIONS, FlexHiNMConfig, GradualConfig
+from mm_plugin.flexhinm.config import PARTITION_SIGNALS
 from mm_plugin.model import InputInfo, make_inputs
-from mm_plugin.planning import NAMED_STRATEGIES, Rule, Schedule, list_allocations, list_signals
+from mm_plugin.planning import NAMED_STRATEGIES, Rule, SparsitySchedule, list_allocations, list_signals
 from mm_plugin.planning.rules import load_rules_at
 
 from .legacy import Note, distillation_note, pruning_plan, quantization_options, root_notes
@@ -39,8 +39,8 @@ def schema() -> dict[str, Any]:
     """``schema.json`` with every ``x-registry`` enum filled from the plugin's registries."""
     return fill_registries(json.loads(SCHEMA_PATH.read_text()), {
         "signals": list_signals(), "allocations": list_allocations(), "strategies": list(NAMED_STRATEGIES),
-        "permutations": PERMUTATIONS.names(), "flexhinm_importances": IMPORTANCES.names(), "gates": GATES.names(),
-        "partition_scores": list(PARTITION_SCORES)})
+        "permutations": PERMUTATIONS.names(), "gates": GATES.names(),
+        "partition_signals": list(PARTITION_SIGNALS)})
 
 
 # --- the validated config --------------------------------------------------------------------------
@@ -64,7 +64,7 @@ class PruningStep(Step):
     flexhinm: FlexHiNMConfig | None = None
     target: float | None = None  # the final global target (multiply-adds when structured); None: as planned
     target_path: str = ""
-    schedule: Schedule | None = None  # NNCF 2.x's gradual schedule, or None: one shot
+    schedule: SparsitySchedule | None = None  # NNCF 2.x's gradual schedule, or None: one shot
     structured: bool = False  # NNCF 2.x filter_pruning options: channels removed through Torch-Pruning
     gradual: GradualConfig | None = None  # flexhinm: 2:4 choices learned during fine-tuning; None: one shot
     total_steps: int = 0  # the learned schedule's budget in optimizer steps (``gradual``'s epochs x steps_per_epoch)

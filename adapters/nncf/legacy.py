@@ -2,7 +2,7 @@
 
 A ``magnitude_sparsity``, ``rb_sparsity``, ``const_sparsity`` or ``filter_pruning`` step keeps its
 options once its algorithm is renamed ``mix_and_match``. Sparsity options (``sparsity_init``,
-``params.schedule`` ...) become a gradual :class:`mm_plugin.planning.Schedule`; filter-pruning options
+``params.schedule`` ...) become a gradual :class:`mm_plugin.planning.SparsitySchedule`; filter-pruning options
 (``pruning_init``, ``params.pruning_target`` / ``pruning_flops_target`` ...) select structured
 Mix-and-Match. An option that cannot be honoured becomes a :class:`Note` (its JSON path, and what is
 done instead), logged once as a WARNING. No target is ever assumed: NNCF 2.x's default of 0.5 is not.
@@ -15,7 +15,7 @@ from dataclasses import dataclass
 from typing import Any
 
 from mm_plugin.errors import ConfigError
-from mm_plugin.planning import Schedule
+from mm_plugin.planning import SparsitySchedule
 
 #: ``params`` keys that NNCF 2.x's sparsity algorithms read to schedule the level.
 SCHEDULE_KEYS = frozenset({"schedule", "sparsity_target", "sparsity_target_epoch", "sparsity_freeze_epoch",
@@ -50,7 +50,7 @@ class PruningPlan:
 
     target: float | None  # the final global target: weights, or multiply-adds when structured
     target_path: str  # where the target was written (errors about it name this path)
-    schedule: Schedule | None  # gradual (NNCF 2.x sparsity schedules), or None: one shot
+    schedule: SparsitySchedule | None  # gradual (NNCF 2.x sparsity schedules), or None: one shot
     structured: bool
     notes: tuple[Note, ...]
 
@@ -141,7 +141,7 @@ def _sparsity(options: Mapping[str, Any], path: str, algorithm: str, notes: list
     if per_step and "steps_per_epoch" not in params:
         notes.append(Note(f"{p}.update_per_optimizer_step", "ignored: the level changes once per epoch; add "
                                                             "params.steps_per_epoch to change it every optimizer step"))
-    schedule = Schedule(kind, options.get("sparsity_init", 0.0), target, params.get("sparsity_target_epoch", 90),
+    schedule = SparsitySchedule(kind, options.get("sparsity_init", 0.0), target, params.get("sparsity_target_epoch", 90),
                         params.get("sparsity_freeze_epoch", 100), params.get("power", 0.9), params.get("concave", True),
                         steps, levels, params.get("patience", 1), params.get("steps_per_epoch") if per_step else None)
     if algorithm != "mix_and_match":

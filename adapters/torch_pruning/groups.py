@@ -34,7 +34,7 @@ from mm_plugin.planning import (
     Plan,
     accumulate_gradients,
     plan_units,
-    threshold_views,
+    threshold_allocations,
 )
 from mm_plugin.registry import Needs, Registry
 
@@ -282,9 +282,9 @@ def plan_groups(
     if needs_grads:
         accumulate_gradients(model, calibration, loss_fn)
     groups = find_groups(model, example_inputs, ignored_layers, importances, **tp_kwargs)
-    views = threshold_views(AllocationInputs(groups.units, {}, None, min_density), groups.scores)
+    allocations = threshold_allocations(AllocationInputs(groups.units, {}, None, min_density), groups.scores)
     return plan_units(
-        groups.units, views, signal=signal, rules=rules, default_rules=default_rules, targets=targets,
+        groups.units, allocations, signal=signal, rules=rules, default_rules=default_rules, targets=targets,
         samples=samples, seed=seed, unit_kind="channel_group",
         config={"backend": "torch-pruning", "range_importances": list(importances), "min_density": min_density,
                 "fixed_groups": groups.fixed, "skipped_groups": groups.skipped},

@@ -3,7 +3,7 @@ to the same multiply-adds.
 
 A target is the fraction of the model's multiply-adds removed, as ``tp.utils.count_ops_and_params``
 counts them. Each Mix-and-Match strategy is rescaled inside its ranges (weighted by the groups'
-multiply-adds) and Torch-Pruning's uniform and global pruning get their ``pruning_ratio``, each knob found
+multiply-adds) and Torch-Pruning's uniform and global pruning get their ``pruning_ratio``, each planned target found
 by the core's bisection on the measured count, so every method is compared at the same compute. The
 runner then times each configuration with the installed latency backend (OpenVINO on the CPU).
 """
@@ -78,22 +78,22 @@ class StructuredPattern(Pattern):
     def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
         return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
 
-    def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, knob: float, inplace: bool) -> nn.Module:
+    def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, planned: float, inplace: bool) -> nn.Module:
         plan = ctx.plans[job.signal]
         fixed = plan.config.get("fixed_groups", [])
         if job.method == "baseline":
-            return prune_baseline(model, ctx.example, BASELINES.get(job.name), knob, ignored_layers=fixed,
+            return prune_baseline(model, ctx.example, BASELINES.get(job.name), planned, ignored_layers=fixed,
                                   inplace=inplace, importance=signal_importance(plan.signal))[0]
-        strategy = plan.rescale(Strategy(job.name, job.sparsity), knob, "macs")
+        strategy = plan.rescale(Strategy(job.name, job.sparsity, job.signal), planned, "macs")
         return prune_structured(model, ctx.example, strategy, plan=plan, ignored_layers=fixed, inplace=inplace)[0]
 
-    def _knob(self, job: Job, ctx: RunContext) -> float:
+    def _planned_target(self, job: Job, ctx: RunContext) -> float:
         bounds = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
-        return self.knob_at_target(job, ctx, lambda m: macs_of(m, ctx.example),
-                                   lambda knob: self._pruned(ctx.dense, job, ctx, knob, False), bounds)
+        return self.planned_target_at(job, ctx, lambda m: macs_of(m, ctx.example),
+                                      lambda t: self._pruned(ctx.dense, job, ctx, t, False), bounds)
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
-        return self._pruned(model, job, ctx, self._knob(job, ctx), True), {}
+        return self._pruned(model, job, ctx, self._planned_target(job, ctx), True), {}
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]
@@ -103,7 +103,7 @@ class StructuredPattern(Pattern):
         kept = kept_channels(model, plan)
         return {"sparsity": 1.0 - nonzeros / params, "params": params, "nonzeros": nonzeros,
                 "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
-                "knob": self._knob(job, ctx), "macs": macs, "macs_ratio": macs / ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))}
+                "planned_target": self._planned_target(job, ctx), "macs": macs, "macs_ratio": macs / ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))}
 
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""

@@ -23,7 +23,7 @@ from torch import nn
 
 from ..errors import ValidationError, check_fraction
 from ..masks import apply_masks_, reconstructing
-from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
+from .config import FlexHiNMConfig, GradualConfig
 from .folding import ChannelGroup, find_channel_groups, fold_permutation_, fold_verified_, model_outputs
 from .gates import GATES, HardConcreteGate, NMGate, PatternGate, sampling
 from .gradual import GradualFlexHiNM, cubic_sparsity, gates, harden_, on_step, penalty, schedule_of
@@ -36,7 +36,6 @@ log = logging.getLogger(__name__)
 
 __all__ = [
     "GATES",
-    "IMPORTANCES",
     "PERMUTATIONS",
     "ChannelGroup",
     "ChannelProblem",
@@ -146,21 +145,21 @@ def _resolve(model: nn.Module, sparsity: Mapping[str, float]) -> tuple[dict[str,
     return targets, skipped
 
 
-def _scores(model: nn.Module, names, config: FlexHiNMConfig, scores: Mapping[str, torch.Tensor] | None):
-    fn = IMPORTANCES.get(config.importance)
+def _scores(model: nn.Module, names, scores: Mapping[str, torch.Tensor] | None):
+    """Each weight's scores: given (any signal's), or ``|w|`` (magnitude, what NVIDIA ASP keeps)."""
     out = {}
     for name in names:
         w = model.get_submodule(name[: -len(".weight")]).weight.detach()
         given = None if scores is None else scores.get(name, scores.get(name[: -len(".weight")]))
         if given is None:
-            out[name] = fn(w).float().cpu()
+            out[name] = w.abs().float().cpu()
         else:
             if tuple(given.shape) != tuple(w.shape):
                 raise ValidationError(
                     f"score for {name!r} has shape {tuple(given.shape)}, the weight {tuple(w.shape)}"
                 )
             if bool((given < 0).any()):
-                raise ValidationError(f"score for {name!r} has negative entries; importances must be >= 0")
+                raise ValidationError(f"score for {name!r} has negative entries; scores must be >= 0")
             out[name] = given.detach().float().cpu().clone()
     return out
 
@@ -228,7 +227,7 @@ def _permuted(model: nn.Module, sparsity: Mapping[str, float], config: FlexHiNMC
     """Targets, layers left dense, (permuted) scores and the permutation report, the model permuted in place."""
     config = config or FlexHiNMConfig()
     targets, skipped = _resolve(model, sparsity)
-    score = _scores(model, targets, config, scores)
+    score = _scores(model, targets, scores)
     report = None
     if config.permutation != "none" and targets:
         report = _permute(model, targets, score, config, example_inputs)
@@ -251,7 +250,7 @@ def flexhinm_sparsify_(model: nn.Module, sparsity: Mapping[str, float], config: 
     strategy. Layers that cannot carry the pattern (input dim not a multiple of 4, grouped convs,
     non-GEMM weights) are left dense and listed with the reason in ``result.skipped``.
     ``example_inputs`` enables shape-aware tracing and the numerical check of every folded
-    permutation. ``scores`` overrides the configured importance per layer (same shape as the weight).
+    permutation. ``scores`` (any signal's, same shape as the weight) replaces ``|w|`` per layer.
     ``calibration`` (batches of inputs): re-solve the kept weights so each layer's output stays close to
     the dense one (:func:`mm_plugin.masks.reconstruct_`); the masks are unchanged.
     """

@@ -1,33 +1,15 @@
-"""FlexHiNM's small frozen config and its importance registry."""
+"""FlexHiNM's small frozen configs."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Mapping
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields
 
-import torch
-
 from ..errors import ConfigError
-from ..registry import Registry
 from . import exact, gyro  # noqa: F401  (the searches register themselves in PERMUTATIONS)
 from .gates import GATES
 from .layout import M
 from .permutation import PERMUTATIONS
-
-Importance = Callable[[torch.Tensor], torch.Tensor]
-IMPORTANCES: Registry[Importance] = Registry("FlexHiNM importance")
-
-
-@IMPORTANCES.register("magnitude")
-def magnitude(weight: torch.Tensor) -> torch.Tensor:
-    """``|w|``: what NVIDIA ASP keeps, and what the permutation benchmark measures."""
-    return weight.detach().abs()
-
-
-@IMPORTANCES.register("squared")
-def squared(weight: torch.Tensor) -> torch.Tensor:
-    """``w^2``: OBD/OBS saliency with an identity Hessian (a second-order score that needs no data)."""
-    return weight.detach().pow(2)
 
 
 class _Fields:
@@ -50,7 +32,6 @@ class FlexHiNMConfig(_Fields):
     """How FlexHiNM prunes; per-layer *amounts* come separately (a Mix-and-Match strategy).
 
     ``permutation``: ``"gyro"``, ``"greedy"`` or ``"none"`` (any name in ``PERMUTATIONS``).
-    ``importance``: a name in ``IMPORTANCES``, used when no score tensors are given.
     ``tile_rows``: output channels per row tile (multiple of 4); ``None`` = the whole layer, which
     lets a layer split into one 2:4 GEMM plus one dense GEMM without a custom kernel.
     ``effort``: multiplies the permutation search budget. ``verify_atol``: tolerance of the check
@@ -58,7 +39,6 @@ class FlexHiNMConfig(_Fields):
     """
 
     permutation: str = "gyro"
-    importance: str = "magnitude"
     tile_rows: int | None = 64
     seed: int = 0
     effort: int = 1
@@ -67,8 +47,6 @@ class FlexHiNMConfig(_Fields):
     def __post_init__(self) -> None:
         if self.permutation not in PERMUTATIONS:
             PERMUTATIONS.get(self.permutation, where="FlexHiNMConfig.permutation")
-        if self.importance not in IMPORTANCES:
-            IMPORTANCES.get(self.importance, where="FlexHiNMConfig.importance")
         if self.tile_rows is not None and (int(self.tile_rows) <= 0 or int(self.tile_rows) % M):
             raise ConfigError(
                 f"FlexHiNMConfig.tile_rows must be None or a positive multiple of {M}, got {self.tile_rows}"
@@ -79,7 +57,7 @@ class FlexHiNMConfig(_Fields):
             raise ConfigError(f"FlexHiNMConfig.verify_atol must be > 0, got {self.verify_atol}")
 
 
-PARTITION_SCORES = ("magnitude", "movement")
+PARTITION_SIGNALS = ("magnitude", "movement")
 
 
 def _pair(value, what: str) -> tuple[float, float]:
@@ -105,9 +83,9 @@ class GradualConfig(_Fields):
     (``None``: the gate's default). ``gate_lr``: the gates' own learning rate (their own AdamW group,
     no weight decay, the loop's schedule); Adam moves a logit by about this much per step, so the
     weights' rate (~1e-3) would leave the gates where they started. ``penalty_weight``: weight of the
-    2-of-4 penalty (mean over learnable groups; Hard Concrete only). ``partition_score``: what the
-    re-partitions during the ramp rank vectors by: ``"magnitude"`` (``FlexHiNMConfig.importance`` of the
-    current weights) or ``"movement"`` (that importance times ``1 + tanh(m / std m)``, ``m`` the
+    2-of-4 penalty (mean over learnable groups; Hard Concrete only). ``partition_signal``: what the
+    re-partitions during the ramp rank vectors by: ``"magnitude"`` (``|w|`` of the current weights) or
+    ``"movement"`` (``|w|`` times ``1 + tanh(m / std m)``, ``m`` the
     first-order loss change each weight made during training so far, Sanh et al. 2020), so that learning
     also moves the dense / 2:4 / vector-pruned boundaries; it needs a ramp. ``pruned_gradient``: pruned
     weights keep training on the straight-through gradient (SR-STE, Zhou et al. 2021), so the ramp's
@@ -123,7 +101,7 @@ class GradualConfig(_Fields):
     temperature: tuple[float, float] | None = None
     gate_lr: float = 0.4
     penalty_weight: float = 300.0
-    partition_score: str = "magnitude"
+    partition_signal: str = "magnitude"
     pruned_gradient: bool = False
 
     def __post_init__(self) -> None:
@@ -148,10 +126,10 @@ class GradualConfig(_Fields):
         if not self.gate_lr > 0 or self.penalty_weight < 0:
             raise ConfigError(f"GradualConfig: gate_lr must be > 0 and penalty_weight >= 0, "
                               f"got {self.gate_lr} and {self.penalty_weight}")
-        if self.partition_score not in PARTITION_SCORES:
-            raise ConfigError(f"GradualConfig.partition_score must be one of {PARTITION_SCORES}, "
-                              f"got {self.partition_score!r}")
-        if self.partition_score != "magnitude" and self.ramp[1] == 0:
-            raise ConfigError(f"GradualConfig.partition_score={self.partition_score!r} re-ranks vectors at the "
+        if self.partition_signal not in PARTITION_SIGNALS:
+            raise ConfigError(f"GradualConfig.partition_signal must be one of {PARTITION_SIGNALS}, "
+                              f"got {self.partition_signal!r}")
+        if self.partition_signal != "magnitude" and self.ramp[1] == 0:
+            raise ConfigError(f"GradualConfig.partition_signal={self.partition_signal!r} re-ranks vectors at the "
                               f"ramp's re-partitions; give a ramp, e.g. ramp=(0.0, 0.4)")
         object.__setattr__(self, "gate_options", dict(self.gate_options))

@@ -31,7 +31,7 @@ from ..masks import (
     reconstructing,
     set_mask_module_,
 )
-from .config import IMPORTANCES, FlexHiNMConfig, GradualConfig
+from .config import FlexHiNMConfig, GradualConfig
 from .gates import GATES, NMGate, sampling
 from .layout import as_groups
 from .partition import hybrid_partition
@@ -157,7 +157,7 @@ class GradualFlexHiNM:
                 module, _ = param_module(model, name)
                 gate = gate_cls(module.weight.detach(), **s.gate_options)
                 set_mask_module_(model, name, gate)
-                gate.track_movement_(s.partition_score == "movement")  # GradualConfig ensures a ramp
+                gate.track_movement_(s.partition_signal == "movement")  # GradualConfig ensures a ramp
                 gate.pruned_gradient = bool(s.pruned_gradient)
                 self.gates[name] = gate
             self.on_step(model, 0)  # the first partition is in place before any training or evaluation
@@ -201,11 +201,10 @@ class GradualFlexHiNM:
 
     @torch.no_grad()
     def _repartition(self, step: int) -> None:
-        score_fn = IMPORTANCES.get(self.config.importance)
         for name, t in self.sparsity_at(step).items():
             w = masked_original(self.model, name)
-            score = score_fn(w).float()
-            if self.schedule.partition_score == "movement":
+            score = w.abs().float()
+            if self.schedule.partition_signal == "movement":
                 score = score * _movement_factor(self.gates[name].movement)
             part = hybrid_partition(score.cpu(), t, self.config.tile_rows)
             self.gates[name].set_regions_(w, part.nm_region, part.mask)

@@ -32,27 +32,31 @@ def masks_from_scores(scores: Scores, sparsity: Mapping[str, float]) -> dict[str
     return masks
 
 
-def resolve_strategy(strategy: Strategy | str | Mapping[str, float], plan: Plan | None) -> dict[str, float]:
+def resolve_strategy(strategy: Strategy | str | Mapping[str, float], plan: Plan | None) -> Strategy:
+    """A strategy given as itself, by name in ``plan``, or as ``{weight: sparsity}`` (then its signal is the
+    plan's, or magnitude)."""
     if isinstance(strategy, Strategy):
-        return dict(strategy.sparsity)
+        return strategy
     if isinstance(strategy, str):
         if plan is None:
             raise ValidationError(f"strategy {strategy!r} given by name: pass plan=<Plan> to look it up")
-        return dict(plan.strategy(strategy).sparsity)
-    return dict(strategy)
+        return plan.strategy(strategy)
+    return Strategy("given", dict(strategy), plan.signal if plan is not None else "magnitude")
 
 
 def compute_masks(
     model: nn.Module,
     strategy: Strategy | str | Mapping[str, float],
     *,
-    signal: str | Callable = "magnitude",
+    signal: str | Callable | None = None,
     calibration: Iterable | None = None,
     loss_fn: Callable | None = None,
     plan: Plan | None = None,
 ) -> dict[str, torch.Tensor]:
-    """Masks for ``strategy`` under ``signal``, not yet attached (adapters translate these)."""
-    sparsity = resolve_strategy(strategy, plan)
+    """Masks for ``strategy`` under ``signal`` (default: the strategy's own), not yet attached (adapters
+    translate these)."""
+    resolved = resolve_strategy(strategy, plan)
+    sparsity, signal = resolved.sparsity, signal or resolved.signal
     for name in sparsity:
         module_name, _, attr = name.rpartition(".")
         try:
@@ -68,7 +72,7 @@ def compute_masks(
     return masks_from_scores(scores, sparsity)
 
 
-def prune(
+def prune_(
     model: nn.Module,
     strategy: Strategy | str | Mapping[str, float],
     *,
@@ -80,14 +84,14 @@ def prune(
 ) -> nn.Module:
     """Prune ``model`` in place, one shot: compute masks and attach them with the shared mechanism.
 
-    ``signal`` defaults to the plan's signal (or magnitude). ``reconstruct`` re-solves the kept weights
+    ``signal`` defaults to the strategy's own (a ``{weight: sparsity}`` dict: the plan's, or magnitude).
+    ``reconstruct`` re-solves the kept weights
     on ``calibration`` so each layer's output stays close to the dense one (:func:`.reconstruct.reconstruct_`).
     The masks stay fixed through fine-tuning; ``mm_plugin.bake_masks_`` makes the zeros plain weights
     for export.
     """
     if reconstruct and calibration is None:
-        raise ValidationError("prune(reconstruct=True) needs calibration batches to solve the kept weights on")
-    signal = signal or (plan.signal if plan is not None else "magnitude")
+        raise ValidationError("prune_(reconstruct=True) needs calibration batches to solve the kept weights on")
     masks = compute_masks(
         model, strategy, signal=signal, calibration=calibration, loss_fn=loss_fn, plan=plan
     )

@@ -1,20 +1,20 @@
-"""Planning: signals and allocations score units, rules and views give ranges, strategies sit inside
+"""Planning: signals and allocations score units, rules and allocations give ranges, strategies sit inside
 them, budgets rescale a strategy to a target. :func:`plan_units` runs it over any units."""
 
 from .allocations import ALLOCATIONS, AllocationInputs, list_allocations, register_allocation
-from .budget import bisect, knob_for, rescale, unit_costs
+from .budget import bisect, planned_target_for, rescale, unit_costs
 from .check import ChannelReport, GroupRow, kept_report
 from .plan import Plan, calibration_need, effective_weights, plan, plan_units
 from .ranges import (
     DEFAULT_TARGETS,
     RANGE_MODES,
-    allocation_views,
     around,
+    bind_allocations,
     default_allocations,
-    threshold_views,
+    threshold_allocations,
 )
 from .rules import DEFAULT_RULES, Rule, load_rules, resolve_rules
-from .schedule import SCHEDULES, Schedule, Scheduler
+from .schedule import SCHEDULES, Scheduler, SparsitySchedule
 from .signals import (
     SIGNALS,
     accumulate_gradients,
@@ -29,11 +29,47 @@ from .statistics import CompressionStatistics, LayerStatistic, channel_statistic
 from .strategies import NAMED_STRATEGIES, Strategy
 
 __all__ = [
-    "ALLOCATIONS", "DEFAULT_RULES", "DEFAULT_TARGETS", "NAMED_STRATEGIES", "RANGE_MODES", "SCHEDULES", "SIGNALS",
-    "AllocationInputs", "ChannelReport", "CompressionStatistics", "GroupRow", "LayerStatistic", "Plan", "Rule",
-    "Schedule", "Scheduler", "Strategy", "accumulate_gradients", "allocation_views", "around", "batch_inputs",
-    "bisect", "calibration_losses", "calibration_need", "channel_statistics", "compute_scores",
-    "default_allocations", "effective_weights", "kept_report", "knob_for", "list_allocations", "list_signals",
-    "load_rules", "plan", "plan_units", "register_allocation", "register_signal", "rescale", "resolve_rules",
-    "split_batch", "threshold_views", "unit_costs", "weight_statistics",
+    "ALLOCATIONS",
+    "DEFAULT_RULES",
+    "DEFAULT_TARGETS",
+    "NAMED_STRATEGIES",
+    "RANGE_MODES",
+    "SCHEDULES",
+    "SIGNALS",
+    "AllocationInputs",
+    "ChannelReport",
+    "CompressionStatistics",
+    "GroupRow",
+    "LayerStatistic",
+    "Plan",
+    "Rule",
+    "Scheduler",
+    "SparsitySchedule",
+    "Strategy",
+    "accumulate_gradients",
+    "around",
+    "batch_inputs",
+    "bind_allocations",
+    "bisect",
+    "calibration_losses",
+    "calibration_need",
+    "channel_statistics",
+    "compute_scores",
+    "default_allocations",
+    "effective_weights",
+    "kept_report",
+    "list_allocations",
+    "list_signals",
+    "load_rules",
+    "plan",
+    "plan_units",
+    "planned_target_for",
+    "register_allocation",
+    "register_signal",
+    "rescale",
+    "resolve_rules",
+    "split_batch",
+    "threshold_allocations",
+    "unit_costs",
+    "weight_statistics",
 ]

@@ -1,5 +1,6 @@
 """Budgets: bring a strategy to a global target weighed by parameters or multiply-adds, or to any
-measured figure (multiply-adds as a toolkit counts them, latency) by bisection on a knob.
+measured figure (multiply-adds as a toolkit counts them, latency) by bisection on the planned target
+(the figure a method is asked for, by its own estimate).
 
 One bisection serves both: the exact rescale searches the common step every unit takes toward its
 max (or min); a measured budget searches the rescale target (or a baseline's own ratio) whose pruned
@@ -40,7 +41,7 @@ def reach(units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, cost: str = "pa
 
 def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float, *, steps: int = 100,
            tol: float = 0.0) -> float:
-    """The knob in [lo, hi] whose ``measure`` (non-decreasing in the knob) came closest to ``goal``
+    """The value in [lo, hi] whose ``measure`` (non-decreasing in it) came closest to ``goal``
     over ``steps`` halvings; stops early once within ``tol``. Reachability is the caller's check."""
     best = min((abs(measure(lo) - goal), lo), (abs(measure(hi) - goal), hi))
     for _ in range(steps):
@@ -55,10 +56,10 @@ def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float,
     return best[1]
 
 
-def knob_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
-             figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14) -> float:
-    """The knob in [lo, hi] whose pruned model measures ``goal`` removed (``removed``: non-decreasing,
-    measured on a pruned copy, so each knob is measured once) to within ``tol``; a goal outside what the
+def planned_target_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
+                       figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14) -> float:
+    """The planned target in [lo, hi] whose pruned model measures ``goal`` removed (``removed``: non-decreasing,
+    measured on a pruned copy, so each planned target is measured once) to within ``tol``; a goal outside what the
     ends reach is a ConfigError naming ``what`` and its span."""
     removed = cache(removed)
     if not removed(lo) - tol <= goal <= removed(hi) + tol:
@@ -95,4 +96,4 @@ def rescale(
     lam = bisect(lambda x: float(moved(x) @ sizes), k, -1.0, 1.0)
     counts = round_to_total(moved(lam), sizes.astype(np.int64), int(round(k)), hi)
     suffix = "" if cost == "params" else f" {cost}"
-    return Strategy.of(f"{strategy.name}@{target:g}{suffix}", units, counts / sizes)
+    return Strategy.of(f"{strategy.name}@{target:g}{suffix}", units, counts / sizes, strategy.signal)

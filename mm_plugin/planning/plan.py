@@ -1,7 +1,7 @@
 """The planning engine: units -> ranges and strategies, as plain data that saves to JSON.
 
 :func:`plan_units` is the one engine: any sequence of units (weights, or channel groups from a
-toolkit's dependency graph), the views ranges are derived from, and the rules. :func:`plan` is the
+toolkit's dependency graph), the allocations ranges are derived from, and the rules. :func:`plan` is the
 verb for weights: it lists a model's weights, reads their scores and calls the engine.
 """
 
@@ -35,12 +35,12 @@ from .allocations import ALLOCATIONS, AllocationInputs
 from .ranges import (
     DEFAULT_TARGETS,
     RANGE_MODES,
-    View,
-    allocation_views,
+    BoundAllocation,
+    bind_allocations,
     default_allocations,
     derive_ranges,
     guard_for,
-    threshold_views,
+    threshold_allocations,
 )
 from .rules import explain, load_rules, resolve_rules, warn_unmatched
 from .signals import SIGNALS, get_signal, mean_abs_gradients
@@ -93,15 +93,15 @@ class Plan:
         except ValidationError as e:
             raise ValidationError(f"{e}. {self._binding(target, cost)}") from None
 
-    def at_level(self, strategy: Strategy | str, level: float | None) -> Strategy:
-        """The strategy at a global level: rescaled inside the ranges; below their floor (where a gradual
+    def at_target(self, strategy: Strategy | str, target: float | None) -> Strategy:
+        """The strategy at any global target: rescaled inside the ranges; below their floor (where a gradual
         schedule starts), the floor's per-unit ratios scaled down alike. None: as planned."""
         s = self.strategy(strategy)
         low = self.reach()[0]
-        if level is None or level >= low:
-            return s if level is None else self.rescale(s, level)
+        if target is None or target >= low:
+            return s if target is None else self.rescale(s, target)
         floor = self.rescale(s, low)
-        return Strategy(f"{s.name}@{level:g}", {n: r * level / low for n, r in floor.sparsity.items()})
+        return Strategy(f"{s.name}@{target:g}", {n: r * target / low for n, r in floor.sparsity.items()}, s.signal)
 
     def _binding(self, target: float, cost: str) -> str:
         """The units that keep the ranges from reaching ``target`` most, and the rules behind them."""
@@ -117,7 +117,7 @@ class Plan:
                 "or plan around this target (mm_plugin.plan(..., targets=mm_plugin.planning.around([target])))")
 
     def sample(self, k: int, seed: int = 0) -> list[Strategy]:
-        return strat.sample_strategies(self.units, self.lo, self.hi, k, seed)
+        return strat.sample_strategies(self.units, self.lo, self.hi, k, self.signal, seed)
 
     def kept(self, strategy: Strategy | str, round_to: int | None = None) -> dict[str, int]:
         """Items each unit keeps (channels per head, for groups): ``round(ratio * items)`` go, at least
@@ -150,7 +150,7 @@ class Plan:
                 for u, lo, hi in zip(self.units, self.lo, self.hi)
             ],
             "strategies": [
-                {"name": s.name, "global_sparsity": self.global_sparsity(s), "sparsity": s.sparsity}
+                {"name": s.name, "signal": s.signal, "global_sparsity": self.global_sparsity(s), "sparsity": s.sparsity}
                 for s in self.strategies
             ],
         }
@@ -164,7 +164,7 @@ class Plan:
             units=[Unit.from_dict(r) for r in rows],
             lo=np.array([r["min"] for r in rows], dtype=float),
             hi=np.array([r["max"] for r in rows], dtype=float),
-            strategies=[Strategy(s["name"], {k: float(v) for k, v in s["sparsity"].items()})
+            strategies=[Strategy(s["name"], {k: float(v) for k, v in s["sparsity"].items()}, s.get("signal", d["signal"]))
                         for s in d["strategies"]],
             signal=d["signal"],
             rules={r["name"]: list(r.get("rules", [])) for r in rows},
@@ -198,7 +198,7 @@ class Plan:
 
 def plan_units(
     units: Sequence[Unit],
-    views: Mapping[str, View],
+    allocations: Mapping[str, BoundAllocation],
     *,
     signal: str,
     rules: Any = None,
@@ -210,7 +210,7 @@ def plan_units(
     unit_kind: str = "weight",
     config: Mapping[str, Any] | None = None,
 ) -> Plan:
-    """The engine: ranges from ``views`` at ``targets`` (extended until every ``reach`` target is
+    """The engine: ranges from ``allocations`` at ``targets`` (extended until every ``reach`` target is
     reachable, see :func:`derive_ranges`) bounded by the rules, then the ten named strategies (plus
     ``samples`` drawn uniformly in the ranges). ``config`` is recorded in the plan."""
     if unit_kind not in UNIT_KINDS:
@@ -219,11 +219,11 @@ def plan_units(
         raise NoPrunableLayersError("there is no unit to plan")
     rule_list = resolve_rules(rules, defaults=default_rules)
     warn_unmatched(units, load_rules(rules) if rules is not None else [])
-    ranges = derive_ranges(units, views, rule_list, targets, reach)
-    strategies = strat.build_strategies(units, ranges.lo, ranges.hi)
+    ranges = derive_ranges(units, allocations, rule_list, targets, reach)
+    strategies = strat.build_strategies(units, ranges.lo, ranges.hi, signal)
     if len(strategies) < len(strat.NAMED_STRATEGIES):
         log.warning("ranges are too narrow for ten distinct strategies; kept %d", len(strategies))
-    strategies += strat.sample_strategies(units, ranges.lo, ranges.hi, samples, seed) if samples else []
+    strategies += strat.sample_strategies(units, ranges.lo, ranges.hi, samples, signal, seed) if samples else []
     log.info("planned %d units, %d strategies", len(units), len(strategies))
     return Plan(
         units=list(units), lo=ranges.lo, hi=ranges.hi, strategies=strategies, signal=signal,
@@ -269,7 +269,7 @@ def plan(
     ``targets`` are the global sparsities the ranges are derived at; to rescale strategies to some
     sparsities later, plan at and around them and ask the plan to reach them:
     ``targets=around([0.9, 0.95]), reach=[0.9, 0.95]``. ``min_density`` (the
-    guard that keeps part of every weight in the threshold views) defaults to 1 %, less when a range
+    guard that keeps part of every weight in the threshold allocations) defaults to 1 %, less when a range
     target needs it. ``calibration`` (an iterable of (inputs, targets) batches) is needed by the gradient
     signals and the |w g| allocation; without it the range allocations are global magnitude, LAMP, ERK.
     """
@@ -298,11 +298,11 @@ def plan(
     grads = mean_abs_gradients(model, names, calibration, loss_fn) if need_grads else None
     inputs = AllocationInputs(units, effective_weights(model, units), grads, min_density)
     if range_mode == "signal":
-        views = threshold_views(inputs, {"signal": get_signal(signal)(model, names, calibration, loss_fn)})
+        allocations = threshold_allocations(inputs, {"signal": get_signal(signal)(model, names, calibration, loss_fn)})
     else:
-        views = allocation_views(inputs, chosen)
+        allocations = bind_allocations(inputs, chosen)
     return plan_units(
-        units, views, signal=signal, rules=rules, default_rules=default_rules, targets=targets, reach=reach,
+        units, allocations, signal=signal, rules=rules, default_rules=default_rules, targets=targets, reach=reach,
         samples=samples, seed=seed,
         config={
             "allocations": list(allocations or default_allocations(grads is not None)),

@@ -1,9 +1,9 @@
-"""Per-unit sparsity ranges [min, max]: where several views of a global target disagree, then bounded
+"""Per-unit sparsity ranges [min, max]: where several allocations of a global target disagree, then bounded
 by rules.
 
-A *view* maps a global target to per-unit sparsities: a registered allocation over weights (global
+An *allocation* maps a global target to per-unit sparsities: a registered one over weights (global
 magnitude, LAMP, |w g|, ERK...), one global threshold over a signal's scores, or over a toolkit's
-per-channel importances for channel groups. The default (the paper's draft) runs three allocations at
+per-channel importances for channel groups; bound to a model's units it is a :data:`BoundAllocation`. The default (the paper's draft) runs three allocations at
 targets 0.7 / 0.8 / 0.9 with no fine-tuning and takes each unit's min and max over those runs.
 """
 
@@ -20,7 +20,7 @@ from ..model import Unit
 from .allocations import ALLOCATIONS, AllocationInputs, allocate, threshold_allocation
 from .rules import Rule, apply_rules
 
-View = Callable[[float], np.ndarray]
+BoundAllocation = Callable[[float], np.ndarray]
 RANGE_MODES = ("allocations", "signal")
 DEFAULT_TARGETS = (0.7, 0.8, 0.9)
 DEFAULT_ALLOCATIONS = ("global_magnitude", "lamp", "snip")
@@ -30,7 +30,7 @@ DEFAULT_ALLOCATIONS = ("global_magnitude", "lamp", "snip")
 class Ranges:
     lo: np.ndarray
     hi: np.ndarray
-    sources: dict[str, np.ndarray]  # "view@target" -> per-unit sparsity, before rules
+    sources: dict[str, np.ndarray]  # "allocation@target" -> per-unit sparsity, before rules
 
 
 def around(targets: Sequence[float]) -> tuple[float, ...]:
@@ -43,41 +43,41 @@ def around(targets: Sequence[float]) -> tuple[float, ...]:
 
 
 def guard_for(targets: Sequence[float], default: float = 0.01) -> float:
-    """The minimum-density guard the threshold views can keep at the highest range target."""
+    """The minimum-density guard the threshold allocations can keep at the highest range target."""
     return min(default, (1.0 - max(targets)) / 2) if targets else default
 
 
 def default_allocations(has_gradients: bool) -> tuple[str, ...]:
-    """Global magnitude, LAMP and |w g|; without calibration data ERK stands in as the data-free view."""
+    """Global magnitude, LAMP and |w g|; without calibration data ERK stands in as the data-free allocation."""
     if has_gradients:
         return DEFAULT_ALLOCATIONS
     return tuple(a for a in DEFAULT_ALLOCATIONS if not ALLOCATIONS.needs(a).calibration) + ("erk",)
 
 
-def allocation_views(inputs: AllocationInputs, names: Sequence[str]) -> dict[str, View]:
+def bind_allocations(inputs: AllocationInputs, names: Sequence[str]) -> dict[str, BoundAllocation]:
     return {a: (lambda t, a=a: allocate(a, inputs, t)) for a in names}
 
 
-def threshold_views(inputs: AllocationInputs, scores: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, View]:
-    """One global threshold per score source (``{view: {unit: scores}}``), with the minimum-density guard."""
+def threshold_allocations(inputs: AllocationInputs, scores: Mapping[str, Mapping[str, torch.Tensor]]) -> dict[str, BoundAllocation]:
+    """One global threshold per score source (``{allocation: {unit: scores}}``), with the minimum-density guard."""
     return {v: (lambda t, v=v: threshold_allocation(inputs, t, inputs.sorted_scores(v, lambda n: scores[v][n].clone())))
             for v in scores}
 
 
-def derive_ranges(units: Sequence[Unit], views: Mapping[str, View], rules: Sequence[Rule],
+def derive_ranges(units: Sequence[Unit], allocations: Mapping[str, BoundAllocation], rules: Sequence[Rule],
                   targets: Sequence[float] = DEFAULT_TARGETS, reach: Sequence[float] = ()) -> Ranges:
-    """Each unit's min and max over the views at ``targets``, bounded by the rules.
+    """Each unit's min and max over the allocations at ``targets``, bounded by the rules.
 
     ``reach``: global sparsities (weighted by parameters) the ranges must allow. While one lies outside,
     the range targets are extended one step further (the density shrunk or grown 1.5x), so that only a
-    rule, or a view that cannot go further, limits what is reachable, never the choice of targets."""
+    rule, or an allocation that cannot go further, limits what is reachable, never the choice of targets."""
     if not targets:
         raise ValidationError("range targets must hold at least one global sparsity, e.g. [0.7, 0.8, 0.9]")
     targets = [check_fraction(t, "range target") for t in targets]
     sizes = np.array([u.params for u in units], dtype=float)
     sources: dict[str, np.ndarray] = {}
     while True:
-        sources.update({f"{name}@{t:g}": view(t) for name, view in views.items() for t in targets
+        sources.update({f"{name}@{t:g}": allocation(t) for name, allocation in allocations.items() for t in targets
                         if f"{name}@{t:g}" not in sources})
         stacked = np.stack(list(sources.values()))
         lo, hi = apply_rules(units, stacked.min(0), stacked.max(0), rules)
@@ -86,8 +86,8 @@ def derive_ranges(units: Sequence[Unit], views: Mapping[str, View], rules: Seque
         step += [round(1 - (1 - min(targets)) * 1.5, 4)] if any(t < low - 1e-12 for t in reach) else []
         step = [t for t in step if 0.0 < t < 1.0 and t not in targets]
         try:
-            sources.update({f"{name}@{t:g}": view(t) for name, view in views.items() for t in step})
-        except ValidationError:  # a view cannot go that far (its minimum-density guard): the views' limit
+            sources.update({f"{name}@{t:g}": allocation(t) for name, allocation in allocations.items() for t in step})
+        except ValidationError:  # an allocation cannot go that far (its minimum-density guard): the allocations' limit
             step = []
         if not step:
             return Ranges(lo, hi, sources)

@@ -16,7 +16,7 @@ from .plan import Plan
 
 
 def guard_limits(units: Sequence[Unit], min_density: float) -> np.ndarray:
-    """Each unit's largest sparsity under the minimum-density guard of the threshold views."""
+    """Each unit's largest sparsity under the minimum-density guard of the threshold allocations."""
     sizes = np.array([u.items for u in units], dtype=float)
     return guard_caps(sizes, min_density) / sizes
 

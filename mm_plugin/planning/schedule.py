@@ -17,7 +17,7 @@ ADAPTIVE_STEP = 0.05
 
 
 @dataclass(frozen=True)
-class Schedule:
+class SparsitySchedule:
     """The sparsity level by epoch: from ``init`` to ``target`` (NNCF 2.x ``SparsityScheduler``s)."""
 
     kind: str
@@ -66,7 +66,7 @@ class Scheduler:
     ``apply(level)`` re-masks. From ``freeze_epoch`` on the masks stay as they are. Without a schedule
     (one shot) it only counts, like NNCF 2.x's stub scheduler."""
 
-    def __init__(self, schedule: Schedule | None, apply: Callable[[float], None]) -> None:
+    def __init__(self, schedule: SparsitySchedule | None, apply: Callable[[float], None]) -> None:
         self.schedule, self._apply = schedule, apply
         self.current_epoch = -1
         self.current_step = -1

@@ -17,12 +17,16 @@ from ..model import Unit
 
 @dataclass(frozen=True)
 class Strategy:
+    """Per-unit sparsities and the signal that ranks the weights inside each unit: what ``prune_`` masks by,
+    unless told otherwise."""
+
     name: str
     sparsity: dict[str, float]
+    signal: str
 
     @classmethod
-    def of(cls, name: str, units: Sequence[Unit], rho: np.ndarray) -> Strategy:
-        return cls(name, {u.name: float(r) for u, r in zip(units, rho)})
+    def of(cls, name: str, units: Sequence[Unit], rho: np.ndarray, signal: str) -> Strategy:
+        return cls(name, {u.name: float(r) for u, r in zip(units, rho)}, signal)
 
     def global_sparsity(self, sizes: Mapping[str, int]) -> float:
         total = sum(sizes[n] for n in self.sparsity)
@@ -74,7 +78,7 @@ def _counts(rho: np.ndarray, units: Sequence[Unit]) -> tuple[int, ...]:
     return tuple(int(round(r * u.params)) for r, u in zip(rho, units))
 
 
-def build_strategies(units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray) -> list[Strategy]:
+def build_strategies(units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, signal: str) -> list[Strategy]:
     """The ten named strategies; a duplicate (same pruned count in every layer) is replaced by the
     next interpolation that differs from all strategies so far. Fewer than ten come back only when
     the ranges are too narrow to hold ten distinct vectors."""
@@ -92,14 +96,14 @@ def build_strategies(units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray) -> l
         key = _counts(rho, units)
         if key not in seen:
             seen.add(key)
-            out.append(Strategy.of(name, units, rho))
+            out.append(Strategy.of(name, units, rho, signal))
     return out
 
 
 def sample_strategies(
-    units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, k: int, seed: int = 0
+    units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, k: int, signal: str, seed: int = 0
 ) -> list[Strategy]:
     """K strategies with every layer drawn uniformly from its range (seed 000's sampling mode)."""
     rng = np.random.default_rng(seed)
     lo, hi = np.asarray(lo, float), np.asarray(hi, float)
-    return [Strategy.of(f"sample-{i:02d}", units, rng.uniform(lo, hi)) for i in range(k)]
+    return [Strategy.of(f"sample-{i:02d}", units, rng.uniform(lo, hi), signal) for i in range(k)]

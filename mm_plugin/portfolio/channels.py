@@ -20,7 +20,7 @@ from .patterns import get_pattern
 
 @dataclass
 class ChannelPruning:
-    """What the structured pattern did: its plan, the strategy at the knob that met the target, the
+    """What the structured pattern did: its plan, the strategy at the planned target that met the measured one, the
     measured record (``macs_ratio``, ``layer_sparsity`` per group ...) and its checkpoint entries."""
 
     plan: Plan
@@ -84,5 +84,5 @@ def prune_channels(model: nn.Module, example_inputs: Any, *, target: float, sign
     except Exception as e:
         raise UnsupportedModelError(f"{where['step']}: the structured pattern cannot prune {type(model).__name__}: "
                                     f"{one_line(e)}") from e
-    return ChannelPruning(plan, plan.rescale(chosen, record["knob"], "macs"), record,
+    return ChannelPruning(plan, plan.rescale(chosen, record["planned_target"], "macs"), record,
                           copy.deepcopy(pattern.checkpoint(model, record, extra)))

@@ -35,8 +35,8 @@ from ..planning import (
     Strategy,
     compute_scores,
     effective_weights,
-    knob_for,
     plan,
+    planned_target_for,
 )
 from ..planning.allocations import allocate
 from ..planning.ranges import around
@@ -114,17 +114,17 @@ class Pattern:
         return ctx.memo(f"scores/{job.signal}",
                         lambda: compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration))
 
-    def knob_at_target(self, job: Job, ctx: RunContext, cost: Callable[[nn.Module], float],
-                       pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
-        """The knob (a strategy's level, a baseline's own ratio) at which ``pruned(knob)`` removes
-        ``job.target`` of the dense model's ``cost``: bisection on measured costs, once per configuration,
-        so that every method of a cost-matched pattern is compared at the same cost."""
-        knobs = ctx.cache.setdefault("knobs", {})
-        if job.config_key not in knobs:
+    def planned_target_at(self, job: Job, ctx: RunContext, cost: Callable[[nn.Module], float],
+                          pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
+        """The planned target (a strategy's rescale target, a baseline's own ratio) at which ``pruned(t)``
+        removes ``job.target`` of the dense model's ``cost``: bisection on measured costs, once per
+        configuration, so that every method of a cost-matched pattern is compared at the same cost."""
+        found = ctx.cache.setdefault("planned_targets", {})
+        if job.config_key not in found:
             dense = ctx.memo("dense_cost", lambda: cost(ctx.dense))
-            knobs[job.config_key] = knob_for(lambda knob: 1.0 - cost(pruned(knob)) / dense, job.target, *bounds,
-                                             what=f"{job.method} {job.name!r}")
-        return knobs[job.config_key]
+            found[job.config_key] = planned_target_for(lambda t: 1.0 - cost(pruned(t)) / dense, job.target,
+                                                       *bounds, what=f"{job.method} {job.name!r}")
+        return found[job.config_key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         """Prune a copy of the dense model; return it and extra checkpoint entries."""

@@ -30,7 +30,7 @@ from ..training import (
     finetune,
     load_data,
     pretrained_demo_model,
-    reestimate_bn,
+    reestimate_bn_,
     score,
 )
 from .config import RunConfig
@@ -40,7 +40,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Candidate, Schedule, promote, propose
+from .search import Rungs, promote, propose
 
 log = logging.getLogger(__name__)
 
@@ -127,7 +127,7 @@ def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, di
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
     validation scores: what ranks candidates before any fine-tuning."""
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
-    reestimate_bn(model, ctx.batches())
+    reestimate_bn_(model, ctx.batches())
     val, val_loss = score(model, ctx.data.val)
     return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss}
 
@@ -230,10 +230,10 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     each rung's candidates run together (in parallel on a cluster). The finalist best on validation is
     recorded again as the run's ``search`` pick."""
     config = driver.ctx.config
-    schedule = Schedule.for_budget(config.budget, config.candidates, config.eta)
+    rungs = Rungs.for_budget(config.budget, config.candidates, config.eta)
     recorded = {r["key"]: r for r in driver.folder.records()}
 
-    def rung(candidates: list[Candidate], k: int, epochs: float | None) -> list[dict]:
+    def rung(candidates: list[Strategy], k: int, epochs: float | None) -> list[dict]:
         jobs = [Job("search", c.signal, c.name, target, seed, c.sparsity, k) for c in candidates]
         recorded.update(driver.run([(j, epochs) for j in jobs if j.key not in recorded], f"rung {k}"))
         return [recorded[j.key] for j in jobs]
@@ -243,20 +243,20 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
 
     done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
-    views = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
-    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", views,
+    allocations = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
+    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
                      driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0)
-    if schedule.short:
-        short = promote(ranked, schedule.short)
-        ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / schedule.eta)))]
-    finals = rung(promote(ranked, schedule.full), 2, None)
+    if rungs.short:
+        short = promote(ranked, rungs.short)
+        ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
+    finals = rung(promote(ranked, rungs.full), 2, None)
     pick = max(finals, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
-                    "search": {"budget": schedule.cost, "candidates": schedule.candidates, "short": schedule.short,
-                               "full": schedule.full, "eta": schedule.eta}})
+                    "search": {"budget": rungs.cost, "candidates": rungs.candidates, "short": rungs.short,
+                               "full": rungs.full, "eta": rungs.eta}})
 
 
 def run(

@@ -1,7 +1,7 @@
 """Budget-aware strategy search: many allocations scored one-shot, the best fine-tuned briefly, the best of
 those fine-tuned fully, within a budget counted in full fine-tunes (FFE).
 
-Candidates are per-unit positions inside the ranges, ``rho_l = lo_l + a_l (hi_l - lo_l)``, rescaled to
+Strategys are per-unit positions inside the ranges, ``rho_l = lo_l + a_l (hi_l - lo_l)``, rescaled to
 the target (so every candidate meets it exactly), for every signal. The named strategies go first, then
 the allocations the ranges are built from, bounded by the rules; the rest come from Optuna's TPE
 sampler, which learns from the one-shot scores where good allocations lie.
@@ -30,7 +30,7 @@ optuna.logging.set_verbosity(optuna.logging.WARNING)
 
 
 @dataclass(frozen=True)
-class Schedule:
+class Rungs:
     """How many candidates each rung holds and how long rung 1 fine-tunes (a fraction of the full budget)."""
 
     candidates: int  # rung 0: one-shot scores
@@ -44,30 +44,22 @@ class Schedule:
         return self.short / self.eta + self.full
 
     @classmethod
-    def for_budget(cls, budget: float, candidates: int, eta: int) -> Schedule:
+    def for_budget(cls, budget: float, candidates: int, eta: int) -> Rungs:
         full = max(1, math.floor(budget / 2))
         short = min(candidates, max(full, math.floor((budget - full) * eta))) if budget - full >= 1 / eta else 0
         return cls(candidates, short, full, eta)
 
 
-@dataclass(frozen=True)
-class Candidate:
-    """One allocation the search may fine-tune: a signal and per-unit sparsities at the target."""
-
-    name: str
-    signal: str
-    sparsity: dict[str, float]
-
-
-def _named_positions(plan: Plan, views: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
-    """The named strategies as positions (their shape survives rescaling to the target), then the views
-    the ranges come from (global magnitude, LAMP, ERK... at the target), bounded by the rules: the hull
-    of the ranges is searched from its corners, so the search starts where the usual allocations are."""
+def _named_positions(plan: Plan, allocations: dict[str, dict[str, float]]) -> dict[str, np.ndarray]:
+    """The named strategies as positions (their shape survives rescaling to the target), then the
+    allocations the ranges come from (global magnitude, LAMP, ERK... at the target), bounded by the rules:
+    the hull of the ranges is searched from its corners, so the search starts where the usual allocations
+    are."""
     named = {name: np.asarray(position(plan.units), dtype=float) for name, position in NAMED_STRATEGIES.items()}
     width = np.where(plan.hi > plan.lo, plan.hi - plan.lo, 1.0)
-    for name, sparsity in views.items():
+    for name, sparsity in allocations.items():
         rho = np.array([sparsity[u.name] for u in plan.units])
-        named[f"view-{name}"] = np.clip((rho - plan.lo) / width, 0.0, 1.0)
+        named[f"allocation-{name}"] = np.clip((rho - plan.lo) / width, 0.0, 1.0)
     return named
 
 
@@ -77,22 +69,22 @@ BATCH = 4
 
 
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
-            views: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
-            score: Callable[[list[Candidate]], list[tuple[float, float]]],
-            done: dict[str, tuple[float, float]]) -> list[tuple[Candidate, float, float]]:
+            allocations: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
+            score: Callable[[list[Strategy]], list[tuple[float, float]]],
+            done: dict[str, tuple[float, float]]) -> list[tuple[Strategy, float, float]]:
     """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val accuracy, val loss).
 
-    ``views``: per-unit sparsities of the usual allocations at the target, searched first after the named
+    ``allocations``: per-unit sparsities of the usual allocations at the target, searched first after the named
     strategies. ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
     the shape the pruning step bisects on); ``score`` evaluates (and records) a batch of candidates;
     ``done`` holds the scores already recorded (by candidate name), so a resumed search re-scores
-    nothing. Candidates whose sparsities equal an earlier one's are skipped."""
+    nothing. Strategys whose sparsities equal an earlier one's are skipped."""
     study = optuna.create_study(study_name=f"target{target:.4f}-seed{seed}", storage=f"sqlite:///{storage}",
                                 load_if_exists=True, direction="minimize")
     units = next(iter(plans.values())).units
-    named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s], views).items()]
+    named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s], allocations).items()]
     seen: dict[tuple, str] = {}
-    out: list[tuple[Candidate, float, float]] = []
+    out: list[tuple[Strategy, float, float]] = []
     trials = {t.number: t for t in study.trials}
     number = 0
     while len(out) < config.candidates and number < 4 * config.candidates:
@@ -114,9 +106,9 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
                           **{f"a{i}": trial.suggest_float(f"a{i}", 0.0, 1.0) for i in range(len(units))}}
             plan = plans[params["signal"]]
             position = np.array([params[f"a{i}"] for i in range(len(units))])
-            sparsity = scaled(plan, Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo)), target)
+            sparsity = scaled(plan, Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo), plan.signal), target)
             label = named[number][1] if number < len(named) else f"tpe-{number:03d}"
-            candidate = Candidate(f"{params['signal']}/{label}", params["signal"], sparsity)
+            candidate = Strategy(f"{params['signal']}/{label}", sparsity, params["signal"])
             key = (candidate.signal, tuple(round(v, 6) for v in sparsity.values()))
             batch.append((trial, candidate, key in seen))  # a repeat teaches the sampler nothing new
             seen.setdefault(key, candidate.name)
@@ -132,6 +124,6 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
     return out
 
 
-def promote(scored: list[tuple[Candidate, float, float]], k: int) -> list[Candidate]:
+def promote(scored: list[tuple[Strategy, float, float]], k: int) -> list[Strategy]:
     """The ``k`` best by validation accuracy, ties broken by the lower validation loss."""
     return [c for c, _, _ in sorted(scored, key=lambda s: (-s[1], s[2]))[:k]]

@@ -10,14 +10,29 @@ from .loop import (
     finetune,
     labels,
     optimizer_groups,
-    reestimate_bn,
+    reestimate_bn_,
     score,
     seed_everything,
 )
 from .zoo import MODEL_DATA, MODELS, create_model, pretrained_demo_model
 
 __all__ = [
-    "DATASETS", "MODEL_DATA", "MODELS", "TRAINING_RECIPE", "DataSplits", "FinetuneResult", "TrainingHook", "create_model", "evaluate", "finetune",
+    "DATASETS",
+    "MODELS",
+    "MODEL_DATA",
+    "TRAINING_RECIPE",
+    "DataSplits",
+    "FinetuneResult",
+    "TrainingHook",
+    "create_model",
+    "evaluate",
+    "finetune",
     "imagenet_crops",
-    "labels", "load_data", "optimizer_groups", "pretrained_demo_model", "reestimate_bn", "score", "seed_everything",
+    "labels",
+    "load_data",
+    "optimizer_groups",
+    "pretrained_demo_model",
+    "reestimate_bn_",
+    "score",
+    "seed_everything",
 ]

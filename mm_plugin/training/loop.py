@@ -70,7 +70,7 @@ def evaluate(model: nn.Module, loader: Iterable) -> float:
     return score(model, loader)[0]
 
 
-def reestimate_bn(model: nn.Module, batches: Iterable) -> None:
+def reestimate_bn_(model: nn.Module, batches: Iterable) -> None:
     """Recompute BatchNorm running statistics on ``batches`` (pruning shifts every activation's mean
     and variance; stale statistics make a pruned model look broken before any fine-tuning)."""
     torch.optim.swa_utils.update_bn(batches, model, device=_device_of(model))

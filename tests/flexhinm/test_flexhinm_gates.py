@@ -158,7 +158,7 @@ def test_a_ramp_from_the_target_only_relabels_vectors_and_keeps_every_checkpoint
     model, data = _mlp(), _data()
     steps = 2 * len(data)
     sched = GradualFlexHiNM(model, SPARSITY, FlexHiNMConfig(permutation="none", tile_rows=8), total_steps=steps,
-                            schedule=GradualConfig(ramp=(0.0, 0.4), ramp_from=1.0, partition_score="movement"))
+                            schedule=GradualConfig(ramp=(0.0, 0.4), ramp_from=1.0, partition_signal="movement"))
     assert sched.checkpoints_final
     assert all(sched.sparsity_at(step) == sched.targets for step in range(0, steps, 3))
     gate = sched.gates["2.weight"]
@@ -291,14 +291,14 @@ def test_cubic_schedule_and_argument_checks():
 
 
 def test_movement_scores_reach_pruned_weights_and_move_the_boundaries():
-    """With ``partition_score="movement"`` the ramp's re-partitions rank vectors by what training learned:
+    """With ``partition_signal="movement"`` the ramp's re-partitions rank vectors by what training learned:
     pruned weights still collect a score (the gradient is taken at the masked weight), and a weight whose
     presence training kept raising the loss leaves the kept regions."""
     model, data = _mlp(), _data()
     steps = 4 * len(data)
     config = FlexHiNMConfig(permutation="none", tile_rows=8)
     sched = GradualFlexHiNM(model, SPARSITY, config, total_steps=steps,
-                            schedule=GradualConfig(ramp=(0.0, 0.4), partition_score="movement"))
+                            schedule=GradualConfig(ramp=(0.0, 0.4), partition_signal="movement"))
     finetune(model, data, data, epochs=1, lr=1e-3, patience=None, progress=False, hooks=(sched,), keep="last")
     gate = sched.gates["2.weight"]
     dropped = ~gate.hard_mask()
@@ -309,9 +309,9 @@ def test_movement_scores_reach_pruned_weights_and_move_the_boundaries():
     sched._repartition(sched.ramp[1])
     assert not bool(gate.hard_mask()[row_tile, group].any())
     with pytest.raises(ConfigError, match="give a ramp"):
-        GradualConfig(partition_score="movement")
-    with pytest.raises(ConfigError, match="partition_score must be one of"):
-        GradualConfig(partition_score="wanda", ramp=(0.0, 0.4))
+        GradualConfig(partition_signal="movement")
+    with pytest.raises(ConfigError, match="partition_signal must be one of"):
+        GradualConfig(partition_signal="wanda", ramp=(0.0, 0.4))
 
 
 @pytest.mark.parametrize("pruned_gradient", [False, True])

@@ -12,7 +12,7 @@ def test_prune_matches_strategy_and_leaves_norms(tiny_swin):
     p = mm_plugin.plan(tiny_swin, x[:1])
     norms_before = {n: t.clone() for n, t in tiny_swin.state_dict().items() if "norm" in n}
     s = p.strategy("aggressive")
-    mm_plugin.prune(tiny_swin, s, plan=p)
+    mm_plugin.prune_(tiny_swin, s, plan=p)
     report = {r.name: r for r in measure_sparsity(tiny_swin)}
     assert set(report) == {layer.name for layer in p.units}
     for layer in p.units:
@@ -25,7 +25,7 @@ def test_prune_matches_strategy_and_leaves_norms(tiny_swin):
 
 def test_masks_exact_after_adamw_with_weight_decay(mlp):
     p = mm_plugin.plan(mlp)
-    mm_plugin.prune(mlp, "aggressive", plan=p)
+    mm_plugin.prune_(mlp, "aggressive", plan=p)
     masks = current_masks(mlp)
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-2, weight_decay=0.1)
     for x, y in batches(20, shape=(16, 64)):
@@ -39,7 +39,7 @@ def test_masks_exact_after_adamw_with_weight_decay(mlp):
 
 
 def test_bake_gives_plain_weights_with_same_zeros(mlp):
-    mm_plugin.prune(mlp, {"body.0.weight": 0.5, "head.weight": 0.25})
+    mm_plugin.prune_(mlp, {"body.0.weight": 0.5, "head.weight": 0.25})
     x = torch.randn(3, 64)
     before, zeros = mlp(x), {r.name: r.zeros for r in measure_sparsity(mlp)}
     bake_masks_(mlp)
@@ -51,7 +51,7 @@ def test_bake_gives_plain_weights_with_same_zeros(mlp):
 
 def test_gradient_signal_prunes_by_gradient(mlp):
     data = batches(2, shape=(16, 64))
-    mm_plugin.prune(mlp, {"body.0.weight": 0.5}, signal="gradient", calibration=data)
+    mm_plugin.prune_(mlp, {"body.0.weight": 0.5}, signal="gradient", calibration=data)
     report = measure_sparsity(mlp)
     assert report[0].sparsity == 0.5 and global_sparsity(report) == 0.5
 
@@ -62,13 +62,13 @@ def test_bad_masks(mlp):
     with pytest.raises(ValidationError, match="no module 'nope'"):
         apply_masks_(mlp, {"nope.weight": torch.ones(3, dtype=torch.bool)})
     with pytest.raises(ValidationError, match="not a prunable weight"):
-        mm_plugin.prune(mlp, {"body.1.weight": 0.5})
+        mm_plugin.prune_(mlp, {"body.1.weight": 0.5})
 
 
 def test_baking_a_deep_copy_leaves_the_original_masked(mlp):
     import copy
 
-    mm_plugin.prune(mlp, {"body.0.weight": 0.5})
+    mm_plugin.prune_(mlp, {"body.0.weight": 0.5})
     x = torch.randn(2, 64)
     before = mlp(x)
     twin = bake_masks_(copy.deepcopy(mlp))
@@ -115,7 +115,7 @@ def test_masks_sit_beside_a_users_parametrization(mlp, kind):
     name, module = _user_parametrized(mlp, kind)
     theirs = type(module.parametrizations.weight[0])
     x = torch.randn(3, 64)
-    mm_plugin.prune(mlp, {name: 0.5, "head.weight": 0.25})
+    mm_plugin.prune_(mlp, {name: 0.5, "head.weight": 0.25})
     keep = current_masks(mlp)[name]
     assert [type(p) for p in module.parametrizations.weight][0] is theirs  # theirs stays first
     assert (module.weight[~keep] == 0).all() and int((module.weight == 0).sum()) == keep.numel() // 2
@@ -136,7 +136,7 @@ def test_masks_sit_beside_a_users_parametrization(mlp, kind):
 
 def test_baking_into_a_parametrization_that_cannot_hold_the_mask_is_refused_and_changes_nothing(mlp):
     name, module = _user_parametrized(mlp, "symmetric")
-    mm_plugin.prune(mlp, {name: 0.5})
+    mm_plugin.prune_(mlp, {name: 0.5})
     x = torch.randn(3, 64)
     before = mlp(x)
     with pytest.raises(ValidationError, match="_Symmetric.*do not reproduce it exactly"):
@@ -147,4 +147,19 @@ def test_baking_into_a_parametrization_that_cannot_hold_the_mask_is_refused_and_
 def test_reconstruction_refuses_a_weight_under_a_users_parametrization(mlp):
     name, _ = _user_parametrized(mlp, "weight_norm")
     with pytest.raises(ValidationError, match="weight_norm|_WeightNorm.*remove them first"):
-        mm_plugin.prune(mlp, {name: 0.5}, calibration=batches(2, shape=(16, 64)), reconstruct=True)
+        mm_plugin.prune_(mlp, {name: 0.5}, calibration=batches(2, shape=(16, 64)), reconstruct=True)
+
+
+def test_a_strategy_prunes_by_the_signal_it_was_planned_with(mlp):
+    import copy
+
+    data = batches(2, shape=(16, 64))
+    p = mm_plugin.plan(mlp, torch.randn(1, 64), signal="gradient", calibration=data)
+    s = p.rescale("balanced", 0.5)
+    assert s.signal == "gradient" and all(t.signal == "gradient" for t in p.strategies)
+    assert mm_plugin.Plan.from_dict(p.to_dict()).strategy("balanced").signal == "gradient"
+    by_default = current_masks(mm_plugin.prune_(copy.deepcopy(mlp), s, calibration=data))
+    by_gradient = current_masks(mm_plugin.prune_(copy.deepcopy(mlp), s, signal="gradient", calibration=data))
+    by_magnitude = current_masks(mm_plugin.prune_(copy.deepcopy(mlp), s, signal="magnitude"))
+    assert all(torch.equal(by_default[n], by_gradient[n]) for n in by_default)
+    assert any(not torch.equal(by_default[n], by_magnitude[n]) for n in by_default)

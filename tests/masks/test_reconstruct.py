@@ -67,12 +67,12 @@ def test_conv_reconstruction_solves_on_unfolded_patches():
 def test_prune_with_reconstruct_lowers_the_output_error(mlp):
     x = correlated_inputs(256, 64)
     reference = mlp(x).detach()
-    plain = mm_plugin.prune(copy.deepcopy(mlp), {"body.0.weight": 0.7})
-    solved = mm_plugin.prune(mlp, {"body.0.weight": 0.7}, calibration=[x], reconstruct=True)
+    plain = mm_plugin.prune_(copy.deepcopy(mlp), {"body.0.weight": 0.7})
+    solved = mm_plugin.prune_(mlp, {"body.0.weight": 0.7}, calibration=[x], reconstruct=True)
     assert torch.equal(current_masks(plain)["body.0.weight"], current_masks(solved)["body.0.weight"])
     assert (solved(x) - reference).pow(2).mean() < (plain(x) - reference).pow(2).mean()
     with pytest.raises(ValidationError, match="calibration"):
-        mm_plugin.prune(mlp, {"body.0.weight": 0.7}, reconstruct=True)
+        mm_plugin.prune_(mlp, {"body.0.weight": 0.7}, reconstruct=True)
 
 
 def test_flexhinm_with_calibration_keeps_exact_two_of_four():

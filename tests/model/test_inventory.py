@@ -91,7 +91,7 @@ def test_multihead_attention_is_planned_per_weight_with_the_head_right():
     assert {u.name: u.kind for u in units}["encoder.layers.1.self_attn.in_proj_weight"] == "attention"
     assert [u.name for u in units if u.kind == "head"] == ["head.weight"]
     p = mm_plugin.plan(model, x, default_rules=False)
-    mm_plugin.prune(model, p.rescale("balanced", 0.8))
+    mm_plugin.prune_(model, p.rescale("balanced", 0.8))
     packed = model.encoder.layers[0].self_attn.in_proj_weight
     assert 0 < float((packed == 0).float().mean()) < 1 and model(x).shape == (2, 10)
 

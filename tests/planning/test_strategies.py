@@ -83,7 +83,7 @@ def test_samples_seeded_and_inside(swin_plan):
 
 def test_narrow_ranges_give_fewer_distinct(swin_plan):
     p = swin_plan
-    flat = build_strategies(p.units, p.lo, p.lo)
+    flat = build_strategies(p.units, p.lo, p.lo, p.signal)
     assert len(flat) == 1 and flat[0].name == "conservative"
     assert len(NAMED_STRATEGIES) == 10
 
@@ -103,7 +103,7 @@ def test_rescale_by_another_cost_weighs_units_by_it():
         macs: int
 
     units = [Unit("a", "conv", 100, 0.0, 9000), Unit("b", "conv", 900, 1.0, 1000)]
-    s = Strategy("shaped", {"a": 0.1, "b": 0.4})
+    s = Strategy("shaped", {"a": 0.1, "b": 0.4}, "magnitude")
     lo, hi = np.zeros(2), np.full(2, 0.9)
     by_params, by_macs = rescale(s, units, lo, hi, 0.5), rescale(s, units, lo, hi, 0.5, cost="macs")
     costs = unit_costs(units, "macs")

@@ -6,7 +6,7 @@ import pytest
 
 from mm_plugin.portfolio import RunConfig, load_records, run, runner
 from mm_plugin.portfolio.report import search_summary
-from mm_plugin.portfolio.search import Schedule
+from mm_plugin.portfolio.search import Rungs
 
 CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
@@ -15,7 +15,7 @@ CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits",
 
 @pytest.mark.parametrize("budget, short, full", [(1, 0, 1), (2, 3, 1), (4, 6, 2), (6, 9, 3)])
 def test_schedule_spends_the_budget(budget, short, full):
-    s = Schedule.for_budget(budget, candidates=24, eta=3)
+    s = Rungs.for_budget(budget, candidates=24, eta=3)
     assert (s.short, s.full) == (short, full) and s.cost <= budget + 1e-9
 
 
