@@ -13,9 +13,9 @@ import time
 from pathlib import Path
 
 from mm_plugin.files import write_json_atomic
-from mm_plugin.portfolio import RunConfig, run
+from mm_plugin.portfolio import RunConfig, TaskSpec, resolve_task, run
 
-PORTFOLIO = RunConfig(model="resnet8", targets=(0.9,), baselines=("global_magnitude", "lamp", "erk", "uniform_plus"),
+PORTFOLIO = RunConfig(targets=(0.9,), baselines=("global_magnitude", "lamp", "erk", "uniform_plus"),
                       epochs=2, budget=4, candidates=12, seeds=(0, 1))
 
 
@@ -30,7 +30,7 @@ def main() -> None:
         folder = out / f"workers-{workers}"
         shutil.rmtree(folder, ignore_errors=True)  # a timing, not a resumable result: always from scratch
         start = time.perf_counter()
-        result = run(PORTFOLIO, folder, executor="ray", cpus_per_trial=cores // workers, progress=False,
+        result = run(resolve_task(TaskSpec("resnet8"), folder), PORTFOLIO, folder, executor="ray", cpus_per_trial=cores // workers, progress=False,
                      command=f"python benchmarks/ray_speedup.py --out {out}")
         timings[workers] = {"seconds": round(time.perf_counter() - start, 1), "records": len(result.records),
                             "cpus_per_trial": cores // workers}

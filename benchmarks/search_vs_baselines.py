@@ -21,20 +21,20 @@ from pathlib import Path
 import numpy as np
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
-from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task, run
 from mm_plugin.portfolio.report import search_summary, spearman
 
 BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
+CROPS = TaskSpec("efficientnet_lite0", "imagenet_crops", batch_size=32)
 TESTBEDS = {
-    "resnet8": RunConfig(model="resnet8", targets=(0.9, 0.95), baselines=BASELINES, epochs=2, budget=4),
-    "vit_mnist": RunConfig(model="vit_mnist", targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4),
-    "efficientnet_lite0": RunConfig(model="efficientnet_lite0", data="imagenet_crops", targets=(0.5, 0.7),
-                                    baselines=BASELINES, epochs=1, budget=4, candidates=12, batch_size=32),
-    "vit_mnist-structured": RunConfig(model="vit_mnist", sparsity="structured", targets=(0.2, 0.3), epochs=2,
-                                      budget=4, candidates=12),
-    "efficientnet_lite0-structured": RunConfig(model="efficientnet_lite0", data="imagenet_crops", epochs=1,
-                                               sparsity="structured", targets=(0.2, 0.3), budget=4, candidates=8,
-                                               batch_size=32),
+    "resnet8": (TaskSpec("resnet8"), RunConfig(targets=(0.9, 0.95), baselines=BASELINES, epochs=2, budget=4)),
+    "vit_mnist": (TaskSpec("vit_mnist"), RunConfig(targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4)),
+    "efficientnet_lite0": (CROPS, RunConfig(targets=(0.5, 0.7), baselines=BASELINES, epochs=1, budget=4,
+                                            candidates=12)),
+    "vit_mnist-structured": (TaskSpec("vit_mnist"), RunConfig(sparsity="structured", targets=(0.2, 0.3), epochs=2,
+                                                              budget=4, candidates=12)),
+    "efficientnet_lite0-structured": (CROPS, RunConfig(epochs=1, sparsity="structured", targets=(0.2, 0.3),
+                                                       budget=4, candidates=8)),
 }
 
 
@@ -47,22 +47,22 @@ def rank_run(config: RunConfig, samples: int) -> RunConfig:
 def correlation(records: list[dict]) -> dict[str, float | None]:
     done = [r for r in records if r.get("rung") is None and r["method"] == "mix_and_match"]
     return {"n": len(done),
-            "rho_val": spearman([r["oneshot_val_accuracy"] for r in done], [r["val_accuracy"] for r in done]),
-            "rho_test": spearman([r["oneshot_val_accuracy"] for r in done], [r["test_accuracy"] for r in done]),
-            "rho_loss": spearman([-r["oneshot_val_loss"] for r in done], [r["test_accuracy"] for r in done])}
+            "rho_val": spearman([r["oneshot_val_score"] for r in done], [r["val_score"] for r in done]),
+            "rho_test": spearman([r["oneshot_val_score"] for r in done], [r["test_score"] for r in done]),
+            "rho_loss": spearman([-r["oneshot_val_loss"] for r in done], [r["test_score"] for r in done])}
 
 
 def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
     rows = []
     for row in search_summary(records):
-        pick = [p["test_accuracy"] for p in row["pick"]]
-        oracle = [max(r["test_accuracy"] for r in records if r.get("rung") == 2 and r["target"] == row["target"]
+        pick = [p["test_score"] for p in row["pick"]]
+        oracle = [max(r["test_score"] for r in records if r.get("rung") == 2 and r["target"] == row["target"]
                       and r["seed"] == p["seed"]) for p in row["pick"]]  # the finalist best on test, not picked
-        base = [b["test_accuracy"] for b in row["baselines"]]
-        each = {b: [r["test_accuracy"] for r in records if r["method"] == "baseline" and r["name"] == b
+        base = [b["test_score"] for b in row["baselines"]]
+        each = {b: [r["test_score"] for r in records if r["method"] == "baseline" and r["name"] == b
                     and r["target"] == row["target"]] for b in sorted({r["name"] for r in records if r["method"] == "baseline"})}
         rows.append({"testbed": name, "target": row["target"], "seeds": row["seeds"],
-                     "dense": records[0]["dense_test_accuracy"], "search": float(np.mean(pick)),
+                     "dense": records[0]["dense_test_score"], "search": float(np.mean(pick)),
                      "search_std": float(np.std(pick)), "best_finalist": float(np.mean(oracle)),
                      "best_baseline": float(np.mean(base)),
                      "best_baseline_std": float(np.std(base)), "picked_baselines": [b["name"] for b in row["baselines"]],
@@ -132,11 +132,13 @@ def main() -> None:
     out = Path(args.out)
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for name in [] if args.summary_only else args.testbeds.split(","):
-        config = dataclasses.replace(TESTBEDS[name], seeds=seeds)
+        spec, config = TESTBEDS[name]
+        config = dataclasses.replace(config, seeds=seeds)
         command = f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
-        run(config, out / name, command=command, progress=False)
+        task = resolve_task(spec, out / name)
+        run(task, config, out / name, command=command, progress=False)
         if config.sparsity == "unstructured":
-            run(rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
+            run(task, rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
     rows = [row for name in TESTBEDS if (out / name / "results.jsonl").exists()
             for row in summarize(name, load_records(out / name), load_records(out / f"{name}-rank"))]
     write_json_atomic(out / "summary.json", rows)

@@ -6,17 +6,18 @@ import signal
 import threading
 import time
 
+import factories
 import pytest
 
 pytest.importorskip("ray")
 
-from mm_plugin.portfolio import RunConfig, load_records, run
+from mm_plugin.portfolio import RunConfig, load_records
 from mm_plugin.portfolio.executors import Ray
 
-CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
+CONFIG = RunConfig(targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=1, budget=2, candidates=8, seeds=(0,),
                    rules=[{"name": "first-layer", "enabled": False}])
-METRICS = ("val_accuracy", "test_accuracy", "oneshot_val_accuracy", "oneshot_val_loss", "planned_sparsity", "picked")
+METRICS = ("val_score", "test_score", "oneshot_val_score", "oneshot_val_loss", "planned_sparsity", "picked")
 
 
 def _metrics(records):
@@ -25,11 +26,11 @@ def _metrics(records):
 
 @pytest.fixture(scope="module")
 def sequential(tmp_path_factory):
-    return run(CONFIG, tmp_path_factory.mktemp("sequential"), progress=False, cpus_per_trial=1).records
+    return factories.run_spec(CONFIG, tmp_path_factory.mktemp("sequential"), progress=False, cpus_per_trial=1).records
 
 
 def test_ray_gives_the_sequential_metrics(sequential, tmp_path):
-    records = run(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1).records
+    records = factories.run_spec(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1).records
     assert _metrics(records) == _metrics(sequential)  # the same seeds, one thread per job either way
     assert len(records) == len({r["key"] for r in records}) == len(sequential)
 
@@ -79,10 +80,10 @@ def test_a_resumed_ray_run_adds_no_duplicate(sequential, tmp_path):
             raise KeyboardInterrupt  # the driver dies mid-run; Ray shuts down with it
 
     with pytest.raises(KeyboardInterrupt):
-        run(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1, on_record=stop_after_three)
+        factories.run_spec(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1, on_record=stop_after_three)
     first = {r["key"] for r in load_records(tmp_path)}
     again = []
-    run(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1, on_record=again.append)
+    factories.run_spec(CONFIG, tmp_path, progress=False, executor="ray", cpus_per_trial=1, on_record=again.append)
     records = load_records(tmp_path)
     assert first <= {r["key"] for r in records} and not first & {r["key"] for r in again}
     assert len(records) == len({r["key"] for r in records}) == len(sequential)

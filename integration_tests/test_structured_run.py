@@ -12,13 +12,13 @@ from mm_plugin.adapters.torch_pruning import load_pruned, macs_of
 
 from mm_plugin.errors import ConfigError, UnknownNameError
 from mm_plugin.model import count_prunable
-from mm_plugin.portfolio import RunConfig, run
+from mm_plugin.portfolio import RunConfig, TaskSpec
 
 sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
 import factories
 
-CONFIG = RunConfig(model="factories:tiny_cnn", data="factories:small_digits", sparsity="structured",
-                   strategies=("balanced", "feature-heavy"), targets=(0.3,), epochs=1, dense_epochs=2)
+CONFIG = RunConfig(sparsity="structured", strategies=("balanced", "feature-heavy"), targets=(0.3,), epochs=1)
+SPEC = TaskSpec("factories:tiny_cnn", "factories:small_digits", dense_epochs=2)
 
 
 @pytest.fixture(scope="module")
@@ -26,7 +26,7 @@ def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("structured")
     with pytest.MonkeyPatch.context() as mp:  # short timing: these tests check the plumbing, not speed
         mp.setattr(Timer, "SETTINGS", {"threads": 1, "warmup": 2, "rounds": 3, "runs": 5})
-        yield out, run(CONFIG, out, progress=False, keep_checkpoints="all")
+        yield out, factories.run_spec(CONFIG, out, SPEC, progress=False, keep_checkpoints="all")
 
 
 def test_every_method_removes_the_same_multiply_adds(finished):
@@ -57,7 +57,7 @@ def test_checkpoints_reload_as_pruned_models(finished):
 def test_report_and_plot_show_latency(finished):
     out, result = finished
     text = result.report.read_text()
-    assert "## Accuracy vs measured latency" in text
+    assert "## Test accuracy vs measured latency" in text
     assert "tp_uniform at this latency" in text and "tp_global at this latency" in text
     assert text.count("| mix_and_match | magnitude/") == 2
     assert (out / "pareto.png").stat().st_size > 10_000
@@ -66,19 +66,19 @@ def test_report_and_plot_show_latency(finished):
 
 def test_rerun_resumes_without_new_runs(finished):
     out, result = finished
-    again = run(CONFIG, out, progress=False, keep_checkpoints="all")
+    again = factories.run_spec(CONFIG, out, SPEC, progress=False, keep_checkpoints="all")
     assert [r["key"] for r in again.records] == [r["key"] for r in result.records]
 
 
 def test_clear_errors():
     with pytest.raises(UnknownNameError, match="structured signal 'gradient'.*magnitude, product"):
-        RunConfig(model="resnet8", sparsity="structured", signals=("gradient",))
+        RunConfig(sparsity="structured", signals=("gradient",))
     with pytest.raises(UnknownNameError, match="structured baseline 'lamp'.*tp_global, tp_uniform"):
-        RunConfig(model="resnet8", sparsity="structured", baselines=("lamp",))
+        RunConfig(sparsity="structured", baselines=("lamp",))
     with pytest.raises(ConfigError, match="need targets"):
-        RunConfig(model="resnet8", sparsity="structured", targets=())
+        RunConfig(sparsity="structured", targets=())
     with pytest.raises(ConfigError, match="--reconstruct re-solves the weights a mask keeps.*drop --reconstruct"):
-        RunConfig(model="resnet8", sparsity="structured", targets=(0.2,), reconstruct=True)
+        RunConfig(sparsity="structured", targets=(0.2,), reconstruct=True)
 
 
 def test_unreachable_target_names_the_method(tmp_path):
@@ -86,7 +86,7 @@ def test_unreachable_target_names_the_method(tmp_path):
 
     config = dataclasses.replace(CONFIG, targets=(0.99,), strategies=("balanced",), baselines=())
     with pytest.raises(ConfigError, match=r"mix_and_match 'balanced' cannot remove 0.99 .* spans"):
-        run(config, tmp_path, progress=False)
+        factories.run_spec(config, tmp_path, SPEC, progress=False)
 
 
 def test_select_by_latency_exports_a_front_checkpoint(finished, tmp_path):
@@ -108,10 +108,10 @@ def test_demo_includes_a_structured_run_in_its_own_folder():
 
     for quick in (False, True):
         configs = demo_configs(quick=quick, seeds=(0, 1))
-        structured = [c for c in configs if c.sparsity == "structured"]
+        structured = [c for _, c in configs if c.sparsity == "structured"]
         assert len(structured) == 1 and structured[0].baselines == ("tp_uniform", "tp_global")
         assert structured[0].seeds == (0, 1)
-        assert len({folder_name(c) for c in configs}) == len(configs) == 3
+        assert len({folder_name(*c) for c in configs}) == len(configs) == 3
 
 
 def test_cli_structured_errors_are_one_line(capsys):
@@ -128,8 +128,8 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     config = dataclasses.replace(CONFIG, strategies=None, budget=2, candidates=4, seeds=(0,))
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Timer, "SETTINGS", {"threads": 1, "warmup": 1, "rounds": 1, "runs": 2})
-        records = run(config, tmp_path, progress=False).records
+        records = factories.run_spec(config, tmp_path, SPEC, progress=False).records
     rung0 = [r for r in records if r.get("rung") == 0]
-    assert len(rung0) == 4 and all(r["test_accuracy"] is None for r in rung0)  # ranked on validation only
+    assert len(rung0) == 4 and all(r["test_score"] is None for r in rung0)  # ranked on validation only
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0

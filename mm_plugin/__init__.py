@@ -4,11 +4,12 @@ masks, fine-tuning and the accuracy-vs-sparsity Pareto front; plus FlexHiNM-GP h
 The verbs, one per stage::
 
     plan = mm_plugin.plan(model, example_inputs, signal="magnitude")
-    mm_plugin.prune_(model, plan.strategy("balanced"), signal="magnitude")
+    mm_plugin.prune_(model, plan.strategy("balanced"))  # by the signal the strategy was planned with
     mm_plugin.finetune(model, train_loader, val_loader, epochs=2)  # masks stay fixed
     mm_plugin.bake_masks_(model)  # plain zeros, ready for export
 
-    mm_plugin.run(mm_plugin.RunConfig(model="resnet8", targets=(0.9,)), "runs/r8")  # the whole portfolio
+    # the strategy search over your model and your loop: the pick per target, a report and a plot
+    result = mm_plugin.search(model, x, finetune=my_finetune, evaluate=my_evaluate, targets=[0.7], out="runs/s")
 """
 
 from .errors import (
@@ -45,7 +46,7 @@ from .planning import (
     register_allocation,
     register_signal,
 )
-from .portfolio import RunConfig, run, select
+from .portfolio import RunConfig, Task, classification_task, portfolio, run, search, select
 from .registry import Needs
 from .training import evaluate, finetune
 
@@ -66,12 +67,14 @@ __all__ = [
     "RuleError",
     "RunConfig",
     "Strategy",
+    "Task",
     "Unit",
     "UnknownNameError",
     "UnsupportedModelError",
     "ValidationError",
     "apply_masks_",
     "bake_masks_",
+    "classification_task",
     "compute_masks",
     "current_masks",
     "evaluate",
@@ -84,9 +87,11 @@ __all__ = [
     "measure_sparsity",
     "plan",
     "plan_units",
+    "portfolio",
     "prune_",
     "register_allocation",
     "register_signal",
     "run",
+    "search",
     "select",
 ]

@@ -10,6 +10,7 @@ import logging
 import shlex
 import sys
 from collections.abc import Sequence
+from functools import partial
 from pathlib import Path
 
 import torch
@@ -80,14 +81,17 @@ def _cmd_plan(args: argparse.Namespace) -> int:
 
 
 def _run_config(args: argparse.Namespace):
-    from .portfolio import RunConfig
+    """The command line's strings: the task they name (resolved to objects later) and the run's settings."""
+    from .portfolio import RunConfig, TaskSpec
 
-    return RunConfig(
-        model=args.model, data=args.data, signals=args.signals, strategies=args.strategies or None,
-        baselines=args.baselines, targets=args.targets, epochs=args.epochs, lr=args.lr, seeds=args.seeds,
-        batch_size=args.batch_size, rules=args.rules, dense_epochs=args.dense_epochs, sparsity=args.sparsity,
-        budget=args.budget, candidates=args.candidates, samples=args.samples, reconstruct=args.reconstruct,
+    spec = TaskSpec(model=args.model, data=args.data, lr=args.lr, batch_size=args.batch_size,
+                    dense_epochs=args.dense_epochs)
+    config = RunConfig(
+        signals=args.signals, strategies=args.strategies or None, baselines=args.baselines, targets=args.targets,
+        epochs=args.epochs, seeds=args.seeds, rules=args.rules, sparsity=args.sparsity, budget=args.budget,
+        candidates=args.candidates, samples=args.samples, reconstruct=args.reconstruct,
     )
+    return spec, config
 
 
 def _print_result(result) -> None:
@@ -96,10 +100,12 @@ def _print_result(result) -> None:
 
 
 def _cmd_run(args: argparse.Namespace) -> int:
-    from .portfolio import run
+    from .portfolio import resolve_task, run
 
-    result = run(_run_config(args), args.out, cache_dir=args.cache_dir, keep_checkpoints=args.keep_checkpoints,
-                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]), force_new=args.force_new,
+    spec, config = _run_config(args)  # every setting checked before any data or model is loaded
+    result = run(partial(resolve_task, spec, args.out, cache_dir=args.cache_dir), config, args.out,
+                 keep_checkpoints=args.keep_checkpoints, force_new=args.force_new,
+                 command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                  executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_trial)
     _print_result(result)
     return 0
@@ -116,7 +122,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
 def _cmd_select(args: argparse.Namespace) -> int:
     from .portfolio import export_selected, select
 
-    pick, record = select(args.run_dir, min_accuracy=args.min_accuracy, max_nonzeros=args.max_nonzeros,
+    pick, record = select(args.run_dir, min_score=args.min_score, max_nonzeros=args.max_nonzeros,
                           max_latency=args.max_latency)
     print(f"selected {pick.method} {pick.signal}/{pick.name}: sparsity {100 * pick.sparsity:.2f} %, "
           f"{pick.nonzeros:,.0f} non-zeros, " + (f"latency {pick.latency_ratio:.2f}x dense, " if pick.timed else "")
@@ -135,7 +141,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--targets", type=_floats, default=None,
                    help="global sparsities to rescale every strategy to (default: each at its own sparsity); "
                         "structured: fractions of multiply-adds removed (default 0.2,0.4)")
-    p.add_argument("--epochs", type=int, default=2, help="fine-tuning epochs, the same for every method")
+    p.add_argument("--epochs", type=float, default=2, help="fine-tuning epochs, the same for every method "
+                                                             "(a fraction of an epoch is allowed)")
     p.add_argument("--lr", type=float, default=5e-4)
     p.add_argument("--seeds", type=_ints, default=(0,))
     p.add_argument("--batch-size", type=int, default=128)
@@ -205,7 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("select", help="pick the front member that meets a budget and export it")
     p.add_argument("run_dir")
     g = p.add_mutually_exclusive_group(required=True)
-    g.add_argument("--min-accuracy", type=float, help="validation accuracy in [0, 1]")
+    g.add_argument("--min-score", type=float, help="validation score (accuracy: a fraction in [0, 1])")
     g.add_argument("--max-nonzeros", type=int)
     g.add_argument("--max-latency", type=float, help="structured runs: measured latency as a fraction of dense")
     p.add_argument("--export", help="where to copy the checkpoint (default RUN_DIR/selected.pt)")

@@ -14,9 +14,10 @@ import dataclasses
 import importlib.util
 import logging
 from collections.abc import Iterator
+from functools import partial
 from pathlib import Path
 
-from .portfolio import RunConfig, RunResult, run
+from .portfolio import RunConfig, RunResult, TaskSpec, resolve_task, run
 
 log = logging.getLogger(__name__)
 
@@ -25,40 +26,41 @@ BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
 
 #: The search spends the same four full fine-tunes per target (see mm_plugin.portfolio.search). One target
 #: per model keeps the demo under 10 minutes on 2 cores.
-DEMO_CONFIGS = (
-    RunConfig(model="resnet8", data="mnist", targets=(0.9,), baselines=BASELINES, epochs=2, budget=4),
-    RunConfig(model="vit_mnist", data="mnist", targets=(0.85,), baselines=BASELINES, epochs=2, budget=4),
+DEMO = (
+    (TaskSpec("resnet8"), RunConfig(targets=(0.9,), baselines=BASELINES, epochs=2, budget=4)),
+    (TaskSpec("vit_mnist"), RunConfig(targets=(0.85,), baselines=BASELINES, epochs=2, budget=4)),
 )
 
 #: Removed channels timed with OpenVINO: run when the Torch-Pruning and OpenVINO extras are installed.
-STRUCTURED_DEMO = {"model": "resnet8", "data": "mnist", "sparsity": "structured", "targets": (0.4,),
-                   "epochs": 2, "budget": 2, "candidates": 8}
+STRUCTURED_DEMO = (TaskSpec("resnet8"), {"sparsity": "structured", "targets": (0.4,), "epochs": 2, "budget": 2,
+                                         "candidates": 8})
 
 QUICK = {"epochs": 1, "budget": 2, "candidates": 8}
 
 
-def demo_configs(quick: bool = False, seeds: tuple[int, ...] = (0,)) -> list[RunConfig]:
-    configs = [dataclasses.replace(c, seeds=seeds) for c in DEMO_CONFIGS]
+def demo_configs(quick: bool = False, seeds: tuple[int, ...] = (0,)) -> list[tuple[TaskSpec, RunConfig]]:
+    configs = [(spec, dataclasses.replace(c, seeds=seeds)) for spec, c in DEMO]
     if importlib.util.find_spec("torch_pruning") and importlib.util.find_spec("openvino"):
-        configs.append(RunConfig(**STRUCTURED_DEMO, seeds=seeds))
+        configs.append((STRUCTURED_DEMO[0], RunConfig(**STRUCTURED_DEMO[1], seeds=seeds)))
     else:
         log.warning("the structured demo needs the torch-pruning and openvino extras; skipping it")
     if quick:
-        configs = [dataclasses.replace(c, targets=c.targets[-1:], baselines=c.baselines[:2], range_targets=None,
-                                       **QUICK) for c in configs]
+        configs = [(spec, dataclasses.replace(c, targets=c.targets[-1:], baselines=c.baselines[:2], range_targets=None,
+                                              **QUICK)) for spec, c in configs]
     return configs
 
 
-def folder_name(config: RunConfig) -> str:
-    return config.model if config.sparsity == "unstructured" else f"{config.model}-{config.sparsity}"
+def folder_name(spec: TaskSpec, config: RunConfig) -> str:
+    return spec.model if config.sparsity == "unstructured" else f"{spec.model}-{config.sparsity}"
 
 
 def run_demo(out: Path, *, quick: bool = False, cache_dir: str | None = None,
              seeds: tuple[int, ...] = (0,)) -> Iterator[RunResult]:
     """Run the demo models; each gets its own folder under ``out`` (``quick`` ones under ``out/quick``)."""
     base = out / "quick" if quick else out
-    for config in demo_configs(quick, seeds):
+    for spec, config in demo_configs(quick, seeds):
         command = f"mm-prune demo --out {out}{' --quick' if quick else ''}"
         if seeds != (0,):
             command += " --seeds " + ",".join(map(str, seeds))
-        yield run(config, base / folder_name(config), cache_dir=cache_dir, command=command)
+        folder = base / folder_name(spec, config)
+        yield run(partial(resolve_task, spec, folder, cache_dir=cache_dir), config, folder, command=command)

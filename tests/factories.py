@@ -82,3 +82,14 @@ def guarded_digits(batch_size: int = 64, seed: int = 0):
         loader = data[split]
         data[split] = _Watched(split, READS, loader.dataset, batch_size=batch_size, shuffle=split == "train")
     return data
+
+
+def run_spec(config, out, spec=None, **options):
+    """``mm-prune run``'s path for tests: the spec resolved to a task (the MLP on the digits by default), then
+    the engine."""
+    from functools import partial
+
+    from mm_plugin.portfolio import TaskSpec, resolve_task, run
+
+    spec = spec or TaskSpec("factories:trained_mlp", "factories:small_digits")
+    return run(partial(resolve_task, spec, out), config, out, **options)

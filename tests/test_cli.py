@@ -28,7 +28,7 @@ def test_factory_model_and_gradient_signal(capsys):
     (["plan", "--model", "nope.module:fn"], "nope.module"),
     (["plan", "--model", "factories:tiny_cnn"], "--input-size"),
     (["plan", "--model", "factories:tiny_cnn", "--input-size", "1,8,8", "--signal", "gradient"], "needs calibration data"),
-    (["select", "/nonexistent", "--min-accuracy", "0.9"], "run folder /nonexistent does not exist"),
+    (["select", "/nonexistent", "--min-score", "0.9"], "run folder /nonexistent does not exist"),
 ])
 def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2

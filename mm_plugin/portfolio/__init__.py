@@ -1,5 +1,6 @@
 """The portfolio: every strategy and baseline pruned, fine-tuned on the same budget, measured, and
-gathered into a Pareto front, a report and a selection."""
+gathered into a Pareto front, a report and a selection; the strategy search; the verbs over a user's
+model and loop (:func:`search`, :func:`portfolio`) and the engine they share (:func:`run`)."""
 
 from .config import RunConfig
 from .executors import EXECUTORS
@@ -7,11 +8,15 @@ from .folder import load_records
 from .jobs import BaselineJob, Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import PATTERNS, FlexHiNMPattern, Pattern, get_pattern, pattern_names
+from .resolve import TaskSpec, resolve_task
 from .runner import RunResult, run
 from .select import export_selected, select
+from .task import Task, classification_task
+from .verbs import portfolio, search
 
 __all__ = [
     "EXECUTORS", "PATTERNS", "Aggregate", "BaselineJob", "FlexHiNMPattern", "Job", "Pattern", "RunConfig",
-    "RunContext", "RunResult", "aggregate", "export_selected", "front_of", "get_pattern",
-    "latency_front_of", "load_records", "pattern_names", "run", "select",
+    "RunContext", "RunResult", "Task", "TaskSpec", "aggregate", "classification_task", "export_selected",
+    "front_of", "get_pattern", "latency_front_of", "load_records", "pattern_names", "portfolio", "resolve_task",
+    "run", "search", "select",
 ]

@@ -60,7 +60,7 @@ def prune_channels(model: nn.Module, example_inputs: Any, *, target: float, sign
         raise ConfigError(f"{where['target']}: structured pruning needs the structured pattern ({e}); install it "
                           "with pip install 'mm-plugin[torch-pruning]'") from None
     try:
-        config = RunConfig(model=type(model).__name__, data="the caller's", sparsity="structured", signals=(signal,), targets=(target,),
+        config = RunConfig(sparsity="structured", signals=(signal,), targets=(target,),
                            rules=_rules(rules, default_rules, keep_whole) or None,
                            range_targets=None if range_targets is None else tuple(range_targets))
     except MMError as e:

@@ -1,35 +1,29 @@
-"""The settings that decide a run's numbers: a run folder belongs to exactly one :class:`RunConfig`."""
+"""The settings that decide a run's numbers beyond its task: a run folder belongs to one :class:`RunConfig`
+and one task (its fingerprint)."""
 
 from __future__ import annotations
 
 from dataclasses import asdict, dataclass
 from typing import Any
 
-from ..errors import ConfigError, ValidationError, check_fraction
+from ..errors import ValidationError, check_fraction
 from ..planning import load_rules
-from ..training import MODEL_DATA
 from .patterns import get_pattern
 
 
 @dataclass(frozen=True)
 class RunConfig:
-    """Everything that decides a run's numbers; a run folder belongs to exactly one of these."""
+    """How the strategies are planned, pruned, fine-tuned and chosen; what is pruned and how it trains is
+    the :class:`~mm_plugin.portfolio.task.Task`."""
 
-    model: str
-    data: str | None = None  # None: the built-in model's own data; any other model must name its data
     signals: tuple[str, ...] = ("magnitude",)
     strategies: tuple[str, ...] | None = None  # None: every planned strategy
     baselines: tuple[str, ...] | None = None  # None: the pattern's (GMP, LAMP, ERK; TP uniform and global)
     targets: tuple[float, ...] | None = None  # None: the pattern's; empty: strategies at their own sparsity
-    epochs: int = 2
-    lr: float = 5e-4
-    patience: int | None = 3
+    epochs: float = 2  # every fine-tune's budget, the same for every method (a fraction of an epoch is allowed)
     seeds: tuple[int, ...] = (0,)
-    batch_size: int = 128
-    calibration_batches: int = 4
     range_targets: tuple[float, ...] | None = None  # None: at and around the targets (the pattern's default)
     rules: Any = None  # list of rule dicts or a path
-    dense_epochs: int | None = None  # built-ins: their recipe; other models: 0 = use the weights as given
     sparsity: str = "unstructured"  # a pattern name: "flexhinm", or "structured" (Torch-Pruning channels)
     budget: float | None = None  # a strategy search per target and seed, in full fine-tunes (see .search)
     candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
@@ -38,12 +32,6 @@ class RunConfig:
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
 
     def __post_init__(self) -> None:
-        if self.data is None:
-            if self.model not in MODEL_DATA:
-                raise ConfigError(f"model {self.model!r} needs its data: pass --data (a built-in name such as "
-                                  "mnist, or package.module:function); only the built-in models "
-                                  f"({', '.join(MODEL_DATA)}) know theirs")
-            object.__setattr__(self, "data", MODEL_DATA[self.model])
         pattern = get_pattern(self.sparsity)
         for name in ("baselines", "targets"):  # fill defaults, so config.json says them
             if getattr(self, name) is None:

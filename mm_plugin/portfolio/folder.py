@@ -14,33 +14,34 @@ import hashlib
 import json
 import logging
 import os
-import random
 import re
 import shutil
 import socket
 import sys
 import time
-from collections.abc import Iterator, Mapping
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import fields
 from pathlib import Path
 from typing import Any
 
 import filelock
-import numpy as np
 import torch
-from torch import nn
-from torch.utils.data import DataLoader, IterableDataset
 
 from ..errors import ConfigError
 from ..files import write_atomic, write_json_atomic, write_text_atomic
-from ..training import TRAINING_RECIPE, DataSplits
 from .config import RunConfig
+from .fingerprint import digest_of, model_fingerprint
+from .task import Task
 
 log = logging.getLogger(__name__)
 
 CONFIG_FORMAT = 2
-RECORD_KEYS = ("key", "config_key", "method", "signal", "name", "seed", "val_accuracy", "test_accuracy")
+RECORD_KEYS = ("key", "config_key", "method", "signal", "name", "seed", "val_score", "test_score")
+#: Record fields named for accuracy before a task's evaluate could return any score: read under today's names.
+LEGACY_FIELDS = {"val_accuracy": "val_score", "test_accuracy": "test_score", "oneshot_val_accuracy": "oneshot_val_score",
+                 "oneshot_test_accuracy": "oneshot_test_score", "dense_val_accuracy": "dense_val_score",
+                 "dense_test_accuracy": "dense_test_score", "knob": "planned_target"}
 
 
 def _sha256(data: bytes | Path) -> str:
@@ -53,63 +54,13 @@ def _sha256(data: bytes | Path) -> str:
     return hashlib.sha256(data).hexdigest()
 
 
-def _hash_into(digest: Any, item: Any) -> None:
-    """Every tensor of a batch (tensors, tuples, lists, dicts) in order, with its dtype and shape."""
-    if isinstance(item, torch.Tensor):
-        t = item.detach().cpu().contiguous()
-        digest.update(f"{t.dtype}{tuple(t.shape)}".encode() + t.reshape(-1).view(torch.uint8).numpy().tobytes())
-    elif isinstance(item, Mapping):
-        for key in sorted(item, key=str):
-            digest.update(str(key).encode())
-            _hash_into(digest, item[key])
-    elif isinstance(item, (tuple, list)):
-        for part in item:
-            _hash_into(digest, part)
-    else:
-        digest.update(repr(item).encode())
-
-
-def split_fingerprint(loader: DataLoader, dataset: Any = None) -> str:
-    """``<samples>:<SHA-256>`` of every sample of a split, streamed batch by batch in the dataset's own
-    order (a shuffling loader is read unshuffled) under a fixed RNG, so random transforms repeat too.
-    ``dataset``: read instead of the loader's (the training set without its augmentation)."""
-    dataset = loader.dataset if dataset is None else dataset
-    if isinstance(dataset, IterableDataset) or not hasattr(dataset, "__len__"):
-        source: Any = loader
-    else:
-        source = DataLoader(dataset, batch_size=loader.batch_size or 64, shuffle=False,
-                            collate_fn=loader.collate_fn)
-    digest, samples = hashlib.sha256(), 0
-    py_state, np_state = random.getstate(), np.random.get_state()
-    try:
-        with torch.random.fork_rng(devices=[]):
-            torch.manual_seed(0)
-            random.seed(0)
-            np.random.seed(0)
-            for batch in source:
-                _hash_into(digest, batch)
-                first = batch[0] if isinstance(batch, (tuple, list)) else batch
-                samples += len(first) if hasattr(first, "__len__") else 1
-    finally:
-        random.setstate(py_state)
-        np.random.set_state(np_state)
-    return f"{samples}:{digest.hexdigest()}"
-
-
-def fingerprint(config: RunConfig, dense: nn.Module, data: DataSplits) -> dict[str, str]:
-    """SHA-256 of what defines the results beyond the settings: the dense weights, every sample of every
-    split, the training loop's fixed recipe and batching, and a rules file's content."""
-    model = hashlib.sha256()
-    for name, tensor in dense.state_dict().items():
-        model.update(name.encode())
-        _hash_into(model, tensor)
-    training = {**TRAINING_RECIPE, "batch_size": data.train.batch_size, "batches_per_epoch": len(data.train),
-                "drop_last": data.train.drop_last, "train_set": type(data.train.dataset).__qualname__}
-    out = {"model": model.hexdigest(),
-           "data": _sha256(repr((data.name, data.num_classes, tuple(data.input_shape))).encode()),
-           "train": split_fingerprint(data.train, data.calibration_source),
-           "val": split_fingerprint(data.val), "test": split_fingerprint(data.test),
-           "training": _sha256(json.dumps(training, sort_keys=True).encode())}
+def fingerprint(config: RunConfig, task: Task) -> dict[str, str | None]:
+    """SHA-256 of what defines the results beyond the settings: the dense weights, the example inputs, the
+    task's identity (the built-in task: every sample of every split and its loop's settings; a user's
+    callbacks: the ``run_id`` they name, or None) and a rules file's content."""
+    identity = task.fingerprint()
+    out: dict[str, str | None] = {"model": model_fingerprint(task.model), "example_inputs": digest_of(task.example_inputs),
+                                  **(identity if identity is not None else {"task": None})}
     if isinstance(config.rules, (str, os.PathLike)):
         out["rules_file"] = _sha256(Path(config.rules))
     return out
@@ -176,10 +127,13 @@ class RunFolder:
                               "folder again") from None
         return data if data.get("format") == CONFIG_FORMAT else {"settings": data}  # format 1: settings only
 
-    def check(self, config: RunConfig, inputs: dict[str, str] | None = None, *, force_new: bool = False) -> None:
+    def check(self, config: RunConfig, inputs: dict[str, str | None] | None = None, *, force_new: bool = False,
+              about: str = "") -> None:
         """Refuse a folder whose results came from other settings or inputs (they would be silently
-        mixed with ours), unless nothing finished yet or ``force_new`` archives them; then record ours."""
-        new = {"format": CONFIG_FORMAT, "settings": config.to_dict(), "inputs": inputs or {}}
+        mixed with ours), or whose inputs cannot be told apart (callbacks without a ``run_id``), unless
+        nothing finished yet or ``force_new`` archives them; then record ours (``about``: what the task is,
+        for people)."""
+        new = {"format": CONFIG_FORMAT, "about": about, "settings": config.to_dict(), "inputs": inputs or {}}
         old = self._config_file()
         finished = self.results.exists() and self.results.stat().st_size > 0
         if force_new and (old is not None or finished):
@@ -188,6 +142,10 @@ class RunFolder:
             raise ConfigError(f"{self.results} holds results but {self.path / 'config.json'} is missing, so nothing "
                               "tells which settings made them; use another --out folder, or pass --force-new to "
                               "archive them and start again")
+        elif finished and inputs is not None and "task" in inputs and inputs["task"] is None:
+            raise ConfigError(f"run folder {self.path} holds results, but nothing can tell whether this run's "
+                              "finetune / evaluate callbacks are the ones that made them; pass run_id='<a name for "
+                              "this data and training>' (the same run_id resumes), or use another out folder")
         elif old is not None and finished:
             # a setting added since the folder was made reads as its default there (no results differ)
             absent = {"settings": {f.name: f.default for f in fields(config)}, "inputs": {}}
@@ -221,6 +179,8 @@ class RunFolder:
                 continue
             try:
                 record = json.loads(line)
+                if isinstance(record, dict):
+                    record = {LEGACY_FIELDS.get(k, k): v for k, v in record.items()}
                 if not isinstance(record, dict) or any(k not in record for k in RECORD_KEYS):
                     raise ValueError("a field is missing")
             except ValueError as e:

@@ -6,11 +6,10 @@ from collections.abc import Callable
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
-import torch
 from torch import nn
 
 from ..planning import Plan
-from ..training import DataSplits
+from .task import Task
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -45,14 +44,14 @@ class BaselineJob:
 
 @dataclass
 class RunContext:
-    """What every step of a run may read: the settings, the dense model and its data."""
+    """What every step of a run may read: the settings, the dense model and the task that trains it."""
 
     config: RunConfig
     dense: nn.Module
-    example: torch.Tensor
+    example: Any
     calibration: list | None  # (inputs, targets) batches, when a signal or baseline needs gradients
     plans: dict[str, Plan]
-    data: DataSplits | None = None
+    task: Task | None = None  # None: planning and pruning only (a toolkit's one-model step)
     cache: dict[str, Any] = field(default_factory=dict)  # a pattern's per-run memo (compiled models...)
 
     def memo(self, key: str, compute: Callable[[], Any]) -> Any:
@@ -61,7 +60,12 @@ class RunContext:
             self.cache[key] = compute()
         return self.cache[key]
 
-    def batches(self) -> list:
-        """``config.calibration_batches`` fixed training batches, for BatchNorm re-estimation and
-        reconstruction (``calibration`` stays what signals and baselines read, so plans do not change)."""
-        return self.memo("batches", lambda: self.data.calibration(self.config.calibration_batches))
+    @property
+    def loss_fn(self) -> Callable | None:
+        """The loss gradient signals differentiate (None: cross-entropy of (inputs, targets) batches)."""
+        return None if self.task is None else self.task.loss_fn
+
+    def batches(self) -> list | None:
+        """The task's calibration batches, for BatchNorm re-estimation and reconstruction (``calibration``
+        stays what signals and baselines read, so plans do not change)."""
+        return None if self.task is None else self.task.calibration

@@ -70,9 +70,9 @@ def aggregate(records: Iterable[dict]) -> list[Aggregate]:
         out.append(Aggregate(
             key=key, method=first["method"], signal=first["signal"], name=first["name"], target=first["target"],
             n=len(rs), sparsity=float(col("sparsity").mean()), nonzeros=float(col("nonzeros").mean()),
-            val=float(col("val_accuracy").mean()), val_std=float(col("val_accuracy").std()),
-            test=float(col("test_accuracy").mean()), test_std=float(col("test_accuracy").std()),
-            oneshot_val=float(col("oneshot_val_accuracy").mean()), dense_test=float(col("dense_test_accuracy").mean()),
+            val=float(col("val_score").mean()), val_std=float(col("val_score").std()),
+            test=float(col("test_score").mean()), test_std=float(col("test_score").std()),
+            oneshot_val=float(col("oneshot_val_score").mean()), dense_test=float(col("dense_test_score").mean()),
             **{f: float(col(f).mean()) for f in ("latency_ratio", "macs_ratio") if all(f in r for r in rs)},
         ))
     return sorted(out, key=lambda a: (a.sparsity, a.method, a.name))

@@ -43,6 +43,7 @@ from ..planning.ranges import around
 from ..planning.signals import Scores, mean_abs_gradients
 from ..registry import Needs, Registry
 from .jobs import BaselineJob, Job, RunContext
+from .task import Task
 
 if TYPE_CHECKING:
     from .config import RunConfig
@@ -77,14 +78,20 @@ class Pattern:
         for name in config.baselines:
             self.baseline_registry.get(name, where="baselines")
 
+    def check_task(self, config: RunConfig, task: Task) -> None:
+        """Refuse a task that lacks what these settings need, before anything is computed."""
+        if task.calibration is None and (config.reconstruct or self.needs_calibration(config)):
+            what = "--reconstruct" if config.reconstruct else "a gradient signal or baseline"
+            raise ConfigError(f"{what} needs calibration batches: pass calibration=<a few (inputs, targets) batches>")
+
     def needs_calibration(self, config: RunConfig) -> bool:
         return (SIGNALS.any_needs(config.signals, "calibration")
                 or self.baseline_registry.any_needs(config.baselines, "calibration"))
 
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
-        return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
-                    targets=c.range_targets, reach=c.targets, samples=c.samples)
+        return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, loss_fn=ctx.loss_fn,
+                    rules=c.rules, targets=c.range_targets, reach=c.targets, samples=c.samples)
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable
@@ -99,7 +106,7 @@ class Pattern:
         first = next(iter(ctx.plans.values()))
         names = [u.name for u in first.units]
         if "allocation_inputs" not in ctx.cache:  # the baselines' weights (and gradients), read once
-            grads = (mean_abs_gradients(ctx.dense, names, ctx.calibration)
+            grads = (mean_abs_gradients(ctx.dense, names, ctx.calibration, ctx.loss_fn)
                      if ALLOCATIONS.any_needs(ctx.config.baselines, "calibration") else None)
             ctx.cache["allocation_inputs"] = AllocationInputs(first.units, effective_weights(ctx.dense, first.units), grads)
         inputs = ctx.cache["allocation_inputs"]
@@ -112,7 +119,8 @@ class Pattern:
     def scores(self, job: Job, ctx: RunContext) -> Scores:
         """The job's signal scores of the dense model's weights, computed once per signal and run."""
         return ctx.memo(f"scores/{job.signal}",
-                        lambda: compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration))
+                        lambda: compute_scores(ctx.dense, list(job.sparsity), job.signal, ctx.calibration,
+                                               ctx.loss_fn))
 
     def planned_target_at(self, job: Job, ctx: RunContext, cost: Callable[[nn.Module], float],
                           pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
@@ -168,8 +176,14 @@ class FlexHiNMPattern(Pattern):
 
     needs = Needs(example_inputs=True)
 
+    def check_task(self, config: RunConfig, task: Task) -> None:
+        super().check_task(config, task)
+        if task.steps_per_epoch is None:
+            raise ConfigError("--sparsity flexhinm learns its 2:4 choices on a schedule of optimizer steps: pass "
+                              "steps_per_epoch=<optimizer steps in one epoch of your finetune>")
+
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
-        steps = max(1, round(ctx.config.epochs * len(ctx.data.train)))  # hooks() sets the job's own budget
+        steps = max(1, round(ctx.config.epochs * ctx.task.steps_per_epoch))  # hooks() sets the job's own budget
         GradualFlexHiNM(model, job.sparsity, FlexHiNMConfig(seed=job.seed), total_steps=steps,
                         example_inputs=(ctx.example,), scores=self.scores(job, ctx),
                         calibration=ctx.batches() if ctx.config.reconstruct else None)

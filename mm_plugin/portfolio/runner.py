@@ -9,7 +9,8 @@ import copy
 import dataclasses
 import logging
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
@@ -20,19 +21,10 @@ from tqdm import tqdm
 
 from ..deploy import backend
 from ..errors import ConfigError, ValidationError
-from ..files import write_atomic, write_json_atomic
+from ..files import write_json_atomic
+from ..masks import masked_weights
 from ..planning import Plan, Strategy
-from ..training import (
-    MODELS,
-    DataSplits,
-    create_model,
-    evaluate,
-    finetune,
-    load_data,
-    pretrained_demo_model,
-    reestimate_bn_,
-    score,
-)
+from ..training import reestimate_bn_, seed_everything
 from .config import RunConfig
 from .executors import EXECUTORS, Executor
 from .folder import RunFolder, fingerprint
@@ -41,11 +33,14 @@ from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
 from .search import Rungs, promote, propose
+from .task import Task
 
 log = logging.getLogger(__name__)
 
 @dataclass
 class RunResult:
+    """What a run leaves: its records, their aggregates over seeds, the Pareto front, report and plot."""
+
     out: Path
     records: list[dict]
     aggregates: list[Aggregate]
@@ -53,40 +48,17 @@ class RunResult:
     report: Path | None
     plot: Path | None
 
+    @property
+    def picks(self) -> dict[float, list[dict]]:
+        """The search's pick per target: one record per seed (its ``planned_sparsity``, scores, checkpoint)."""
+        out: dict[float, list[dict]] = {}
+        for r in self.records:
+            if r["name"] == "search" and r.get("rung") is None:
+                out.setdefault(r["target"], []).append(r)
+        return out
+
 
 # --- the pieces of one run -------------------------------------------------------------------
-
-def _dense_model(config: RunConfig, data: DataSplits, out: Path, cache_dir: str | Path | None) -> nn.Module:
-    if config.model in MODELS:
-        model, _ = pretrained_demo_model(config.model, data, cache_dir=cache_dir, epochs=config.dense_epochs)
-        return model
-    h, w = data.input_shape[-2:]
-    model = create_model(config.model, num_classes=data.num_classes, in_chans=data.input_shape[0],
-                         img_size=h if h == w else (h, w))
-    if config.dense_epochs:
-        path = out / "dense.pt"
-        if path.exists():
-            model.load_state_dict(torch.load(path, map_location="cpu", weights_only=True))
-        else:
-            finetune(model, data.train, data.val, epochs=config.dense_epochs, lr=1e-3, patience=None, desc="dense")
-            write_atomic(path, lambda f: torch.save(model.state_dict(), f))
-    return model
-
-
-def _check_model_fits_data(model: nn.Module, data: DataSplits, spec: str) -> torch.Tensor:
-    x, _ = next(iter(data.val))
-    try:
-        with torch.no_grad():
-            y = model.eval()(x[:2])
-    except Exception as e:  # noqa: BLE001 - any failure here means model and data disagree
-        raise ConfigError(f"model {spec!r} cannot run on {data.name!r} inputs of shape {tuple(x.shape[1:])}: {e}") from None
-    if y.dim() != 2 or y.shape[-1] != data.num_classes:
-        raise ConfigError(
-            f"model {spec!r} outputs shape {tuple(y.shape)} but {data.name!r} has {data.num_classes} classes; "
-            f"build the model with num_classes={data.num_classes}"
-        )
-    return x[:1]
-
 
 def _same_at(plan: Plan, strategy: Strategy, target: float, cost: str) -> tuple:
     """What a strategy becomes at ``target``: strategies that only differ by a constant position in
@@ -123,22 +95,64 @@ def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Jo
     return jobs, merged
 
 
-def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, float]]:
+def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
     """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
     validation scores: what ranks candidates before any fine-tuning."""
     model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
-    reestimate_bn_(model, ctx.batches())
-    val, val_loss = score(model, ctx.data.val)
-    return model, extra, {"oneshot_val_accuracy": val, "oneshot_val_loss": val_loss}
+    if ctx.batches() is not None:
+        reestimate_bn_(model, ctx.batches())
+    val = ctx.task.scores(model, "val")
+    return model, extra, {"oneshot_val_score": val["score"], "oneshot_val_loss": val.get("loss")}
 
 
 def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
-    """A job's record; ``test_accuracy`` (and the dense model's) stay None until the final evaluation."""
+    """A job's record; ``test_score`` (and the dense model's) stay None until the final evaluation."""
     return {"key": job.key, "config_key": job.config_key, "method": job.method, "signal": job.signal,
             "name": job.name, "target": job.target, "seed": job.seed, "pattern": ctx.config.sparsity,
             **({} if job.rung is None else {"rung": job.rung}), "planned_sparsity": job.sparsity,
-            "dense_val_accuracy": ctx.cache["dense_val_accuracy"], "dense_test_accuracy": None,
-            "test_accuracy": None, **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
+            "dense_val_score": ctx.cache["dense_val_score"], "dense_test_score": None,
+            "test_score": None, **fields, "wall_seconds": round(time.perf_counter() - start, 2)}
+
+
+@contextmanager
+def _driven(model: nn.Module, hooks: Sequence) -> Iterator[None]:
+    """Training hooks stepped by the model itself, for a user's loop that does not take them: one step per
+    forward pass in training mode, before it."""
+    if not hooks:
+        yield
+        return
+    step = 0
+
+    def pre_forward(module: nn.Module, args: Any) -> None:
+        nonlocal step
+        if module.training:
+            for hook in hooks:
+                hook.on_step(module, step)
+            step += 1
+
+    handle = model.register_forward_pre_hook(pre_forward)
+    try:
+        yield
+    finally:
+        handle.remove()
+
+
+def _finetune(task: Task, model: nn.Module, epochs: float, seed: int, hooks: Sequence) -> Any:
+    """The task's ``finetune`` with what it accepts of ``seed`` and ``hooks`` (the rest driven here); the
+    masks must still be there afterwards."""
+    masked = set(masked_weights(model))
+    seed_everything(seed)
+    kwargs: dict[str, Any] = {"seed": seed} if task.takes("seed") else {}
+    if hooks and task.takes("hooks"):
+        result = task.finetune(model, epochs, **kwargs, hooks=hooks)
+    else:
+        with _driven(model, hooks):
+            result = task.finetune(model, epochs, **kwargs)
+    lost = sorted(masked - set(masked_weights(model)))
+    if lost:
+        raise ConfigError(f"finetune removed the masks of {', '.join(lost[:3])}{' ...' if len(lost) > 3 else ''}: "
+                          "train the model it is given in place, without baking or removing its parametrizations")
+    return result
 
 
 def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None]) -> tuple[dict, Any, Any]:
@@ -147,20 +161,18 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None])
     Returns the record, the checkpoint payload and, for a timed pattern, the model; nothing is written here."""
     (pattern, ctx), (job, epochs) = shared, item
     start = time.perf_counter()
-    config = ctx.config
     model, extra, oneshot = _oneshot(job, pattern, ctx)
     if epochs == 0:  # a search's rung 0: one-shot scores rank
-        return _record(job, ctx, start, **oneshot, val_accuracy=oneshot["oneshot_val_accuracy"],
+        return _record(job, ctx, start, **oneshot, val_score=oneshot["oneshot_val_score"],
                        val_loss=oneshot["oneshot_val_loss"]), None, None
-    epochs_run = config.epochs if epochs is None else epochs
-    hooks = pattern.hooks(model, job, ctx, steps=max(1, round(epochs_run * len(ctx.data.train))))
-    ft = finetune(model, ctx.data.train, ctx.data.val, epochs=epochs_run, lr=config.lr,
-                  patience=None if hooks else config.patience, seed=job.seed, progress=False, desc=job.key,
-                  hooks=hooks)  # a schedule runs its whole budget; finetune decides which state it may keep
+    epochs_run = ctx.config.epochs if epochs is None else epochs
+    steps = max(1, round(epochs_run * ctx.task.steps_per_epoch)) if ctx.task.steps_per_epoch else 0
+    hooks = pattern.hooks(model, job, ctx, steps=steps)
+    result = _finetune(ctx.task, model, epochs_run, job.seed, hooks)
     extra.update(pattern.finish_(model, hooks))
-    val_loss = score(model, ctx.data.val)[1]
-    trained = {**oneshot, "val_accuracy": ft.best_val_accuracy, "val_loss": val_loss,
-               "best_epoch": ft.best_epoch, "epochs_run": ft.epochs_run}
+    val = ctx.task.scores(model, "val")
+    trained = {**oneshot, "val_score": val.pop("score"), "val_loss": val.pop("loss", None), "val_metrics": val,
+               **{k: getattr(result, k) for k in ("best_epoch", "epochs_run") if hasattr(result, k)}}
     if epochs is not None:  # a search's rung 1: short fine-tunes rank
         return _record(job, ctx, start, **trained), None, None
     record = _record(job, ctx, start, **pattern.measure(model, job, ctx), **trained)
@@ -171,16 +183,17 @@ def _final_evaluation(pattern: Pattern, ctx: RunContext, folder: RunFolder, prog
     """The test split's only reader, once every job is fine-tuned and every search has picked on
     validation: the dense model and each finished configuration (from its checkpoint) are evaluated on
     test, and their records completed. A rerun finishes what an interrupted one left."""
-    todo = [r for r in folder.records() if r.get("rung") is None and r["test_accuracy"] is None]
+    todo = [r for r in folder.records() if r.get("rung") in (None, 2) and r["test_score"] is None]  # rung 2: full
     if not todo:
         return
-    dense_test = ctx.memo("dense_test_accuracy", lambda: evaluate(ctx.dense, ctx.data.test))
-    scored: dict[str, float] = {}  # a search's pick shares its finalist's checkpoint
+    dense_test = ctx.memo("dense_test_score", lambda: ctx.task.scores(ctx.dense, "test")["score"])
+    scored: dict[str, dict[str, float]] = {}  # a search's pick shares its finalist's checkpoint
     for r in tqdm(todo, desc="test split", disable=not progress, unit="model"):
         if r["checkpoint"] not in scored:
             payload = torch.load(folder.path / r["checkpoint"], map_location="cpu", weights_only=False)
-            scored[r["checkpoint"]] = evaluate(pattern.load(payload, ctx), ctx.data.test)
-        folder.update({**r, "test_accuracy": scored[r["checkpoint"]], "dense_test_accuracy": dense_test})
+            scored[r["checkpoint"]] = ctx.task.scores(pattern.load(payload, ctx), "test")
+        test = dict(scored[r["checkpoint"]])
+        folder.update({**r, "test_score": test.pop("score"), "test_metrics": test, "dense_test_score": dense_test})
 
 
 @dataclass
@@ -239,9 +252,9 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
         return [recorded[j.key] for j in jobs]
 
     def scored(records: list[dict]) -> list[tuple[float, float]]:
-        return [(r["val_accuracy"], r["val_loss"]) for r in records]
+        return [(r["val_score"], r["val_loss"]) for r in records]
 
-    done0 = {r["name"]: (r["val_accuracy"], r["val_loss"]) for r in recorded.values()
+    done0 = {r["name"]: (r["val_score"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
     allocations = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
     ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
@@ -250,7 +263,7 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
         short = promote(ranked, rungs.short)
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
     finals = rung(promote(ranked, rungs.full), 2, None)
-    pick = max(finals, key=lambda r: (r["val_accuracy"], -r["val_loss"]))
+    pick = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
@@ -260,10 +273,10 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
 
 
 def run(
+    task: Task | Callable[[], Task],
     config: RunConfig,
     out: str | Path,
     *,
-    cache_dir: str | Path | None = None,
     progress: bool = True,
     keep_checkpoints: str = "front",
     command: str = "",
@@ -273,37 +286,46 @@ def run(
     address: str | None = None,
     cpus_per_trial: int | None = None,
 ) -> RunResult:
-    """Run (or resume) the whole portfolio in ``out`` (see :mod:`.folder` for what it holds); the folder
-    is locked for the run. ``force_new`` archives results made with other settings and starts again.
-    ``executor="ray"`` runs every job as a Ray task (``address``: a cluster to join; ``cpus_per_trial``:
-    CPUs per task, and torch threads per job for either executor)."""
+    """The engine: run (or resume) the portfolio or search ``config`` asks for on ``task``, in ``out`` (see
+    :mod:`.folder` for what it holds; the folder is locked for the run). ``task`` may be a function that
+    makes it (loads data, builds or trains the model): it is called once the folder is held and the settings
+    are checked, so a refused run does no work. ``force_new`` archives results
+    made with other settings or inputs and starts again. ``executor="ray"`` runs every job as a Ray task
+    (``address``: a cluster to join; ``cpus_per_trial``: CPUs per task, and torch threads per job for either
+    executor)."""
     if keep_checkpoints not in ("front", "all"):
         raise ValidationError(f"keep_checkpoints must be 'front' or 'all', got {keep_checkpoints!r}")
-    command = command or f"mm-prune run --model {config.model} --data {config.data}"
+    pattern = get_pattern(config.sparsity)()
     folder = RunFolder(out)
-    with folder.locked(command):
+    with folder.locked(command or "mm_plugin.run"):
         folder.check(config, force_new=force_new)  # settings first: refuse before any work
-        data = load_data(config.data, batch_size=config.batch_size, seed=0)
-        dense = _dense_model(config, data, folder.path, cache_dir)
-        example = _check_model_fits_data(dense, data, config.model)
-        folder.check(config, fingerprint(config, dense, data))
+        task = task if isinstance(task, Task) else task()
+        pattern.check_task(config, task)
+        command = command or f"mm_plugin run of {task.name}"
+        inputs = fingerprint(config, task)
+        folder.check(config, inputs, about=task.name)
+        if inputs.get("task", "") is None:
+            log.info("%s: the callbacks cannot be fingerprinted, so this run cannot be resumed; name them with "
+                     "run_id=... to make it resumable", folder.path)
         options = {"address": address} if executor == "ray" else {}
         runner = EXECUTORS.get(executor, where="executor")(cpus_per_trial=cpus_per_trial, progress=progress, **options)
         try:
-            return _run(config, folder, data, dense, example, keep_checkpoints, command, progress, on_record, runner)
+            return _run(task, config, pattern, folder, keep_checkpoints, command, progress, on_record, runner)
         finally:
             runner.close()
 
 
-def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Module, example: torch.Tensor,
-         keep_checkpoints: str, command: str, progress: bool, on_record: Callable[[dict], None] | None,
-         executor: Executor) -> RunResult:
+def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, keep_checkpoints: str, command: str,
+         progress: bool, on_record: Callable[[dict], None] | None, executor: Executor) -> RunResult:
     out = folder.path
-    pattern = get_pattern(config.sparsity)()
-    calibration = data.calibration(config.calibration_batches) if pattern.needs_calibration(config) else None
-    ctx = RunContext(config, dense, example, calibration, plans={}, data=data)
-    ctx.cache["dense_val_accuracy"] = evaluate(dense, data.val)
-    log.info("dense %s: val %.4f", config.model, ctx.cache["dense_val_accuracy"])
+    calibration = task.calibration if pattern.needs_calibration(config) else None
+    ctx = RunContext(config, task.model, task.example_inputs, calibration, plans={}, task=task)
+    if task.calibration is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.model.modules()):
+        log.warning("%s has BatchNorm layers but no calibration batches: pruned models are scored without "
+                    "re-estimating their statistics, so one-shot scores rank them poorly; pass calibration=",
+                    task.name)
+    ctx.cache["dense_val_score"] = task.scores(task.model, "val")["score"]
+    log.info("dense %s: val %s %.4f", task.name, task.metric, ctx.cache["dense_val_score"])
     for i, signal in enumerate(config.signals):
         p = pattern.plan(ctx, signal)
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))
@@ -315,22 +337,23 @@ def _run(config: RunConfig, folder: RunFolder, data: DataSplits, dense: nn.Modul
     todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
-    driver.run([(j, None) for j in todo], f"{config.model} runs")
+    driver.run([(j, None) for j in todo], f"{task.name} runs")
     if config.budget is not None:
         for target, seed in tqdm([(t, s) for t in config.targets for s in config.seeds], disable=not progress,
-                                 desc=f"{config.model} searches", unit="search"):
+                                 desc=f"{task.name} searches", unit="search"):
             _search(target, seed, driver)
     _final_evaluation(pattern, ctx, folder, progress)
 
     records = folder.records()
     aggs = aggregate(records)
     front = front_of(aggs)
-    title = f"{config.model} on {config.data}" + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
-    report = write_report(aggs, out, title, command, merged=merged, records=records)
-    plot = plot_pareto(aggs, out / "pareto.png", title)
-    if keep_checkpoints == "front":  # both fronts: select picks from either
+    title = task.name + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
+    report = write_report(aggs, out, title, command, merged=merged, records=records, metric=task.metric)
+    plot = plot_pareto(aggs, out / "pareto.png", title, metric=task.metric)
+    if keep_checkpoints == "front":  # both fronts and the search's picks: select and users read them
         keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}
-        kept = {r["checkpoint"] for r in records if r["config_key"] in keep and "checkpoint" in r}
+        kept = {r["checkpoint"] for r in records if (r["config_key"] in keep or r["name"] == "search")
+                and "checkpoint" in r}
         for r in records:
             if r.get("checkpoint") not in kept | {None}:
                 (out / r["checkpoint"]).unlink(missing_ok=True)

@@ -13,13 +13,13 @@ __all__ = ["export_selected", "select"]
 export_selected = export_checkpoint
 
 
-def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: int | None = None,
+def select(out: str | Path, *, min_score: float | None = None, max_nonzeros: int | None = None,
            max_latency: float | None = None) -> tuple[Aggregate, dict]:
-    """The front member meeting the budget: the sparsest with val accuracy >= ``min_accuracy``, the
+    """The front member meeting the budget: the sparsest with validation score >= ``min_score``, the
     most accurate (val) with at most ``max_nonzeros`` non-zero weights, or (structured runs) the most
     accurate with a measured latency <= ``max_latency`` x dense. Returns it and its best seed's record."""
-    if sum(x is not None for x in (min_accuracy, max_nonzeros, max_latency)) != 1:
-        raise ValidationError("give exactly one of --min-accuracy, --max-nonzeros or --max-latency")
+    if sum(x is not None for x in (min_score, max_nonzeros, max_latency)) != 1:
+        raise ValidationError("give exactly one of --min-score, --max-nonzeros or --max-latency")
     out = Path(out)
     if not out.is_dir():
         raise ConfigError(f"run folder {out} does not exist; give the --out folder of a `mm-prune run`")
@@ -28,10 +28,10 @@ def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: 
         raise ConfigError(f"{out} has no finished runs (results.jsonl missing or empty); run `mm-prune run` first")
     aggs = aggregate(records)
     front = front_of(aggs)
-    if min_accuracy is not None:
-        ok = [a for a in front if a.val >= min_accuracy]
+    if min_score is not None:
+        ok = [a for a in front if a.val >= min_score]
         pick = max(ok, key=lambda a: a.sparsity) if ok else None
-        budget = f"validation accuracy >= {min_accuracy}"
+        budget = f"validation score >= {min_score}"
     elif max_nonzeros is not None:
         ok = [a for a in front if a.nonzeros <= max_nonzeros]
         pick = max(ok, key=lambda a: a.val) if ok else None
@@ -47,5 +47,5 @@ def select(out: str | Path, *, min_accuracy: float | None = None, max_nonzeros: 
         best = ", ".join(f"{100 * a.sparsity:.1f} % / val {100 * a.val:.2f} / {a.nonzeros:,.0f} nz"
                          + (f" / {a.latency_ratio:.2f}x latency" if a.timed else "") for a in front)
         raise ValidationError(f"no front member meets {budget}; the front is: {best}")
-    record = max((r for r in records if r["config_key"] == pick.key), key=lambda r: r["val_accuracy"])
+    record = max((r for r in records if r["config_key"] == pick.key), key=lambda r: r["val_score"])
     return pick, record

@@ -12,14 +12,15 @@ import sys
 import time
 from pathlib import Path
 
+import factories
 import pytest
 
 from mm_plugin.cli import main
 from mm_plugin.errors import ConfigError, ValidationError
-from mm_plugin.portfolio import RunConfig, load_records, run, select
+from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, select
 
 TESTS = Path(__file__).resolve().parents[1]
-CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.5,),
+CONFIG = RunConfig(targets=(0.5,),
                    strategies=("balanced", "classifier-heavy"), baselines=("global_magnitude",), epochs=1,
                    seeds=(0, 1), rules=[{"name": "tiny-layers", "max_params": 100, "max": 0.1}])
 N_RUNS = 3 * 2
@@ -51,7 +52,7 @@ def _wait_for(predicate, proc: subprocess.Popen, seconds: float = 120) -> None:
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, run(CONFIG, out, progress=False, keep_checkpoints="all")
+    return out, factories.run_spec(CONFIG, out, progress=False, keep_checkpoints="all")
 
 
 def _lines(out: Path) -> int:
@@ -63,7 +64,7 @@ def test_a_second_run_on_the_folder_is_refused_and_the_first_finishes(tmp_path):
     proc = _spawn(tmp_path)
     _wait_for(lambda: (tmp_path / ".lock.json").exists(), proc)
     with pytest.raises(ConfigError, match=rf"is in use by process {proc.pid} .*mm-prune"):
-        run(dataclasses.replace(CONFIG), tmp_path, progress=False)
+        factories.run_spec(dataclasses.replace(CONFIG), tmp_path, progress=False)
     assert proc.wait(timeout=300) == 0, proc.stderr.read()
     records = load_records(tmp_path)
     assert len(records) == 9 == len({r["key"] for r in records})
@@ -97,10 +98,10 @@ def test_corrupt_line_and_truncated_checkpoint_are_reported_skipped_and_redone(f
     assert len(load_records(out)) == N_RUNS - 2
     assert f"{out / 'results.jsonl'} line 2 is not a complete record" in caplog.text
     assert f"line 3: its checkpoint {ckpt} has 100 bytes" in caplog.text
-    pick, record = select(out, min_accuracy=0.0)  # select works on what is sound
+    pick, record = select(out, min_score=0.0)  # select works on what is sound
     assert record["key"] != damaged["key"]
     seen = []
-    run(CONFIG, out, progress=False, keep_checkpoints="all", on_record=seen.append)
+    factories.run_spec(CONFIG, out, progress=False, keep_checkpoints="all", on_record=seen.append)
     original = [json.loads(x) for x in (finished[0] / "results.jsonl").read_text().splitlines()]
     assert sorted(r["key"] for r in seen) == sorted([original[1]["key"], damaged["key"]])  # only those two redone
     records = load_records(out)
@@ -113,7 +114,7 @@ def test_select_refuses_a_damaged_checkpoint(finished, tmp_path):
     shutil.copytree(finished[0], out)
     from mm_plugin.portfolio import export_selected
 
-    pick, record = select(out, min_accuracy=0.0)
+    pick, record = select(out, min_score=0.0)
     (out / record["checkpoint"]).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"cannot export .*has 0 bytes.*rerun the same `mm-prune run`"):
         export_selected(out, record, tmp_path / "selected.pt")
@@ -124,11 +125,11 @@ def test_changed_inputs_are_refused_with_what_changed_and_force_new_archives(fin
     rules.write_text(json.dumps([{"name": "tiny-layers", "max_params": 100, "max": 0.1}]))
     config = dataclasses.replace(CONFIG, seeds=(0,), strategies=("balanced",), rules=str(rules))
     out = tmp_path / "run"
-    run(config, out, progress=False)
+    factories.run_spec(config, out, progress=False)
     rules.write_text(json.dumps([{"name": "tiny-layers", "max_params": 100, "max": 0.2}]))  # same name, new content
     with pytest.raises(ConfigError, match=r"other inputs \(inputs.rules_file: '[0-9a-f]+' -> '[0-9a-f]+'\).*--force-new"):
-        run(config, out, progress=False)
-    run(config, out, progress=False, force_new=True)
+        factories.run_spec(config, out, progress=False)
+    factories.run_spec(config, out, progress=False, force_new=True)
     (archived,) = out.glob("previous-*")
     assert (archived / "results.jsonl").exists() and len(load_records(out)) == 2
 
@@ -138,16 +139,17 @@ def test_results_without_config_json_are_refused(finished, tmp_path):
     shutil.copytree(finished[0], out)
     (out / "config.json").unlink()
     with pytest.raises(ConfigError, match="holds results but .*config.json is missing.*--force-new"):
-        run(CONFIG, out, progress=False)
+        factories.run_spec(CONFIG, out, progress=False)
     (out / "config.json").write_text("{garbage")
     with pytest.raises(ConfigError, match=r"config.json is not valid JSON .*--force-new"):
-        run(CONFIG, out, progress=False)
+        factories.run_spec(CONFIG, out, progress=False)
 
 
 def test_a_failed_first_run_does_not_block_the_corrected_command(tmp_path):
     with pytest.raises(ConfigError):
-        run(dataclasses.replace(CONFIG, model="factories:wrong_classes"), tmp_path, progress=False)
-    result = run(dataclasses.replace(CONFIG, seeds=(0,), strategies=("balanced",)), tmp_path, progress=False)
+        factories.run_spec(CONFIG, tmp_path, TaskSpec("factories:wrong_classes", "factories:small_digits"),
+                           progress=False)
+    result = factories.run_spec(dataclasses.replace(CONFIG, seeds=(0,), strategies=("balanced",)), tmp_path, progress=False)
     assert len(result.records) == 2
 
 
@@ -177,7 +179,7 @@ def test_a_rule_that_matches_nothing_warns_with_the_closest_names(caplog):
     (["run", "--model", "resnet8", "--seeds", "-1", "--out", "{dir}"], "seeds must be one or more integers >= 0"),
     (["run", "--model", "resnet8", "--rules", "{dir}", "--out", "{dir}/r"], "is a folder; give the path of a .json"),
     (["plan", "--model", "timm:resnet18", "--input-size", "3,16"], "--input-size 3,16 does not fit timm:resnet18"),
-    (["select", "{dir}", "--min-accuracy", "0.5"], "has no finished runs"),
+    (["select", "{dir}", "--min-score", "0.5"], "has no finished runs"),
 ])
 def test_every_cli_mistake_is_one_line_with_exit_code_2(argv, message, tmp_path, capsys):
     (tmp_path / "afile").write_text("x")
@@ -203,10 +205,12 @@ def test_an_adapter_subcommand_that_cannot_load_says_why_when_called(monkeypatch
 def test_one_changed_training_sample_is_refused(finished, tmp_path, monkeypatch):
     import factories
 
+    from mm_plugin.portfolio import classification_task
     from mm_plugin.portfolio.folder import fingerprint
     from mm_plugin.training import load_data
 
-    same = [fingerprint(CONFIG, factories.trained_mlp(), load_data("factories:small_digits")) for _ in range(2)]
+    same = [fingerprint(CONFIG, classification_task(factories.trained_mlp(), load_data("factories:small_digits")))
+            for _ in range(2)]
     assert same[0] == same[1]  # every sample is read in the dataset's order, whatever the loader shuffles
     assert set(same[0]) >= {"model", "train", "val", "test", "training"}
     assert same[0]["train"].startswith("400:") and same[0]["test"].startswith("100:")
@@ -224,4 +228,4 @@ def test_one_changed_training_sample_is_refused(finished, tmp_path, monkeypatch)
     out = tmp_path / "copy"
     shutil.copytree(finished[0], out)
     with pytest.raises(ConfigError, match=r"other inputs \(inputs\.train: '400:[0-9a-f]+' -> '400:[0-9a-f]+'\)"):
-        run(CONFIG, out, progress=False)
+        factories.run_spec(CONFIG, out, progress=False)

@@ -3,11 +3,10 @@ import pytest
 import torch
 
 from mm_plugin.errors import ConfigError, ValidationError
-from mm_plugin.portfolio import RunConfig, load_records, run, runner, select
+from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, runner, select
 from mm_plugin.portfolio.pareto import pareto_front
 
-CONFIG = RunConfig(
-    model="factories:trained_mlp", data="factories:small_digits", targets=(0.5, 0.8),
+CONFIG = RunConfig(targets=(0.5, 0.8),
     strategies=("balanced", "classifier-heavy"), baselines=("global_magnitude",), epochs=1,
     rules=[{"name": "tiny-layers", "max_params": 100, "max": 0.1}, {"name": "first-layer", "enabled": False}], range_targets=(0.5, 0.8, 0.9),
 )
@@ -17,7 +16,7 @@ N_RUNS = 2 * (2 + 1)
 @pytest.fixture(scope="module")
 def finished(tmp_path_factory):
     out = tmp_path_factory.mktemp("run")
-    return out, run(CONFIG, out, progress=False, keep_checkpoints="all")
+    return out, factories.run_spec(CONFIG, out, progress=False, keep_checkpoints="all")
 
 
 def test_files_and_counts(finished):
@@ -58,18 +57,18 @@ def test_resume_after_interrupt(tmp_path, monkeypatch):
 
     monkeypatch.setattr(runner, "_run_job", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run(CONFIG, tmp_path, progress=False)
+        factories.run_spec(CONFIG, tmp_path, progress=False)
     first = load_records(tmp_path)
     assert len(first) == 2
     monkeypatch.setattr(runner, "_run_job", real)
     seen = []
-    run(CONFIG, tmp_path, progress=False, on_record=seen.append)
+    factories.run_spec(CONFIG, tmp_path, progress=False, on_record=seen.append)
     records = load_records(tmp_path)
     assert len(seen) == N_RUNS - 2  # nothing repeated
     assert len(records) == N_RUNS == len({r["key"] for r in records})  # nothing lost
-    unchanged = ("key", "val_accuracy", "checkpoint_sha256")  # the final evaluation only adds test figures
+    unchanged = ("key", "val_score", "checkpoint_sha256")  # the final evaluation only adds test figures
     assert [[r[k] for k in unchanged] for r in records[:2]] == [[r[k] for k in unchanged] for r in first]
-    assert all(r["test_accuracy"] is not None for r in records)
+    assert all(r["test_score"] is not None for r in records)
 
 
 def test_other_configuration_refused(finished):
@@ -77,18 +76,19 @@ def test_other_configuration_refused(finished):
     import dataclasses
 
     with pytest.raises(ConfigError, match=r"other inputs \(settings.epochs: 1 -> 3\).*--force-new"):
-        run(dataclasses.replace(CONFIG, epochs=3), out, progress=False)
+        factories.run_spec(dataclasses.replace(CONFIG, epochs=3), out, progress=False)
 
 
 def test_bad_model_and_data(tmp_path):
-    import dataclasses
 
     with pytest.raises(ConfigError, match="has 10 classes; build the model with num_classes=10"):
-        run(dataclasses.replace(CONFIG, model="factories:wrong_classes"), tmp_path / "a", progress=False)
+        factories.run_spec(CONFIG, tmp_path / "a", TaskSpec("factories:wrong_classes", "factories:small_digits"),
+                           progress=False)
     with pytest.raises(ConfigError, match="factories:broken_data.*disk not mounted"):
-        run(dataclasses.replace(CONFIG, data="factories:broken_data"), tmp_path / "b", progress=False)
+        factories.run_spec(CONFIG, tmp_path / "b", TaskSpec("factories:trained_mlp", "factories:broken_data"),
+                           progress=False)
     with pytest.raises(ValidationError, match="unknown signal"):
-        RunConfig(model="x", data="mnist", signals=("magnitud",))
+        RunConfig(signals=("magnitud",))
 
 
 def test_pareto_front_hand_made():
@@ -98,14 +98,14 @@ def test_pareto_front_hand_made():
 
 def test_select(finished, tmp_path):
     out, result = finished
-    pick, record = select(out, min_accuracy=0.0)
+    pick, record = select(out, min_score=0.0)
     assert pick.sparsity == max(a.sparsity for a in result.front)
     pick2, _ = select(out, max_nonzeros=10**9)
     assert pick2.val == max(a.val for a in result.front)
     with pytest.raises(ValidationError, match="no front member meets"):
         select(out, max_nonzeros=1)
     with pytest.raises(ConfigError, match="no finished runs"):
-        select(tmp_path, min_accuracy=0.5)
+        select(tmp_path, min_score=0.5)
 
 
 def test_comparison_picks_best_on_validation():
@@ -132,7 +132,7 @@ def test_flexhinm_sparsity_gives_nm_friendly_masks(tmp_path):
     keep_head = {"name": "keep-head", "kinds": ["head"], "max": 0.0}  # a layer the pattern leaves dense
     config = dataclasses.replace(CONFIG, sparsity="flexhinm", targets=(0.5,), strategies=("balanced",), baselines=(),
                                  rules=[*CONFIG.rules, keep_head])
-    result = run(config, tmp_path, progress=False, keep_checkpoints="all")
+    result = factories.run_spec(config, tmp_path, progress=False, keep_checkpoints="all")
     (record,) = result.records
     ckpt = torch.load(tmp_path / record["checkpoint"], weights_only=True)
     planned = {n: ckpt["state_dict"][n] for n in record["planned_sparsity"]}
@@ -171,7 +171,7 @@ def test_latency_front_interpolation_and_report_section(tmp_path):
     assert baseline_at_latency(aggs, "tp_uniform", 0.9) == pytest.approx((0.95 + 0.98) / 2)  # toward dense
     assert baseline_at_latency(aggs, "tp_uniform", 0.4) is None
     text = write_report(aggs, tmp_path, "t", "cmd").read_text()
-    assert "## Accuracy vs measured latency" in text
+    assert "## Test accuracy vs measured latency" in text
     assert "| ◆ | mix_and_match | magnitude/balanced | 0.30 | 0.700 | 0.600 | 50.0 % | 94.00 | 83.67 |" in text
 
 
@@ -180,7 +180,7 @@ def test_strategies_that_rescale_alike_run_once(tmp_path):
 
     config = dataclasses.replace(CONFIG, targets=(0.5,), strategies=("balanced", "aggressive", "classifier-heavy"),
                                  baselines=())
-    result = run(config, tmp_path, progress=False)
+    result = factories.run_spec(config, tmp_path, progress=False)
     assert sorted(r["name"] for r in result.records) == ["balanced", "classifier-heavy"]
     assert "`mix_and_match/magnitude/balanced/0.5000` stands also for aggressive" in result.report.read_text()
 
@@ -194,7 +194,7 @@ def test_reconstruct_keeps_every_mask_and_lowers_the_one_shot_loss(tmp_path, spa
                                epochs=0)
     runs = {}
     for solve in (False, True):
-        result = run(dataclasses.replace(base, reconstruct=solve), tmp_path / str(solve), progress=False,
+        result = factories.run_spec(dataclasses.replace(base, reconstruct=solve), tmp_path / str(solve), progress=False,
                      keep_checkpoints="all")
         (record,) = result.records
         runs[solve] = record, torch.load(tmp_path / str(solve) / record["checkpoint"], weights_only=True)
@@ -218,11 +218,12 @@ def test_the_test_split_is_read_only_after_every_selection(tmp_path, budget):
     split (the loaders raise), and the test split is read, for the dense model and every configuration."""
     import dataclasses
 
-    config = dataclasses.replace(CONFIG, data="factories:guarded_digits", targets=(0.8,), budget=budget,
-                                 candidates=4, strategies=("balanced",) if budget is None else None)
-    result = run(config, tmp_path, progress=False)
+    config = dataclasses.replace(CONFIG, targets=(0.8,), budget=budget, candidates=4,
+                                 strategies=("balanced",) if budget is None else None)
+    result = factories.run_spec(config, tmp_path, TaskSpec("factories:trained_mlp", "factories:guarded_digits"),
+                                progress=False)
     assert factories.READS[-1] == "test" and "val" in factories.READS
     finished = [r for r in result.records if r.get("rung") is None]
-    assert finished and all(r["test_accuracy"] is not None and r["dense_test_accuracy"] for r in finished)
+    assert finished and all(r["test_score"] is not None and r["dense_test_score"] for r in finished)
     assert any(r["name"] == "search" for r in finished) == (budget is not None)
-    assert all(r["test_accuracy"] is None for r in result.records if r.get("rung") in (0, 1))
+    assert all(r["test_score"] is None for r in result.records if r.get("rung") in (0, 1))

@@ -2,13 +2,14 @@
 
 import dataclasses
 
+import factories
 import pytest
 
-from mm_plugin.portfolio import RunConfig, load_records, run, runner
+from mm_plugin.portfolio import RunConfig, load_records, runner
 from mm_plugin.portfolio.report import search_summary
 from mm_plugin.portfolio.search import Rungs
 
-CONFIG = RunConfig(model="factories:trained_mlp", data="factories:small_digits", targets=(0.8,),
+CONFIG = RunConfig(targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
                    rules=[{"name": "first-layer", "enabled": False}])
 
@@ -22,7 +23,7 @@ def test_schedule_spends_the_budget(budget, short, full):
 @pytest.fixture(scope="module")
 def searched(tmp_path_factory):
     out = tmp_path_factory.mktemp("search")
-    return out, run(CONFIG, out, progress=False)
+    return out, factories.run_spec(CONFIG, out, progress=False)
 
 
 def test_rungs_are_recorded_and_halved(searched):
@@ -32,7 +33,7 @@ def test_rungs_are_recorded_and_halved(searched):
     assert len({r["name"] for r in rungs[0]}) == 9  # distinct candidates, named strategies first
     # the constant-position strategies all rescale to one allocation: the first of them stands for all
     assert {"magnitude/conservative", "magnitude/parameter-proportional"} <= {r["name"] for r in rungs[0]}
-    best0 = sorted(rungs[0], key=lambda r: (-r["val_accuracy"], r["val_loss"]))[:3]
+    best0 = sorted(rungs[0], key=lambda r: (-r["val_score"], r["val_loss"]))[:3]
     assert {r["name"] for r in rungs[1]} == {r["name"] for r in best0}  # promotion by one-shot val
     (pick,) = [r for r in result.records if r.get("picked")]
     assert pick["picked"] == rungs[2][0]["name"] and pick["search"]["budget"] == 2
@@ -57,10 +58,10 @@ def test_an_interrupted_search_resumes_without_repeating(tmp_path, monkeypatch, 
 
     monkeypatch.setattr(runner, "_run_job", flaky)
     with pytest.raises(KeyboardInterrupt):
-        run(CONFIG, tmp_path, progress=False)
+        factories.run_spec(CONFIG, tmp_path, progress=False)
     first = load_records(tmp_path)
     monkeypatch.setattr(runner, "_run_job", real)
-    run(CONFIG, tmp_path, progress=False)
+    factories.run_spec(CONFIG, tmp_path, progress=False)
     records = load_records(tmp_path)
     assert len(records) == len({r["key"] for r in records}) == len(searched[1].records)
     assert {r["key"] for r in first} <= {r["key"] for r in records}
