@@ -55,9 +55,10 @@ def example_input(model: torch.nn.Module, input_size: tuple[int, ...] | None) ->
 
 def _cmd_plan(args: argparse.Namespace) -> int:
     from .planning import plan
-    from .training import create_model, load_data
+    from .training import create_model, load_data, load_weights
 
     model = create_model(args.model)
+    model = load_weights(model, args.weights) if args.weights else model
     calibration = None
     if args.data:
         data = load_data(args.data, batch_size=args.batch_size)
@@ -84,8 +85,8 @@ def _run_config(args: argparse.Namespace):
     """The command line's strings: the task they name (resolved to objects later) and the run's settings."""
     from .portfolio import RunConfig, TaskSpec
 
-    spec = TaskSpec(model=args.model, data=args.data, lr=args.lr, batch_size=args.batch_size,
-                    dense_epochs=args.dense_epochs)
+    spec = TaskSpec(model=args.model, data=args.data, weights=args.weights, input_size=args.input_size, lr=args.lr,
+                    batch_size=args.batch_size, dense_epochs=args.dense_epochs)
     config = RunConfig(
         signals=args.signals, strategies=args.strategies or None, baselines=args.baselines, targets=args.targets,
         epochs=args.epochs, seeds=args.seeds, rules=args.rules, sparsity=args.sparsity, budget=args.budget,
@@ -115,7 +116,7 @@ def _cmd_demo(args: argparse.Namespace) -> int:
     from .demo import run_demo
 
     for result in run_demo(Path(args.out), quick=args.quick, cache_dir=args.cache_dir, seeds=args.seeds):
-        _print_result(result)
+        _print_result(result)  # the demo's own report and plot follow
     return 0
 
 
@@ -178,7 +179,9 @@ def build_parser() -> argparse.ArgumentParser:
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("plan", help="derive ranges and the ten strategies; print and save them")
-    p.add_argument("--model", required=True, help="timm:<name>, package.module:function or a built-in name")
+    p.add_argument("--model", required=True, help="timm:<name>, torchvision:<name>, package.module:function or a "
+                                                  "built-in name")
+    p.add_argument("--weights", help="the model's trained weights (a state dict, .safetensors, or a pickled model)")
     p.add_argument("--signal", default="magnitude")
     p.add_argument("--out", help="plan JSON to write")
     p.add_argument("--input-size", type=_ints, help="C,H,W of one input (default: the timm model's own)")
@@ -195,16 +198,23 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_plan)
 
     p = sub.add_parser("run", help="prune, fine-tune and evaluate every strategy and baseline")
-    p.add_argument("--model", required=True)
-    p.add_argument("--data", default=None, help="built-in name or package.module:function; required unless "
-                                                "--model is a built-in model (which knows its data)")
+    p.add_argument("--model", required=True, help="timm:<name>, torchvision:<name>, package.module:function or a "
+                                                  "built-in name")
+    p.add_argument("--weights", help="the model's trained weights: a state dict (.pt/.pth/.bin, or a training "
+                                     "checkpoint holding one), .safetensors, or a whole pickled model")
+    p.add_argument("--data", default=None,
+                   help="an image folder (train/ val/ test/ class folders, or one class-folder tree, split here), a "
+                        "CSV of path,label[,split], a built-in name or package.module:function; required unless "
+                        "--model is a built-in model (which knows its data)")
+    p.add_argument("--input-size", type=_ints, help="image data: C,H,W to feed the model (default: its own)")
     p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
     _add_run_args(p)
     p.set_defaults(func=_cmd_run)
 
-    p = sub.add_parser("demo", help="the whole pipeline on bundled MNIST digits with a ResNet-8 and a tiny Swin")
+    p = sub.add_parser("demo", help="EfficientNet-Lite0 finding defective solar cells (ELPV), pruned for an edge CPU: "
+                                    "the search against the usual allocations, then fp32 and int8 OpenVINO files")
     p.add_argument("--out", default="runs/demo")
-    p.add_argument("--quick", action="store_true", help="fewer strategies and epochs (about 2 minutes)")
+    p.add_argument("--quick", action="store_true", help="the MNIST ResNet-8 instead (about two minutes)")
     p.add_argument("--seeds", type=_ints, default=(0,))
     p.add_argument("--cache-dir")
     p.set_defaults(func=_cmd_demo)

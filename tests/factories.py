@@ -93,3 +93,20 @@ def run_spec(config, out, spec=None, **options):
 
     spec = spec or TaskSpec("factories:trained_mlp", "factories:small_digits")
     return run(partial(resolve_task, spec, out), config, out, **options)
+
+
+def _toy_inputs():
+    """docs/examples/toy_inputs.py: the pictures the README's example folder holds."""
+    import importlib.util
+    from pathlib import Path
+
+    path = Path(__file__).resolve().parents[1] / "docs" / "examples" / "toy_inputs.py"
+    spec = importlib.util.spec_from_file_location("toy_inputs", path)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+_TOY = _toy_inputs()
+IMAGE_CLASSES = _TOY.CLASSES
+write_image_tree = _TOY.write_images

@@ -186,14 +186,16 @@ def _final_evaluation(pattern: Pattern, ctx: RunContext, folder: RunFolder, prog
     todo = [r for r in folder.records() if r.get("rung") in (None, 2) and r["test_score"] is None]  # rung 2: full
     if not todo:
         return
-    dense_test = ctx.memo("dense_test_score", lambda: ctx.task.scores(ctx.dense, "test")["score"])
+    dense = ctx.memo("dense_test", lambda: ctx.task.scores(ctx.dense, "test"))
+    dense_fields = {"dense_test_score": dense["score"], "dense_test_metrics": {
+        k: v for k, v in dense.items() if k not in ("score", "correct")}}
     scored: dict[str, dict[str, float]] = {}  # a search's pick shares its finalist's checkpoint
     for r in tqdm(todo, desc="test split", disable=not progress, unit="model"):
         if r["checkpoint"] not in scored:
             payload = torch.load(folder.path / r["checkpoint"], map_location="cpu", weights_only=False)
             scored[r["checkpoint"]] = ctx.task.scores(pattern.load(payload, ctx), "test")
         test = dict(scored[r["checkpoint"]])
-        folder.update({**r, "test_score": test.pop("score"), "test_metrics": test, "dense_test_score": dense_test})
+        folder.update({**r, "test_score": test.pop("score"), "test_metrics": test, **dense_fields})
 
 
 @dataclass
@@ -270,6 +272,17 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
                     "search": {"budget": rungs.cost, "candidates": rungs.candidates, "short": rungs.short,
                                "full": rungs.full, "eta": rungs.eta}})
+
+
+def _best_baselines(records: Sequence[dict]) -> list[dict]:
+    """Per target and seed, the baseline best on validation: what a search's pick is compared with."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["method"] == "baseline" and r.get("rung") is None:
+            at = (r["target"], r["seed"])
+            if at not in best or r["val_score"] > best[at]["val_score"]:
+                best[at] = r
+    return list(best.values())
 
 
 def run(
@@ -350,10 +363,11 @@ def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, kee
     title = task.name + ("" if config.sparsity == "unstructured" else f", {config.sparsity}")
     report = write_report(aggs, out, title, command, merged=merged, records=records, metric=task.metric)
     plot = plot_pareto(aggs, out / "pareto.png", title, metric=task.metric)
-    if keep_checkpoints == "front":  # both fronts and the search's picks: select and users read them
+    if keep_checkpoints == "front":  # both fronts, the search's picks and the baselines they are compared with
         keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}
-        kept = {r["checkpoint"] for r in records if (r["config_key"] in keep or r["name"] == "search")
-                and "checkpoint" in r}
+        best = {r["key"] for r in _best_baselines(records)}
+        kept = {r["checkpoint"] for r in records if "checkpoint" in r
+                and (r["config_key"] in keep or r["name"] == "search" or r["key"] in best)}
         for r in records:
             if r.get("checkpoint") not in kept | {None}:
                 (out / r["checkpoint"]).unlink(missing_ok=True)

@@ -22,7 +22,8 @@ import torch
 from torch import nn
 
 from ..errors import ConfigError, ValidationError
-from ..training import TRAINING_RECIPE, DataSplits, finetune, score
+from ..metrics import macro_f1
+from ..training import TRAINING_RECIPE, DataSplits, finetune, predict
 from .fingerprint import split_fingerprint
 
 log = logging.getLogger(__name__)
@@ -73,9 +74,9 @@ class Task:
         if self.steps_per_epoch is not None and self.steps_per_epoch < 1:
             raise ValidationError(f"steps_per_epoch must be >= 1, got {self.steps_per_epoch}")
 
-    def scores(self, model: nn.Module, split: str) -> dict[str, float]:
-        """``evaluate(model, split)`` as ``{"score": ..., ["loss": ...], ...}`` (the model left in eval mode
-        as it was found)."""
+    def scores(self, model: nn.Module, split: str) -> dict[str, Any]:
+        """``evaluate(model, split)`` as ``{"score": ..., ["loss": ...], ...}`` (numbers as floats; text, such as
+        a per-sample record for paired tests, as it is), the model's train/eval mode as it was found."""
         if split not in SPLITS:
             raise ValidationError(f"split must be one of {SPLITS}, got {split!r}")
         was_training = model.training
@@ -87,7 +88,7 @@ class Task:
             if "score" not in out:
                 raise ConfigError(f"evaluate(model, {split!r}) returned {sorted(out)}: a mapping needs a 'score' "
                                   "(higher is better)")
-            return {k: float(v) for k, v in out.items()}
+            return {k: v if isinstance(v, str) else float(v) for k, v in out.items()}
         try:
             return {"score": float(out)}
         except (TypeError, ValueError):
@@ -125,14 +126,21 @@ class ClassificationFinetune:
 
 
 class ClassificationEvaluate:
-    """Top-1 accuracy (``score``) and mean cross-entropy (``loss``) on a split of the loaders."""
+    """Top-1 accuracy (``score``), mean cross-entropy (``loss``) and macro-F1 on a split of the loaders; on
+    the test split also which samples it gets right (``correct``, a string of 0/1 in the split's order), for
+    paired tests between methods."""
 
     def __init__(self, data: DataSplits) -> None:
         self.data = data
 
-    def __call__(self, model: nn.Module, split: str) -> dict[str, float]:
-        accuracy, loss = score(model, getattr(self.data, split))
-        return {"score": accuracy, "loss": loss}
+    def __call__(self, model: nn.Module, split: str) -> dict[str, float | str]:
+        pred, true, loss = predict(model, getattr(self.data, split))
+        right = pred == true
+        out: dict[str, float | str] = {"score": int(right.sum()) / len(right), "loss": loss,
+                                       "macro_f1": macro_f1(pred, true, self.data.num_classes)}
+        if split == "test":
+            out["correct"] = "".join("1" if r else "0" for r in right.tolist())
+        return out
 
 
 def classification_task(model: nn.Module, data: DataSplits, *, lr: float = 5e-4, patience: int | None = 3,

@@ -1,7 +1,10 @@
 """Training: the one loop (dense training and masked fine-tuning), the data it reads, the models it trains."""
 
+from ..metrics import macro_f1
+from . import elpv  # noqa: F401 - registers the built-in dataset "elpv"
 from .crops import imagenet_crops
 from .data import DATASETS, DataSplits, load_data
+from .folders import ImageConfig, image_classes, image_config, image_data, is_image_data
 from .loop import (
     TRAINING_RECIPE,
     FinetuneResult,
@@ -10,10 +13,12 @@ from .loop import (
     finetune,
     labels,
     optimizer_groups,
+    predict,
     reestimate_bn_,
     score,
     seed_everything,
 )
+from .weights import load_weights
 from .zoo import MODEL_DATA, MODELS, create_model, pretrained_demo_model
 
 __all__ = [
@@ -23,14 +28,22 @@ __all__ = [
     "TRAINING_RECIPE",
     "DataSplits",
     "FinetuneResult",
+    "ImageConfig",
     "TrainingHook",
     "create_model",
     "evaluate",
     "finetune",
+    "image_classes",
+    "image_config",
+    "image_data",
     "imagenet_crops",
+    "is_image_data",
     "labels",
+    "macro_f1",
     "load_data",
+    "load_weights",
     "optimizer_groups",
+    "predict",
     "pretrained_demo_model",
     "reestimate_bn_",
     "score",

@@ -43,26 +43,32 @@ def labels(y: torch.Tensor) -> torch.Tensor:
 
 
 @torch.no_grad()
-def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:
-    """Top-1 accuracy and mean cross-entropy in eval mode; the previous train/eval mode is restored.
-    Probability targets (distillation) count a prediction right when it agrees with their top-1."""
+def predict(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Tensor, float]:
+    """Predicted and true classes of every sample, in order, and the mean cross-entropy, in eval mode (the
+    previous train/eval mode is restored). Probability targets (distillation) are their top-1."""
     was_training = model.training
     model.eval()
     device = _device_of(model)
-    correct = total = 0
-    loss = 0.0
+    preds, truth, loss = [], [], 0.0
     try:
         for x, y in loader:
             x, y = x.to(device), y.to(device)
             logits = model(x)
-            correct += int((logits.argmax(dim=1) == labels(y)).sum())
+            preds.append(logits.argmax(dim=1).cpu())
+            truth.append(labels(y).cpu())
             loss += float(nn.functional.cross_entropy(logits, y, reduction="sum"))
-            total += len(y)
     finally:
         model.train(was_training)
-    if total == 0:
+    if not preds:
         raise ValidationError("evaluate: the loader yielded no samples")
-    return correct / total, loss / total
+    pred, true = torch.cat(preds), torch.cat(truth)
+    return pred, true, loss / len(true)
+
+
+def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:
+    """Top-1 accuracy and mean cross-entropy in eval mode (see :func:`predict`)."""
+    pred, true, loss = predict(model, loader)
+    return int((pred == true).sum()) / len(true), loss
 
 
 def evaluate(model: nn.Module, loader: Iterable) -> float:

