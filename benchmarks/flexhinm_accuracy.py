@@ -211,7 +211,8 @@ def table(rows: list[dict], methods: list[str]) -> list[str]:
 def main() -> None:
     ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     ap.add_argument("--models", default="resnet8:0.75,swin_tiny_mnist:0.75",
-                    help="comma-separated model:target pairs")
+                    help="comma-separated model:target pairs; model@data for data other than mnist, e.g. "
+                         "efficientnet_lite0@elpv:0.5")
     ap.add_argument("--epochs", default="2", help="comma-separated budgets")
     ap.add_argument("--seeds", default="0,1,2")
     ap.add_argument("--methods", default=",".join(METHODS))
@@ -232,11 +233,12 @@ def main() -> None:
     methods = args.methods.split(",") + [v for v in variants if v not in args.methods.split(",")]
     out = Path(args.out)
     runs = out / "runs"
-    data = load_data("mnist")
-    x = next(iter(data.val))[0][:1]
-    calibration = data.calibration(8) if args.reconstruct else None
     for spec in args.models.split(","):
-        name, target = spec.split(":")
+        model_data, target = spec.split(":")
+        name, _, data_name = model_data.partition("@")
+        data = load_data(data_name or "mnist", batch_size=128 if not data_name else 32)
+        x = next(iter(data.val))[0][:1]
+        calibration = data.calibration(8) if args.reconstruct else None
         target = float(target)
         dense, _ = pretrained_demo_model(name, data)
         dense_test = evaluate(dense, data.test)
@@ -244,13 +246,13 @@ def main() -> None:
         for epochs in map(int, args.epochs.split(",")):
             for seed in map(int, args.seeds.split(",")):
                 for method in methods:
-                    path = runs / f"{name}-{target:.2f}-{epochs}ep-{method}-s{seed}.json"
-                    settings = {"model": name, "target": target, "epochs": epochs, "seed": seed, "method": method,
+                    path = runs / f"{model_data}-{target:.2f}-{epochs}ep-{method}-s{seed}.json"
+                    settings = {"model": model_data, "target": target, "epochs": epochs, "seed": seed, "method": method,
                                 "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
                                 "dense_test": dense_test, "learned": learned_settings(method, variants)}
 
                     def make() -> dict:
-                        r = {"model": name, "target": target, "dense_test": dense_test, "layers": len(targets),
+                        r = {"model": model_data, "target": target, "dense_test": dense_test, "layers": len(targets),
                              "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
                              **run_one(method, dense, data, x, targets, seed, epochs, args.lr, variants,
                                        calibration, args.keep)[0]}

@@ -23,9 +23,10 @@ from pathlib import Path
 import torch
 from flexhinm_accuracy import eligible_targets, run_one
 from resume import load_or_make
-from scipy.stats import binomtest
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
+from mm_plugin.metrics import mcnemar
+from mm_plugin.training import predict
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
 
@@ -33,16 +34,8 @@ from mm_plugin.training.zoo import pretrained_demo_model
 @torch.no_grad()
 def correct(model: torch.nn.Module, loader) -> list[bool]:
     """Whether ``model`` gets each image of ``loader`` right, in the loader's (fixed) order."""
-    model.eval()
-    return [bool(v) for x, y in loader for v in (model(x).argmax(1) == y)]
-
-
-def mcnemar(a: list[bool], b: list[bool]) -> dict:
-    """Images only ``a`` gets right, only ``b`` gets right, and the exact two-sided p-value."""
-    only_a = sum(x and not y for x, y in zip(a, b, strict=True))
-    only_b = sum(y and not x for x, y in zip(a, b, strict=True))
-    n = only_a + only_b
-    return {"only_a": only_a, "only_b": only_b, "p": binomtest(only_a, n, 0.5).pvalue if n else 1.0}
+    pred, true, _ = predict(model, loader)
+    return (pred == true).tolist()
 
 
 def main() -> None:
@@ -88,7 +81,8 @@ def main() -> None:
             legacy = {"model": args.model, "target": args.target, "epochs": args.epochs, "lr": 5e-4, "reconstruct": False}
             runs[method, seed] = load_or_make(path, settings, make, lambda r, k: r.get(k, legacy.get(k)))
     rows = [{"pair": f"{a} vs {b}", "seed": seed, "split": split,
-             **mcnemar(runs[a, seed][f"{split}_correct"], runs[b, seed][f"{split}_correct"])}
+             **dict(zip(("only_a", "only_b", "p"), mcnemar([int(v) for v in runs[a, seed][f"{split}_correct"]],
+                                                           [int(v) for v in runs[b, seed][f"{split}_correct"]])))}
             for a, b in pairs for seed in seeds for split in ("val", "test")]
     write_json_atomic(out / f"{tag}.json", rows)
     solved = ", reconstructed" if args.reconstruct else ""

@@ -19,14 +19,22 @@ import logging
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
+from mm_plugin.metrics import mcnemar
 from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task, run
 from mm_plugin.portfolio.report import search_summary, spearman
 
 BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
 CROPS = TaskSpec("efficientnet_lite0", "imagenet_crops", batch_size=32)
+ELPV = TaskSpec("efficientnet_lite0", "elpv", batch_size=32)
 TESTBEDS = {
+    # the edge task: EfficientNet-Lite0 (ImageNet weights) fine-tuned on defective solar cells; every method gets the
+    # same full fine-tunes: 4 for the unstructured search against 4 baselines, 2 for the structured one against 2
+    "elpv": (ELPV, RunConfig(targets=(0.5, 0.7, 0.85), baselines=BASELINES, epochs=2, budget=4, candidates=16)),
+    "elpv-structured": (ELPV, RunConfig(sparsity="structured", targets=(0.2, 0.35), epochs=2, budget=2,
+                                        candidates=8)),
     "resnet8": (TaskSpec("resnet8"), RunConfig(targets=(0.9, 0.95), baselines=BASELINES, epochs=2, budget=4)),
     "vit_mnist": (TaskSpec("vit_mnist"), RunConfig(targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4)),
     "efficientnet_lite0": (CROPS, RunConfig(targets=(0.5, 0.7), baselines=BASELINES, epochs=1, budget=4,
@@ -52,6 +60,41 @@ def correlation(records: list[dict]) -> dict[str, float | None]:
             "rho_loss": spearman([-r["oneshot_val_loss"] for r in done], [r["test_score"] for r in done])}
 
 
+def paired(picks: list[dict], baselines: list[dict]) -> dict | None:
+    """McNemar on every seed's test images, pick against the best baseline of the same seed."""
+    if not all("correct" in r.get("test_metrics", {}) for r in picks + baselines):
+        return None  # records from before the runner kept per-image results
+    only_pick, only_base, p = mcnemar("".join(r["test_metrics"]["correct"] for r in picks),
+                                      "".join(r["test_metrics"]["correct"] for r in baselines))
+    mean = lambda rs: np.mean([r["test_score"] for r in rs])  # noqa: E731
+    verdict = "tie" if p >= 0.05 else "search wins" if mean(picks) > mean(baselines) else "baseline wins"
+    return {"only_search": only_pick, "only_baseline": only_base, "p": p, "verdict": verdict}
+
+
+def shipped(name: str, out: Path, records: list[dict], rows: list[dict]) -> None:
+    """Structured testbeds: the dense model, each seed's pick and best baseline as OpenVINO IR files (fp32):
+    size on disk, latency and accuracy of the file (``edge`` in each summary row)."""
+    from mm_plugin.deploy import edge_rows
+    from mm_plugin.portfolio import get_pattern
+    from mm_plugin.portfolio.jobs import RunContext
+
+    spec, _ = TESTBEDS[name]
+    task = resolve_task(spec, out / name)
+    ctx = RunContext(None, task.model, task.example_inputs, None, plans={}, task=task)
+    pattern = get_pattern("structured")()
+    by_key = {r["key"]: r for r in records}
+    for row in rows:
+        models = {"dense": task.model}
+        for role, keys in (("search", row["pick_keys"]), ("baseline", row["baseline_keys"])):
+            for key in keys:
+                payload = torch.load(out / name / by_key[key]["checkpoint"], map_location="cpu", weights_only=False)
+                models[f"{role} {by_key[key]['seed']}"] = pattern.load(payload, ctx)
+        edge = edge_rows(models, task.example_inputs, [], task.data.test, task.data.num_classes,
+                         out / name / "deploy" / f"{row['target']:.2f}", int8=False)
+        row["edge"] = {role: {k: float(np.mean([getattr(e, k) for e in edge if e.name.split()[0] == role]))
+                              for k in ("size_mb", "latency_ms", "accuracy")} for role in ("dense", "search", "baseline")}
+
+
 def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
     rows = []
     for row in search_summary(records):
@@ -69,7 +112,15 @@ def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
                      "picks": [p["picked"] for p in row["pick"]], "budget": row["budget"],
                      "baselines_budget": row["n_baselines"], "each": {b: float(np.mean(v)) for b, v in each.items() if v},
                      "rho_search": row["rho_oneshot"], "rank": correlation(rank) if rank else None,
-                     "search_seconds": row["search_seconds"], "baseline_seconds": row["baseline_seconds"]})
+                     "search_seconds": row["search_seconds"], "baseline_seconds": row["baseline_seconds"],
+                     "paired": paired(row["pick"], row["baselines"]),
+                     "macro_f1": {role: float(np.mean([r["test_metrics"]["macro_f1"] for r in rs]))
+                                  for role, rs in (("search", row["pick"]), ("best_baseline", row["baselines"]))
+                                  if all("macro_f1" in r.get("test_metrics", {}) for r in rs)},
+                     "pick_keys": [p["key"] for p in row["pick"]], "baseline_keys": [b["key"] for b in row["baselines"]],
+                     **({"latency_ratio": {"search": float(np.mean([p["latency_ratio"] for p in row["pick"]])),
+                                           "best_baseline": float(np.mean([b["latency_ratio"] for b in row["baselines"]]))}}
+                        if all("latency_ratio" in r for r in row["pick"] + row["baselines"]) else {})})
     return rows
 
 
@@ -78,11 +129,15 @@ COLUMNS = {"global_magnitude": "GMP", "lamp": "LAMP", "erk": "ERK", "uniform_plu
            "tp_uniform": "TP uniform", "tp_global": "TP global"}
 
 
+def pair(p: dict | None) -> str:
+    return "—" if p is None else f"{p['only_search']} / {p['only_baseline']}, {p['p']:.2g} ({p['verdict']})"
+
+
 def table(rows: list[dict]) -> str:
     lines = ["| testbed | target | dense | search pick (test) | best baseline on val (test) | difference | "
-             "best finalist on test | " + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | "
-             "ρ inside the search | seeds |",
-             "|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
+             "paired test: only search / only baseline right, p | best finalist on test | "
+             + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | ρ inside the search | seeds |",
+             "|---|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
     for r in rows:
         e = r["each"]
         rank = r["rank"]
@@ -90,7 +145,7 @@ def table(rows: list[dict]) -> str:
         lines.append(
             f"| {r['testbed']} | {r['target']:.2f} | {100 * r['dense']:.2f} | {100 * r['search']:.2f} ± "
             f"{100 * r['search_std']:.2f} | {100 * r['best_baseline']:.2f} ± {100 * r['best_baseline_std']:.2f} | "
-            f"{100 * (r['search'] - r['best_baseline']):+.2f} | {100 * r['best_finalist']:.2f} | "
+            f"{100 * (r['search'] - r['best_baseline']):+.2f} | {pair(r.get('paired'))} | {100 * r['best_finalist']:.2f} | "
             + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in COLUMNS)
             + f" | {rho} | {'—' if r['rho_search'] is None else format(r['rho_search'], '.2f')} | {r['seeds']} |")
     return "\n".join(lines)
@@ -139,8 +194,14 @@ def main() -> None:
         run(task, config, out / name, command=command, progress=False)
         if config.sparsity == "unstructured":
             run(task, rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
-    rows = [row for name in TESTBEDS if (out / name / "results.jsonl").exists()
-            for row in summarize(name, load_records(out / name), load_records(out / f"{name}-rank"))]
+    rows = []
+    for name in TESTBEDS:
+        if not (out / name / "results.jsonl").exists():
+            continue
+        records = load_records(out / name)
+        rows += summarize(name, records, load_records(out / f"{name}-rank"))
+        if name == "elpv-structured":
+            shipped(name, out, records, [r for r in rows if r["testbed"] == name])
     write_json_atomic(out / "summary.json", rows)
     write_text_atomic(out / "summary.md", table(rows) + "\n")
     plot(rows, out / "summary.png")

@@ -125,3 +125,33 @@ def test_measure_latency(net, ir):
         ovh.measure_latency(ir, x[:1], precision="int4")
     with pytest.raises(ValidationError, match="threads must be a positive integer"):
         ovh.measure_latency(ir, x[:1], threads=0)
+
+
+def test_edge_rows_score_time_and_size_the_files_that_ship(tmp_path):
+    """fp32 and int8 IRs of a masked model: the fp32 file scores as the PyTorch model does, the int8 one is
+    about a quarter of its size, every file is timed against the first model's fp32 file."""
+    import sys
+    from pathlib import Path
+
+    sys.path.insert(0, str(Path(__file__).resolve().parents[1] / "tests"))
+    import factories
+
+    import mm_plugin
+    from mm_plugin.deploy import edge_rows
+    from mm_plugin.training import predict
+
+    data = factories.small_digits()
+    dense = factories.trained_mlp()
+    pruned = mm_plugin.prune_(factories.trained_mlp(), {"1.weight": 0.8, "3.weight": 0.8})
+    rows = edge_rows({"dense": dense, "pruned": pruned}, torch.zeros(1, 1, 8, 8), [x for x, _ in data["train"]][:2],
+                     data["test"], 10, tmp_path)
+    assert [(r.name, r.precision) for r in rows] == [("dense", "fp32"), ("dense", "int8"), ("pruned", "fp32"),
+                                                      ("pruned", "int8")]
+    pred, true, _ = predict(pruned, data["test"])
+    by = {(r.name, r.precision): r for r in rows}
+    assert by["pruned", "fp32"].accuracy == pytest.approx(float((pred == true).float().mean()))
+    assert by["dense", "int8"].size_mb < 0.4 * by["dense", "fp32"].size_mb
+    assert by["pruned", "fp32"].gzip_mb < 0.5 * by["dense", "fp32"].gzip_mb  # zeros pay off gzipped only
+    assert by["pruned", "fp32"].size_mb == pytest.approx(by["dense", "fp32"].size_mb)
+    assert all(r.latency_ms > 0 and r.latency_ratio > 0 for r in rows) and by["dense", "fp32"].latency_ratio < 2
+    assert (tmp_path / "pruned-int8.xml").exists() and abs(by["dense", "int8"].accuracy - by["dense", "fp32"].accuracy) < 0.05

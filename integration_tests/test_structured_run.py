@@ -104,14 +104,15 @@ def test_select_by_latency_exports_a_front_checkpoint(finished, tmp_path):
 
 
 def test_demo_includes_a_structured_run_in_its_own_folder():
-    from mm_plugin.demo import demo_configs, folder_name
+    from mm_plugin.demo import demo_runs
 
     for quick in (False, True):
-        configs = demo_configs(quick=quick, seeds=(0, 1))
-        structured = [c for _, c in configs if c.sparsity == "structured"]
+        runs = demo_runs(quick=quick, seeds=(0, 1))
+        structured = [r.config for r in runs if r.config.sparsity == "structured"]
         assert len(structured) == 1 and structured[0].baselines == ("tp_uniform", "tp_global")
         assert structured[0].seeds == (0, 1)
-        assert len({folder_name(*c) for c in configs}) == len(configs) == 3
+        assert len({r.folder for r in runs}) == len(runs) == 2
+        assert all(r.spec.data == ("mnist" if quick else "elpv") for r in runs)
 
 
 def test_cli_structured_errors_are_one_line(capsys):

@@ -1,4 +1,4 @@
-"""Plain-text tables for terminals and logs (plans, statistics, channel reports)."""
+"""Tables: plain text for terminals and logs (plans, statistics, channel reports), Markdown for reports."""
 
 from __future__ import annotations
 
@@ -20,3 +20,9 @@ def format_table(header: Sequence[str], rows: Sequence[Sequence[object]], left: 
         return "  ".join(c.ljust(w) if i < left else c.rjust(w) for i, (c, w) in enumerate(zip(r, widths)))
 
     return "\n".join([line(cells[0]), line(["-" * w for w in widths])] + [line(r) for r in cells[1:]])
+
+
+def markdown_table(header: Sequence[str], rows: Sequence[Sequence[object]]) -> str:
+    """A Markdown table (for reports)."""
+    return "\n".join(["| " + " | ".join(map(str, header)) + " |", "|" + "---|" * len(header)]
+                     + ["| " + " | ".join(str(c) for c in r) + " |" for r in rows])

@@ -97,12 +97,13 @@ def infer(model: Any, inputs: Any) -> list[np.ndarray]:
 
 class Timer(BlockTimer):
     """The runner's latency backend (:class:`mm_plugin.deploy.BlockTimer`): OpenVINO on the CPU, fp32
-    (what the structured results report), one synchronous stream of ``threads`` threads."""
+    inference precision (an int8 IR still runs its int8 ops), one synchronous stream of ``threads``
+    threads; models are PyTorch modules or IRs (paths or ``openvino.Model``)."""
 
     precision, device = "f32", "CPU"
 
-    def compile(self, model: nn.Module) -> Callable[[], Any]:
-        compiled = compile_for_latency(convert(model, self.inputs), threads=self.threads, precision=self.precision,
-                                       device=self.device)
+    def compile(self, model: nn.Module | Any) -> Callable[[], Any]:
+        ir = convert(model, self.inputs) if isinstance(model, nn.Module) else read(model)
+        compiled = compile_for_latency(ir, threads=self.threads, precision=self.precision, device=self.device)
         request, data = compiled.create_infer_request(), to_numpy(self.inputs)
         return lambda: request.infer(data)
