@@ -3,8 +3,9 @@
 Torch-Pruning (TP) removes whole channels, which is what speeds up OpenVINO on CPUs without AMX. This
 adapter turns TP's dependency groups into core units (:mod:`.groups`), so the core's engine plans them,
 and turns a plan into TP's ``pruning_ratio_dict`` and pruner calls (:mod:`.pruner`); :mod:`.timm_support`
-makes TP handle timm ViT and Swin, :mod:`.pattern` is the runner's ``structured`` pattern. Two ways in,
-both one-line changes to an existing TP script::
+makes TP handle timm ViT and Swin, :mod:`.pattern` is the runner's ``structured`` pattern, and
+:mod:`.tp_internals` holds every use of TP's internals (written for TP 1.6.0). Two ways in, both one-line
+changes to an existing TP script::
 
     pruner = tp.pruner.BasePruner(model, x, imp, ignored_layers=ignored,
         pruning_ratio_dict=MixAndMatchScheduler("balanced").ratio_dict(model, x, ignored))

@@ -3,8 +3,7 @@
 TP prunes *dependency groups*: every layer whose channels must go together (a residual stream, a ViT
 embedding dimension, an attention block's head dims) forms one group, and ``pruning_ratio_dict`` needs
 one ratio per group, keyed by the module through which ``BasePruner`` looks it up. Groups are listed
-exactly as ``BasePruner`` will (its helpers ``_check_pruning_ratio``, ``_is_atten_group``,
-``_downstream_node_as_root_if_attention``, ``_get_channel_groups``; pyproject pins ``<1.7``). Each
+exactly as ``BasePruner`` will, through its private helpers (all in :mod:`.tp_internals`, for TP 1.6). Each
 becomes a :class:`~mm_plugin.model.Unit` whose items are its channels (per head); its ranges come from
 global thresholds over TP importances of every group's channels; the rest is the core's.
 """
@@ -38,6 +37,7 @@ from mm_plugin.planning import (
 )
 from mm_plugin.registry import Needs, Registry
 
+from . import tp_internals
 from .timm_support import PatchMergingPruner, tp_support
 
 DEFAULT_GROUP_TARGETS = (0.3, 0.5, 0.7)
@@ -142,10 +142,10 @@ def _reaches_output(group: Any, dg: Any) -> bool:
     """Whether the group's channels are the model's output channels (e.g. the classifier's logits)."""
     for item in group:
         node, fn = item.dep.target, item.dep.handler
-        if isinstance(node.module, tp.ops._OutputOp):
+        if tp_internals.is_output_op(node.module):
             return True
         if dg.is_out_channel_pruning_fn(fn) and (
-            not node.outputs or any(isinstance(o.module, tp.ops._OutputOp) for o in node.outputs)
+            not node.outputs or any(tp_internals.is_output_op(o.module) for o in node.outputs)
         ):
             return True
     return False
@@ -182,12 +182,12 @@ def find_groups(model: nn.Module, example_inputs: Any, ignored_layers: Iterable[
     scores: dict[str, dict[str, torch.Tensor]] = {c: {} for c in importances}
     for group in dg.get_all_groups(ignored_layers=pruner.ignored_layers, root_module_types=pruner.root_module_types):
         root_name = names.get(group[0].dep.target.module, "?")
-        if not pruner._check_pruning_ratio(group):
+        if not tp_internals.group_is_prunable(pruner, group):
             skipped[root_name] = "a layer of the group has a single channel left"
             continue
-        is_attn, _ = pruner._is_atten_group(group)
+        is_attn, _ = tp_internals.attention_group(pruner, group)
         if is_attn:
-            group = pruner._downstream_node_as_root_if_attention(group)
+            group = tp_internals.attention_root(pruner, group)
             if group is None:
                 skipped[root_name] = "attention group without a downstream projection"
                 continue
@@ -200,7 +200,7 @@ def find_groups(model: nn.Module, example_inputs: Any, ignored_layers: Iterable[
             fixed.append(key_name)
             continue
         _check_group(model, dg, group, key_name)
-        ch_groups = pruner._get_channel_groups(group)
+        ch_groups = tp_internals.channel_groups(pruner, group)
         group_scores = {}
         for c, scorer in scorers.items():
             with torch.no_grad():

@@ -5,17 +5,22 @@ Two ways in, both one-line changes to an existing TP script::
     pruner = tp.pruner.BasePruner(model, x, imp, ignored_layers=ignored,
         pruning_ratio_dict=MixAndMatchScheduler("balanced").ratio_dict(model, x, ignored))
     pruner = MixAndMatchPruner(model, x, imp, ignored_layers=ignored, strategy="balanced")
+
+A pruner either ends on the plan's widths or logs one WARNING naming the groups off plan and the fix
+(:class:`PlanWatch`): at its last ``step()``, or when it is released before that step (a loop that stopped
+early). The scheduler's dict takes the pruner's ``round_to`` and refuses ``global_pruning``.
 """
 
 from __future__ import annotations
 
 import copy
+import logging
 import warnings
+import weakref
 from collections.abc import Callable, Iterable, Sequence
 from pathlib import Path
 from typing import Any
 
-import numpy as np
 import torch
 import torch_pruning as tp
 from torch import nn
@@ -32,6 +37,7 @@ from mm_plugin.model import (
 )
 from mm_plugin.planning import ChannelReport, Plan, Strategy, accumulate_gradients, kept_report
 
+from . import tp_internals
 from .groups import (
     DEFAULT_GROUP_TARGETS,
     DEFAULT_MIN_DENSITY,
@@ -40,22 +46,16 @@ from .groups import (
 )
 from .timm_support import tp_support
 
+log = logging.getLogger(__name__)
+
 #: How to make Torch-Pruning prune a group as planned.
 TP_HINT = ("Pass every attention qkv in num_heads, register customized_pruners for custom layers, keep per-head "
-           "tables (relative position bias) in ignored_layers (see tp_support), and give round_to to the scheduler, "
-           "not to BasePruner (nor a max_pruning_ratio below the plan's)")
+           "tables (relative position bias) in ignored_layers (see tp_support), give an attention model's round_to "
+           "to the scheduler, not to BasePruner, and no max_pruning_ratio below the plan's ratios")
 
 #: Keyword arguments of ``BasePruner`` that shape its groups, so planning must see them too.
 GROUP_KWARGS = ("num_heads", "customized_pruners", "root_module_types", "unwrapped_parameters", "forward_fn",
                 "output_transform")
-
-
-def _tp_ratio(kept: int, n: int) -> float:
-    """A ratio for which BasePruner keeps exactly ``kept`` of ``n`` (it keeps ``int(n * (1 - r))``)."""
-    r = (n - kept) / n
-    while int(n * (1 - r)) < kept:
-        r = float(np.nextafter(r, -1.0))
-    return max(r, 0.0)
 
 
 def ratio_dict(model: nn.Module, plan: Plan, strategy: Strategy | str, round_to: int | None = None
@@ -63,7 +63,7 @@ def ratio_dict(model: nn.Module, plan: Plan, strategy: Strategy | str, round_to:
     """``pruning_ratio_dict`` for ``tp.pruner.BasePruner``: one entry per group (0.0 for fixed groups),
     keyed by ``model``'s own modules (the plan is by name, so a deep copy of the planned model works)."""
     kept = plan.kept(strategy, round_to)
-    out = {submodule(model, u.name): _tp_ratio(kept[u.name], u.items) for u in plan.units}
+    out = {submodule(model, u.name): tp_internals.ratio_for(kept[u.name], u.items) for u in plan.units}
     out.update({submodule(model, name): 0.0 for name in plan.config.get("fixed_groups", [])})
     return out
 
@@ -90,6 +90,110 @@ def channel_report(model: nn.Module, plan: Plan, strategy: Strategy | str, round
                        params_before if params_before is not None else after, after)
 
 
+# --- a pruner ends on the plan or says why --------------------------------------------------------
+MAX_NAMED_GROUPS = 6
+
+
+class PlanWatch:
+    """Logs one WARNING when a pruner leaves groups off a plan: after its last ``step()`` (``final=True``;
+    :class:`MixAndMatchPruner` raises there instead), or when the pruner is released before that step (a
+    loop that stopped early, e.g. on a speed-up target). It holds the model, never the pruner, so
+    ``del pruner`` releases the pruner at once."""
+
+    def __init__(self, pruner: tp.pruner.BasePruner, plan: Plan, strategy: Strategy, round_to: int | None,
+                 params_before: int, *, final: bool = True) -> None:
+        self.model, self.plan, self.strategy, self.round_to = pruner.model, plan, strategy, round_to
+        self.params_before, self.final = params_before, final
+        self.pruner_name = type(pruner).__name__
+        self.steps = int(pruner.iterative_steps)
+        self.max_pruning_ratio = float(pruner.max_pruning_ratio)
+        self.step, self.closed = 0, False
+        weakref.finalize(pruner, self.released)
+
+    def stepped(self, step: int) -> None:
+        """Call after each step of the pruner; checks the widths once, at its last step."""
+        self.step = step
+        if step >= self.steps and not self.closed:
+            self.closed = True
+            if self.final:
+                self._check(last=True)
+
+    def released(self) -> None:
+        if not self.closed and self.step > 0:
+            self.closed = True
+            self._check(last=False)
+
+    def off_plan(self) -> tuple[ChannelReport, list[Any]]:
+        report = channel_report(self.model, self.plan, self.strategy, self.round_to, self.params_before)
+        return report, report.mismatches()
+
+    def _check(self, last: bool) -> None:
+        report, bad = self.off_plan()
+        if not bad:
+            return
+        named = "; ".join(f"'{r.group}' {r.actual} channels, plan {r.expected}" for r in bad[:MAX_NAMED_GROUPS])
+        if len(bad) > MAX_NAMED_GROUPS:
+            named += f"; {len(bad) - MAX_NAMED_GROUPS} more"
+        where = (f"ended its last step ({self.step} of {self.steps})" if last else
+                 f"was released at step {self.step} of {self.steps}, before its last step,")
+        log.warning("%s %s with %d of %d groups off the Mix-and-Match plan %r: %s. Fix: %s", self.pruner_name, where,
+                    len(bad), len(report.rows), self.strategy.name, named, self._fix(bad) if last else (
+                        "step the pruner to its last step (pruner.step() until pruner.current_step == "
+                        "pruner.iterative_steps): with a Mix-and-Match ratio dict the plan alone sets the widths, so "
+                        "a loop that stops on a speed-up target (reproduce/main.py's --speed-up) must not reach it "
+                        "before the last step: set the target above the plan's speed-up, or give the plan a smaller "
+                        "budget (MixAndMatchScheduler(..., pruning_ratio=..., cost='macs'))"))
+
+    def _fix(self, bad: list[Any]) -> str:
+        top = max(r.ratio for r in bad)
+        if top > self.max_pruning_ratio:
+            return (f"raise max_pruning_ratio to at least {top:.3f} (TP caps every group's ratio at "
+                    f"{self.max_pruning_ratio:g}), or plan within it (rules=[Rule('cap', max={self.max_pruning_ratio:g})])")
+        return TP_HINT
+
+
+def _watched_groups(groups: Any, ref: weakref.ref, watch: PlanWatch) -> Any:
+    yield from groups
+    pruner = ref()
+    if pruner is not None:
+        watch.stepped(pruner.current_step)
+
+
+def watch_steps(pruner: tp.pruner.BasePruner, watch: PlanWatch) -> None:
+    """Route ``pruner.step`` (both modes) through ``watch``; the wrapper holds the pruner weakly."""
+    ref, step = weakref.ref(pruner), type(pruner).step
+
+    def watched_step(interactive: bool = False) -> Any:
+        """BasePruner.step, then :meth:`PlanWatch.stepped` (for ``interactive=True``: once the groups are pruned)."""
+        p = ref()
+        if interactive:
+            return _watched_groups(step(p, interactive=True), ref, watch)
+        out = step(p, interactive=False)
+        watch.stepped(p.current_step)
+        return out
+
+    pruner.step = watched_step
+
+
+class PlanRatios(dict):
+    """What :meth:`MixAndMatchScheduler.ratio_dict` returns: a plain ``pruning_ratio_dict`` to Torch-Pruning.
+    When a ``BasePruner`` (or a subclass) reads it, its scheduler binds to that pruner: it refuses
+    ``global_pruning`` and ``isomorphic``, recomputes the ratios for the pruner's ``round_to`` and watches
+    its steps (:class:`PlanWatch`)."""
+
+    def __init__(self, scheduler: MixAndMatchScheduler, model: nn.Module, plan: Plan, strategy: Strategy,
+                 round_to: int | None, params_before: int) -> None:
+        super().__init__(ratio_dict(model, plan, strategy, round_to))
+        self.scheduler, self.model, self.plan, self.strategy = scheduler, model, plan, strategy
+        self.round_to, self.params_before = round_to, params_before
+
+    def __iter__(self):
+        pruner = tp_internals.pruner_reading_ratio_dict()
+        if pruner is not None:
+            self.scheduler.bind(pruner, self)
+        return super().__iter__()
+
+
 # --- the two Torch-Pruning entry points ---------------------------------------------------------
 def _resolve(plan: Plan, strategy: Strategy | str, pruning_ratio: float | None, cost: str) -> Strategy:
     s = plan.strategy(strategy)
@@ -109,14 +213,17 @@ class MixAndMatchScheduler:
         ignored = [model.fc]
         pruner = tp.pruner.BasePruner(
             model, x, importance=tp.importance.GroupMagnitudeImportance(p=2), ignored_layers=ignored,
-            pruning_ratio_dict=MixAndMatchScheduler("balanced").ratio_dict(model, x, ignored),
+            pruning_ratio_dict=MixAndMatchScheduler("balanced").ratio_dict(model, x, ignored), round_to=8,
         )
         pruner.step()
 
     ``strategy`` is one of the plan's names; ``pruning_ratio`` rescales it to that parameter-weighted
-    (``cost="macs"``: multiply-add-weighted) mean channel ratio inside the ranges. ``round_to`` belongs
-    here, not in BasePruner. For ViT / Swin also pass ``**tp_support(model, ignored)`` to BasePruner and
-    call :func:`update_attention_` after ``step()``. The last plan is kept in ``self.plan_``.
+    (``cost="macs"``: multiply-add-weighted) mean channel ratio inside the ranges. ``round_to`` rounds each
+    group's kept channels (per head); without it, the ``round_to`` of the BasePruner that reads the dict is
+    used, so every width survives TP's rounding. That pruner ends on the plan's widths or logs one WARNING
+    (:class:`PlanWatch`); ``global_pruning=True`` and ``isomorphic=True`` are refused (TP would rank each
+    group alone, ignoring them). For ViT / Swin also pass ``**tp_support(model, ignored)`` to BasePruner
+    and call :func:`update_attention_` after ``step()``. The last plan is kept in ``self.plan_``.
     """
 
     def __init__(self, strategy: Strategy | str = "balanced", *, pruning_ratio: float | None = None,
@@ -127,22 +234,53 @@ class MixAndMatchScheduler:
         self.plan_kwargs = plan_kwargs  # plan_groups' keywords: signal, range_importances, targets, rules, ...
         self.plan_: Plan | None = None
         self.strategy_: Strategy | None = None
+        self.round_to_: int | None = round_to  # the rounding of the last ratio dict (the pruner's, once bound)
+        self.params_before_: int | None = None
 
     def plan(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[Any] | None = None) -> Plan:
         self.plan_ = plan_groups(model, example_inputs, ignored_layers, **self.plan_kwargs)
         return self.plan_
 
     def ratio_dict(self, model: nn.Module, example_inputs: Any, ignored_layers: Iterable[Any] | None = None
-                   ) -> dict[nn.Module, float]:
+                   ) -> PlanRatios:
         plan = self.plan(model, example_inputs, ignored_layers)
         self.strategy_ = _resolve(plan, self.strategy, self.pruning_ratio, self.cost)
-        return ratio_dict(model, plan, self.strategy_, self.round_to)
+        self.round_to_, self.params_before_ = self.round_to, count_params(model)
+        return PlanRatios(self, model, plan, self.strategy_, self.round_to, self.params_before_)
+
+    def bind(self, pruner: tp.pruner.BasePruner, ratios: PlanRatios) -> None:
+        """Called when ``pruner``'s ``__init__`` reads ``ratios``: refuse what it would ignore, take its
+        ``round_to``, watch its steps."""
+        name = type(pruner).__name__
+        for flag in ("global_pruning", "isomorphic"):
+            if getattr(pruner, flag, False):
+                raise ValidationError(
+                    f"{name}({flag}=True) cannot follow a Mix-and-Match ratio dict: the dict gives every group its "
+                    f"own ratio, so Torch-Pruning ranks each group on its own and {flag} would be silently ignored. "
+                    f"Leave {flag}=False (drop --global_pruning / --global-pruning) to prune to the plan, or drop the "
+                    "ratio dict to run TP's global ranking as a baseline (prune_baseline(model, x, 'global', ratio))"
+                )
+        round_to = self.round_to or pruner.round_to
+        if self.round_to and pruner.round_to and self.round_to % pruner.round_to:
+            raise ValidationError(
+                f"round_to={self.round_to} given to MixAndMatchScheduler and round_to={pruner.round_to} to {name}: "
+                f"TP floors every kept count to a multiple of {pruner.round_to}, which would move the plan's "
+                f"multiples of {self.round_to}; give round_to once (the scheduler reads BasePruner's)"
+            )
+        if round_to != ratios.round_to:
+            dict.update(ratios, ratio_dict(ratios.model, ratios.plan, ratios.strategy, round_to))
+            ratios.round_to = round_to
+        if pruner.round_to and any(u.copies > 1 for u in ratios.plan.units):
+            # the ratios are rounded per head (or channel group) already; TP would round each group's total width
+            tp_internals.stop_rounding(pruner)
+        self.round_to_ = round_to
+        watch_steps(pruner, PlanWatch(pruner, ratios.plan, ratios.strategy, round_to, ratios.params_before))
 
     def report(self, model: nn.Module) -> ChannelReport:
-        """Channel counts of the pruned ``model`` against the last ratio dict."""
+        """Channel counts of the pruned ``model`` against the last ratio dict (at the rounding it used)."""
         if self.plan_ is None or self.strategy_ is None:
             raise ValidationError("call ratio_dict(model, example_inputs, ignored_layers) first")
-        return channel_report(model, self.plan_, self.strategy_, self.round_to)
+        return channel_report(model, self.plan_, self.strategy_, self.round_to_, self.params_before_)
 
 
 class MixAndMatchPruner(tp.pruner.BasePruner):
@@ -207,9 +345,11 @@ class MixAndMatchPruner(tp.pruner.BasePruner):
                              pruning_ratio_dict=ratio_dict(model, plan, self.mm_strategy, round_to), round_to=None,
                              **support, **group_kwargs, **kwargs)
         model.train(was_training)
+        self._mm_watch = PlanWatch(self, plan, self.mm_strategy, round_to, self._mm_params_before, final=False)
 
     def _after_step(self) -> None:
         update_attention_(self.model)
+        self._mm_watch.stepped(self.current_step)  # warns if released before its last step
         if self.current_step < self.iterative_steps:
             return
         check_forward(self.model, self._mm_example_inputs, self._mm_output_shape, after="pruning",
