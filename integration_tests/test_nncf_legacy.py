@@ -178,7 +178,7 @@ def test_filter_pruning_options_select_structured_with_notes():
     assert step.structured and step.target == 0.3 and step.target_path == "compression[0].params.pruning_flops_target"
     assert kd.algorithm == "knowledge_distillation"
     assert set(_notes(cfg)) == {
-        "accuracy_aware_training", "compression[0].params.pruning_target", "compression[0].pruning_init",
+        "accuracy_aware_training.mode", "compression[0].params.pruning_target", "compression[0].pruning_init",
         "compression[0].params.schedule", "compression[0].params.pruning_steps", "compression[0].params.filter_importance",
         "compression[0].params.interlayer_ranking_type", "compression[0].params.legr_params", "compression[1]"}
     only_filters = copy.deepcopy(FILTER)

@@ -19,10 +19,18 @@ from mm_plugin.errors import ConfigError
 from mm_plugin.files import write_atomic, write_json_atomic
 from mm_plugin.training import create_model, load_data
 
-from .algorithm import check_calibration, check_inputs, create_compressed_model
 from .config import load_config
+from .create import check_calibration, check_inputs, create_compressed_model
 from .scopes import scope_table
-from .wrapping import build_graph, check_model, hook_storage, require_nncf, unwrap_model, weight_metatypes
+from .wrapping import (
+    build_graph,
+    check_model,
+    hook_storage,
+    require_nncf,
+    unwrap_model,
+    weight_metatypes,
+    wrap,
+)
 
 log = logging.getLogger(__name__)
 
@@ -63,8 +71,6 @@ def _model(spec: str, args: argparse.Namespace) -> torch.nn.Module:
 def list_scopes(args: argparse.Namespace) -> int:
     """Print the node table of ``--list-scopes MODEL`` (the model is wrapped only for the listing)."""
     require_nncf()
-    from nncf.torch.function_hook.wrapper import wrap_model
-
     model = _model(args.list_scopes, args).eval()
     check_model(model)
     if args.config:
@@ -73,7 +79,7 @@ def list_scopes(args: argparse.Namespace) -> int:
         check_inputs(model, inputs, cfg, given=False)
     else:
         inputs = torch.ones(1, args.in_chans or 3, args.img_size or 224, args.img_size or 224)
-    graph = build_graph(wrap_model(model), inputs)
+    graph = build_graph(wrap(model), inputs)
     print(scope_table(model, graph, weight_metatypes(graph)))
     unwrap_model(model)
     return 0
@@ -98,6 +104,9 @@ def run_cli(args: argparse.Namespace) -> int:
     if ctrl.schedule is not None:
         log.warning("mm-prune nncf does not train: the schedule's final level %g is applied (a training loop starts "
                  "at %g and drives ctrl.scheduler)", ctrl.schedule.final_level, ctrl.schedule.sparsity_at(-1))
+    if "accuracy_aware_training" in ctrl.config.raw:
+        log.warning("mm-prune nncf does not train: accuracy_aware_training is run by create_accuracy_aware_training_loop "
+                    "in a training script (docs/nncf.md); the config's target is applied")
     if ctrl.learning is not None:
         log.warning("mm-prune nncf does not train: the flexhinm step's gates keep their first 2:4 choices (a training "
                  "loop drives ctrl.scheduler for %d steps to learn them)", ctrl.learning.total_steps)

@@ -24,7 +24,14 @@ from mm_plugin.model import InputInfo, make_inputs
 from mm_plugin.planning import NAMED_STRATEGIES, Rule, SparsitySchedule, list_allocations, list_signals
 from mm_plugin.planning.rules import load_rules_at
 
-from .legacy import Note, distillation_note, pruning_plan, quantization_options, root_notes
+from .legacy import (
+    Note,
+    accuracy_aware_notes,
+    distillation_note,
+    pruning_plan,
+    quantization_options,
+    root_notes,
+)
 from .scopes import Scopes, parse_scopes
 
 log = logging.getLogger(__name__)
@@ -131,9 +138,10 @@ _REQUIRED_HINTS = {
 }
 
 
-def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionConfig:
+def load_config(config: Mapping[str, Any] | str | os.PathLike, *, log_notes: bool = True) -> CompressionConfig:
     """Parse and validate a config (dict, path of a JSON file, or JSON text) without touching a model.
-    NNCF 2.x options that are not honoured as NNCF 2.x did are logged once each, as WARNINGs."""
+    NNCF 2.x options that are not honoured as NNCF 2.x did are logged once each, as WARNINGs (unless
+    ``log_notes`` is false: ``NNCFConfig`` validates early and leaves them to ``create_compressed_model``)."""
     raw = read_json(config)
     check_required(raw, _REQUIRED_HINTS)
     validate(raw, schema())
@@ -165,6 +173,7 @@ def load_config(config: Mapping[str, Any] | str | os.PathLike) -> CompressionCon
             step, step_notes = Step(path, algo, entry), [distillation_note(path)]
         steps.append(step)
         notes += step_notes
-    for note in notes:
+    notes += accuracy_aware_notes(raw, steps)
+    for note in notes if log_notes else ():
         log.warning("%s", note)
     return CompressionConfig(InputInfo.parse(raw["input_info"]), tuple(steps), raw, tuple(notes))

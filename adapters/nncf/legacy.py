@@ -10,7 +10,7 @@ done instead), logged once as a WARNING. No target is ever assumed: NNCF 2.x's d
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -219,10 +219,62 @@ def quantization_options(options: Mapping[str, Any], path: str, target_device: s
 
 def root_notes(raw: Mapping[str, Any]) -> list[Note]:
     """NNCF 2.x root keys with a meaning the adapter does not give them (training-script keys are silent)."""
-    notes = [Note("accuracy_aware_training", "ignored: there is no accuracy-aware training loop here; compress to "
-                                             "a fixed target (ctrl.set_sparsity_level changes it)")] * (
-        "accuracy_aware_training" in raw)
-    return notes + [Note("compression_lr_multiplier", _NOT_TRAINABLE)] * ("compression_lr_multiplier" in raw)
+    return [Note("compression_lr_multiplier", _NOT_TRAINABLE)] * ("compression_lr_multiplier" in raw)
+
+
+#: NNCF 2.x's defaults for ``accuracy_aware_training.params`` (``nncf.config.schemata.defaults``).
+AA_DEFAULTS = {"maximal_total_epochs": 10000, "initial_training_phase_epochs": 5, "patience_epochs": 3,
+               "initial_compression_rate_step": 0.1, "compression_rate_step_reduction_factor": 0.5,
+               "lr_reduction_factor": 0.5, "minimal_compression_rate_step": 0.025}
+AA_ADAPTIVE_ONLY = frozenset(AA_DEFAULTS) - {"maximal_total_epochs"}
+
+
+@dataclass(frozen=True)
+class AccuracyAware:
+    """``accuracy_aware_training``: the mode, the accuracy budget and the loop's epochs (2.x's defaults)."""
+
+    mode: str
+    relative: float | None  # percent of the uncompressed accuracy
+    absolute: float | None  # in the metric's units
+    params: dict[str, Any]  # every other key, defaults filled in
+
+    def minimal_tolerable(self, uncompressed: float) -> float:
+        return uncompressed - self.absolute if self.absolute is not None else uncompressed * (1 - 0.01 * self.relative)
+
+
+def accuracy_aware(raw: Mapping[str, Any], path: str = "accuracy_aware_training") -> AccuracyAware | None:
+    """Read ``accuracy_aware_training`` (the schema checked its types): exactly one degradation, and the
+    adaptive mode's keys only with that mode, as NNCF 2.x's schema required."""
+    section = raw.get("accuracy_aware_training")
+    if section is None:
+        return None
+    mode, params = section["mode"], dict(section["params"])
+    given = [k for k in ("maximal_relative_accuracy_degradation", "maximal_absolute_accuracy_degradation") if k in params]
+    if len(given) != 1:
+        raise ConfigError(f"{path}.params: {'both' if given else 'no'} accuracy budget: give exactly one of "
+                          "maximal_relative_accuracy_degradation (percent) or maximal_absolute_accuracy_degradation")
+    extra = sorted(AA_ADAPTIVE_ONLY & set(params)) if mode == "early_exit" else []
+    if extra:
+        raise ConfigError(f"{path}.params.{extra[0]}: an adaptive_compression_level option in early_exit mode; "
+                          "allowed keys: maximal_relative_accuracy_degradation, maximal_absolute_accuracy_degradation, "
+                          "maximal_total_epochs")
+    relative = params.pop("maximal_relative_accuracy_degradation", None)
+    absolute = params.pop("maximal_absolute_accuracy_degradation", None)
+    return AccuracyAware(mode, relative, absolute, {**AA_DEFAULTS, **params})
+
+
+def accuracy_aware_notes(raw: Mapping[str, Any], steps: Sequence[Any]) -> list[Note]:
+    """``accuracy_aware_training`` is read by ``create_accuracy_aware_training_loop``; its adaptive mode
+    changes the level of unstructured ``mix_and_match`` masks only (other steps prune once)."""
+    section = accuracy_aware(raw)
+    pruning = [s for s in steps if getattr(s, "algorithm", None) in ("mix_and_match", "flexhinm")]
+    if section is None or section.mode != "adaptive_compression_level" or (
+            pruning and pruning[0].algorithm == "mix_and_match" and not pruning[0].structured):
+        return []
+    what = ("there is no pruning step" if not pruning else "filter-pruning options remove the channels once"
+            if pruning[0].structured else "flexhinm prunes once")
+    return [Note("accuracy_aware_training.mode", f"adaptive_compression_level: {what}, so the level cannot adapt; "
+                                                 "the loop runs as early_exit at the config's target")]
 
 
 def distillation_note(path: str) -> Note:

@@ -21,6 +21,8 @@ from mm_plugin.errors import ConfigError
 from mm_plugin.model import closest_names
 from mm_plugin.tables import format_table
 
+from .wrapping import ignored_node_names, match_scope
+
 #: Torch modules NNCF 2.x replaced by its own ``NNCF<Type>`` (``nncf.torch.layers.NNCF_MODULES_DICT``).
 NNCF2_WRAPPED = frozenset({
     "Conv1d", "Conv2d", "Conv3d", "Linear", "BatchNorm1d", "BatchNorm2d", "BatchNorm3d", "GroupNorm", "LayerNorm",
@@ -178,7 +180,6 @@ def resolve(scopes: Scopes | None, graph: Any, model: nn.Module):
     if scopes is None:
         return None
     import nncf
-    from nncf.scopes import get_difference_ignored_scope, get_matched_ignored_scope_info
 
     path, ops = scopes.path, op_nodes(graph)
     names = _match_legacy(scopes.legacy, graph, model, scopes.validate)
@@ -186,8 +187,7 @@ def resolve(scopes: Scopes | None, graph: Any, model: nn.Module):
         names |= set(ops) - _match_legacy(scopes.targets, graph, model, scopes.validate)
     scope = nncf.IgnoredScope(names=list(scopes.names), patterns=list(scopes.patterns), types=list(scopes.types),
                               validate=scopes.validate)
-    matched, _ = get_matched_ignored_scope_info(scope, [graph])
-    missing = get_difference_ignored_scope(scope, matched)
+    matched, missing = match_scope(scope, graph)
     if scope.validate and missing.names:
         raise _no_match(f"{path}.names[{scopes.names.index(missing.names[0])}]", missing.names[0], ops)
     if scope.validate and missing.patterns:
@@ -206,9 +206,7 @@ def resolve(scopes: Scopes | None, graph: Any, model: nn.Module):
 
 def ignored_modules(scope: Any, graph: Any) -> set[str]:
     """The modules whose operations (or weights) an NNCF ``IgnoredScope`` leaves out."""
-    from nncf.scopes import get_ignored_node_names_from_ignored_scope
-
-    names = get_ignored_node_names_from_ignored_scope(scope, graph, strict=False)
+    names = ignored_node_names(scope, graph)
     return {_split(n)[0] if "/" in n else re.sub(r"\.(weight|bias)$", "", n) for n in names}
 
 

@@ -1,5 +1,12 @@
-"""NNCF plumbing: wrapping, its hook storage (pruning masks as NNCF's own ``UnstructuredPruningMask``),
-the graph and its weight metatypes."""
+"""NNCF plumbing, and the only module that imports NNCF below its public top level: wrapping, the hook
+storage (pruning masks as NNCF's own ``UnstructuredPruningMask``), the graph, its weight metatypes, the
+prunable weights and the ignored-scope matchers.
+
+Written for NNCF 3.4 (:data:`WRITTEN_FOR`); ``integration_tests/test_nncf_internals.py`` fails on any
+other version and says what to re-check (:data:`INTERNALS`). Every other module of the adapter uses
+only NNCF's public API (``nncf.quantize``, ``nncf.strip``, ``nncf.pruning_statistic``, ``nncf.Dataset``,
+``nncf.IgnoredScope``, ``nncf.torch.get_config``) or the functions below.
+"""
 
 from __future__ import annotations
 
@@ -11,6 +18,21 @@ from torch import nn
 
 from mm_plugin.errors import MMError, UnsupportedModelError, one_line
 
+#: The NNCF release these internals were written and tested against (major.minor).
+WRITTEN_FOR = "3.4"
+#: What this module reaches below NNCF's public API: re-check each on an NNCF upgrade.
+INTERNALS = (
+    ("nncf.torch.function_hook.wrapper: wrap_model, is_wrapped, get_hook_storage, register_post_function_hook, "
+     "ATR_HOOK_STORAGE, ReplicateForDataParallel (and that wrap_model sets __dict__['forward'])"),
+    "nncf.torch.function_hook.hook_storage: decode_hook_name",
+    "nncf.torch.function_hook.pruning.magnitude.modules: UnstructuredPruningMask (bool buffer binary_mask)",
+    "nncf.torch.function_hook.pruning.prune_model: get_prunable_parameters, OPERATORS_WITH_WEIGHTS_METATYPES",
+    "nncf.torch.function_hook.nncf_graph.nncf_graph_builder: build_nncf_graph",
+    "nncf.torch.model_graph_manager: get_const_node",
+    ("nncf.scopes: get_matched_ignored_scope_info, get_difference_ignored_scope, "
+     "get_ignored_node_names_from_ignored_scope"),
+)
+
 
 def require_nncf():
     try:
@@ -21,6 +43,13 @@ def require_nncf():
         raise MMError("nncf.strip imports torchao, which NNCF 3.4 does not declare: pip install 'mm-plugin[nncf]' "
                       "(it pins torchao) or pip install torchao")
     return nncf
+
+
+def wrap(model: nn.Module) -> nn.Module:
+    """``wrap_model`` in place (a model already wrapped is returned as it is)."""
+    from nncf.torch.function_hook.wrapper import wrap_model
+
+    return wrap_model(model)
 
 
 def hook_storage(model: nn.Module):
@@ -42,6 +71,18 @@ def nncf_hooks(model: nn.Module) -> list[tuple[str, str, nn.Module, bool]]:
 def mask_hooks(model: nn.Module) -> dict[str, nn.Module]:
     """``{weight name: UnstructuredPruningMask}`` of a wrapped model."""
     return {weight: hook for _, weight, hook, is_mask in nncf_hooks(model) if is_mask}
+
+
+def register_mask(model: nn.Module, weight: str, keep: torch.Tensor) -> nn.Module:
+    """NNCF's stock ``UnstructuredPruningMask`` holding ``keep`` as a post-hook on the weight constant
+    ``weight`` of a wrapped model."""
+    from nncf.torch.function_hook.pruning.magnitude.modules import UnstructuredPruningMask
+    from nncf.torch.function_hook.wrapper import register_post_function_hook
+
+    hook = UnstructuredPruningMask(tuple(keep.shape)).to(device=keep.device)
+    hook.binary_mask.copy_(keep)
+    register_post_function_hook(model, weight, 0, hook)
+    return hook
 
 
 @torch.no_grad()
@@ -94,6 +135,13 @@ def build_graph(model: nn.Module, example_inputs: Any) -> Any:
         raise UnsupportedModelError(f"NNCF cannot trace {type(model).__name__}: {one_line(e)}") from e
 
 
+def prunable_parameters(graph: Any, scope: Any = None) -> set[str]:
+    """The weights NNCF's own pruning would consider, less those an ``nncf.IgnoredScope`` leaves out."""
+    from nncf.torch.function_hook.pruning.prune_model import get_prunable_parameters
+
+    return set(get_prunable_parameters(graph, scope))
+
+
 def weight_metatypes(graph: Any) -> dict[str, tuple[str, ...]]:
     """Every weight constant NNCF's pruning would consider, with the metatypes of the ops using it."""
     from nncf.torch.function_hook.pruning.prune_model import OPERATORS_WITH_WEIGHTS_METATYPES
@@ -108,3 +156,17 @@ def weight_metatypes(graph: Any) -> dict[str, tuple[str, ...]]:
                 found.setdefault(const.node_name, []).append(node.metatype.__name__)
     return {c: tuple(m) for c, m in found.items()}
 
+
+def match_scope(scope: Any, graph: Any) -> tuple[Any, Any]:
+    """(what of an ``nncf.IgnoredScope`` matches the graph, what does not), as NNCF's own matcher says."""
+    from nncf.scopes import get_difference_ignored_scope, get_matched_ignored_scope_info
+
+    matched, _ = get_matched_ignored_scope_info(scope, [graph])
+    return matched, get_difference_ignored_scope(scope, matched)
+
+
+def ignored_node_names(scope: Any, graph: Any) -> set[str]:
+    """The graph nodes an ``nncf.IgnoredScope`` leaves out (entries matching nothing are allowed)."""
+    from nncf.scopes import get_ignored_node_names_from_ignored_scope
+
+    return set(get_ignored_node_names_from_ignored_scope(scope, graph, strict=False))
