@@ -222,10 +222,14 @@ class EarlyExitCompressionTrainingLoop:
                     dump_checkpoint_fn=dump_checkpoint_fn, load_checkpoint_fn=load_checkpoint_fn,
                     early_stopping_fn=early_stopping_fn, tensorboard_writer=tensorboard_writer, log_dir=log_dir,
                     update_learning_rate_fn=update_learning_rate_fn)
-        self._early_exit(model, self.params.params["maximal_total_epochs"], "early_exit")
-        self._restore(model)
+        self._train(model)
         self._finish()
         return model
+
+    def _train(self, model: nn.Module) -> None:
+        """Early exit: train at the schedule's levels until the budget is met, then keep the best state."""
+        self._early_exit(model, self.params.params["maximal_total_epochs"], "early_exit")
+        self._restore(model)
 
     def _finish(self) -> None:
         log.info("accuracy-aware training (%s), %d epochs:\n%s", self.params.mode, self.cumulative_epoch_count,
@@ -252,15 +256,9 @@ class EarlyExitCompressionTrainingLoop:
 class AdaptiveCompressionTrainingLoop(EarlyExitCompressionTrainingLoop):
     """The sparsest level that meets the budget, each level's strategy chosen the Mix-and-Match way."""
 
-    def run(self, model: nn.Module, train_epoch_fn: Callable, validate_fn: Callable,
-            configure_optimizers_fn: Callable | None = None, dump_checkpoint_fn: Callable | None = None,
-            load_checkpoint_fn: Callable | None = None, early_stopping_fn: Callable | None = None,
-            tensorboard_writer: Any = None, log_dir: str | Path | None = None,
-            update_learning_rate_fn: Callable | None = None) -> nn.Module:
-        self._setup(train_epoch_fn, validate_fn, configure_optimizers_fn=configure_optimizers_fn,
-                    dump_checkpoint_fn=dump_checkpoint_fn, load_checkpoint_fn=load_checkpoint_fn,
-                    early_stopping_fn=early_stopping_fn, tensorboard_writer=tensorboard_writer, log_dir=log_dir,
-                    update_learning_rate_fn=update_learning_rate_fn)
+    def _train(self, model: nn.Module) -> None:
+        """An initial phase at the schedule's levels, then level steps up (budget met) or down (missed),
+        halving the step at each turn, from the sparsest state that met the budget."""
         p = self.params.params
         self._early_exit(model, min(p["initial_training_phase_epochs"], p["maximal_total_epochs"]), "initial")
         self._restore(model)
@@ -284,8 +282,6 @@ class AdaptiveCompressionTrainingLoop(EarlyExitCompressionTrainingLoop):
             met, rate = self._try(model, target), target
         self._restore(model)
         self._validate(model, "final")
-        self._finish()
-        return model
 
     def _try(self, model: nn.Module, level: float) -> bool:
         """One level: the plan's strategies scored one-shot, the best fine-tuned ``patience_epochs``."""
