@@ -90,7 +90,8 @@ def _run_config(args: argparse.Namespace):
     config = RunConfig(
         signals=args.signals, strategies=args.strategies or None, baselines=args.baselines, targets=args.targets,
         epochs=args.epochs, seeds=args.seeds, rules=args.rules, sparsity=args.sparsity, budget=args.budget,
-        candidates=args.candidates, samples=args.samples, reconstruct=args.reconstruct,
+        candidates=args.candidates, sampler=args.sampler, pick=args.pick, samples=args.samples,
+        reconstruct=args.reconstruct,
     )
     return spec, config
 
@@ -156,6 +157,12 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="search the ranges for the best allocation per target, spending this many full fine-tunes "
                         "(one-shot scores for many candidates, short fine-tunes for the best, full ones for the rest)")
     p.add_argument("--candidates", type=int, default=24, help="the search's one-shot candidates per target and seed")
+    p.add_argument("--sampler", choices=("tpe", "evopress"), default="tpe",
+                   help="the search's proposals after the usual allocations and the named strategies: Optuna's TPE, "
+                        "or EvoPress-style level switches selected on calibration losses (unstructured)")
+    p.add_argument("--pick", choices=("score", "loss"), default="score",
+                   help="the search's final pick among its finalists: the best validation score, or the lowest "
+                        "validation loss")
     p.add_argument("--samples", type=int, default=0,
                    help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
     p.add_argument("--reconstruct", action="store_true",

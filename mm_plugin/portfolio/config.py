@@ -10,6 +10,9 @@ from ..errors import ValidationError, check_fraction
 from ..planning import load_rules
 from .patterns import get_pattern
 
+SAMPLERS = ("tpe", "evopress")
+PICKS = ("score", "loss")
+
 
 @dataclass(frozen=True)
 class RunConfig:
@@ -28,6 +31,8 @@ class RunConfig:
     budget: float | None = None  # a strategy search per target and seed, in full fine-tunes (see .search)
     candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
     eta: int = 3  # the search keeps the best 1/eta of each rung
+    sampler: str = "tpe"  # the search's proposals after the named ones: "tpe" or "evopress" (see .search)
+    pick: str = "score"  # the search's final pick among its finalists: best val "score", or lowest val "loss"
     samples: int = 0  # without a budget: strategies sampled in the ranges, beside the named ones
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
 
@@ -51,6 +56,12 @@ class RunConfig:
         if self.budget is not None and (self.budget < 1 or not self.targets):
             raise ValidationError(f"a search needs --targets and a --budget of at least 1 full fine-tune, got "
                                   f"budget {self.budget} and targets {list(self.targets)}")
+        if self.sampler not in SAMPLERS or self.pick not in PICKS:
+            raise ValidationError(f"sampler must be one of {SAMPLERS} and pick one of {PICKS}, got {self.sampler!r} "
+                                  f"and {self.pick!r}")
+        if self.sampler == "evopress" and self.sparsity != "unstructured":
+            raise ValidationError(f"sampler 'evopress' prunes every offspring one-shot to select it: it runs with "
+                                  f"unstructured masks, not with --sparsity {self.sparsity} (use sampler 'tpe')")
         if self.candidates < 1 or self.eta < 2 or self.samples < 0:
             raise ValidationError(f"need candidates >= 1, eta >= 2 and samples >= 0, got {self.candidates}, "
                                   f"{self.eta}, {self.samples}")

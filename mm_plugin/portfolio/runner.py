@@ -24,7 +24,7 @@ from ..errors import ConfigError, ValidationError
 from ..files import write_json_atomic
 from ..masks import masked_weights
 from ..planning import Plan, Strategy
-from ..training import reestimate_bn_, seed_everything
+from ..training import mean_loss, reestimate_bn_, seed_everything
 from .config import RunConfig
 from .executors import EXECUTORS, Executor
 from .folder import RunFolder, fingerprint
@@ -32,7 +32,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Rungs, promote, propose
+from .search import Fitness, Rungs, promote, propose
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -240,6 +240,25 @@ class _Driver:
         return out
 
 
+def _fitness(pattern: Pattern, ctx: RunContext, target: float, seed: int) -> Fitness | None:
+    """The EvoPress sampler's selection: a candidate pruned one-shot, BatchNorm re-estimated on the calibration
+    batches, its mean loss on the first ``n`` of them (``-1``: all). None without calibration batches."""
+    batches = ctx.batches()
+    if not batches:
+        return None
+
+    def fitness(candidates: list[Strategy], n: int) -> list[float]:
+        out = []
+        for c in candidates:
+            job = Job("search", c.signal, c.name, target, seed, c.sparsity, 0)
+            model, _ = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
+            reestimate_bn_(model, batches)
+            out.append(mean_loss(model, batches if n < 0 else batches[:n], ctx.loss_fn))
+        return out
+
+    return fitness
+
+
 def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
     each rung's candidates run together (in parallel on a cluster). The finalist best on validation is
@@ -260,12 +279,16 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
     allocations = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
     ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
-                     driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0)
+                     driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0,
+                     _fitness(driver.pattern, driver.ctx, target, seed))
     if rungs.short:
         short = promote(ranked, rungs.short)
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
     finals = rung(promote(ranked, rungs.full), 2, None)
-    pick = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
+    if config.pick == "loss" and all(r["val_loss"] is not None for r in finals):
+        pick = min(finals, key=lambda r: (r["val_loss"], -r["val_score"]))
+    else:
+        pick = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,

@@ -1,11 +1,12 @@
 """Budget-aware strategy search: many allocations scored one-shot, the best fine-tuned briefly, the best of
 those fine-tuned fully, within a budget counted in full fine-tunes (FFE).
 
-Strategys are per-unit positions inside the ranges, ``rho_l = lo_l + a_l (hi_l - lo_l)``, rescaled to
-the target (so every candidate meets it exactly), for every signal. The named strategies go first, then
-the allocations the ranges are built from, bounded by the rules; the rest come from Optuna's TPE
-sampler, which learns from the one-shot scores where good allocations lie.
-Its study lives in ``search.db`` (SQLite) in the run folder, so a rerun resumes the sampler too.
+Candidates are per-unit positions inside the ranges, ``rho_l = lo_l + a_l (hi_l - lo_l)``, rescaled to
+the target (so every candidate meets it exactly), for every signal. The usual allocations at the target
+go first exactly as they are, so the pool always holds what a user already has; then the named
+strategies and those allocations bounded by the rules; the rest come from a sampler: Optuna's TPE, which
+learns from the one-shot scores where good allocations lie (its study lives in ``search.db`` in the run
+folder, so a rerun resumes it), or EvoPress-style level switches selected on calibration losses.
 Promotion is synchronous successive halving (Jamieson & Talwalkar 2016): all candidates of a rung are
 scored before the best ``1/eta`` move on, so every rung can run its candidates in parallel, and the
 budget is spent exactly (Optuna's asynchronous pruner promotes the first trials it sees unchecked).
@@ -22,6 +23,7 @@ from pathlib import Path
 import numpy as np
 import optuna
 
+from ..errors import ConfigError
 from ..planning import NAMED_STRATEGIES, Plan, Strategy
 from .config import RunConfig
 
@@ -66,30 +68,74 @@ def _named_positions(plan: Plan, allocations: dict[str, dict[str, float]]) -> di
 #: Proposals per sampler step, scored together (in parallel on a cluster) before the sampler learns from
 #: them: the same for every executor, so a cluster proposes exactly what one machine would.
 BATCH = 4
+SAMPLERS = ("tpe", "evopress")
 
 
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
             allocations: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
-            score: Callable[[list[Strategy]], list[tuple[float, float]]],
-            done: dict[str, tuple[float, float]]) -> list[tuple[Strategy, float, float]]:
-    """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val accuracy, val loss).
+            score: Callable[[list[Strategy]], list[tuple[float, float | None]]],
+            done: dict[str, tuple[float, float | None]], fitness: Fitness | None = None,
+            ) -> list[tuple[Strategy, float, float | None]]:
+    """Rung 0: ``config.candidates`` distinct candidates with their one-shot (val score, val loss).
 
-    ``allocations``: per-unit sparsities of the usual allocations at the target, searched first after the named
-    strategies. ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed channels,
-    the shape the pruning step bisects on); ``score`` evaluates (and records) a batch of candidates;
-    ``done`` holds the scores already recorded (by candidate name), so a resumed search re-scores
-    nothing. Strategys whose sparsities equal an earlier one's are skipped."""
+    The usual allocations at the target come first exactly as they are (``exact-<name>``: the pool always
+    holds what a user already has, even where the rules bound the ranges tighter), then the named strategies
+    and those allocations bounded by the ranges (``allocation-<name>``), then the sampler's proposals:
+    Optuna's TPE (``config.sampler == "tpe"``) or EvoPress-style level switches (``"evopress"``, which needs
+    ``fitness``). ``scaled`` brings a shape to the target (the pattern's: an exact rescale, or, for removed
+    channels, the shape the pruning step bisects on); ``score`` evaluates (and records) a batch of
+    candidates; ``done`` holds the scores already recorded (by candidate name), so a resumed search
+    re-scores nothing. Candidates whose sparsities equal an earlier one's are skipped."""
+    pool = _Pool(config.candidates, score, done)
+    signal = next(iter(plans))
+    pool.add([Strategy(f"{signal}/exact-{name}", dict(sparsity), signal) for name, sparsity in allocations.items()])
+    if config.sampler == "evopress":
+        return _evopress(config, plans, target, seed, allocations, scaled, fitness, pool)
+    return _tpe(config, plans, target, seed, storage, allocations, scaled, pool)
+
+
+class _Pool:
+    """The candidates scored so far, in order, without repeats; scoring goes through the recorded ``score``."""
+
+    def __init__(self, size: int, score: Callable[[list[Strategy]], list[tuple[float, float | None]]],
+                 done: dict[str, tuple[float, float | None]]) -> None:
+        self.size, self.score, self.done = size, score, done
+        self.out: list[tuple[Strategy, float, float | None]] = []
+        self.seen: dict[tuple, str] = {}
+
+    def full(self) -> bool:
+        return len(self.out) >= self.size
+
+    def key(self, candidate: Strategy) -> tuple:
+        return candidate.signal, tuple(round(v, 6) for v in candidate.sparsity.values())
+
+    def add(self, candidates: list[Strategy]) -> list[tuple[float, float | None] | None]:
+        """Score the new ones (up to the pool's size, in one batch); each candidate's scores, None for a repeat
+        or one past the size."""
+        fresh: list[Strategy] = []
+        for c in candidates:
+            if self.key(c) not in self.seen and len(self.out) + len(fresh) < self.size:
+                self.seen[self.key(c)] = c.name
+                fresh.append(c)
+        todo = [c for c in fresh if c.name not in self.done]
+        results = {**self.done, **{c.name: s for c, s in zip(todo, self.score(todo) if todo else [])}}
+        self.out += [(c, *results[c.name]) for c in fresh]
+        return [results[c.name] if c in fresh else None for c in candidates]
+
+
+def _tpe(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
+         allocations: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
+         pool: _Pool) -> list[tuple[Strategy, float, float | None]]:
+    """Named positions first (enqueued, so the sampler learns from them), then TPE's, in batches."""
     study = optuna.create_study(study_name=f"target{target:.4f}-seed{seed}", storage=f"sqlite:///{storage}",
                                 load_if_exists=True, direction="minimize")
     units = next(iter(plans.values())).units
     named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s], allocations).items()]
-    seen: dict[tuple, str] = {}
-    out: list[tuple[Strategy, float, float]] = []
     trials = {t.number: t for t in study.trials}
     number = 0
-    while len(out) < config.candidates and number < 4 * config.candidates:
-        batch = []  # (trial to tell, candidate, duplicate?)
-        for _ in range(min(BATCH, config.candidates - len(out))):
+    while not pool.full() and number < 4 * config.candidates:
+        batch = []  # (trial to tell, candidate)
+        for _ in range(min(BATCH, config.candidates - len(pool.out))):
             existing = trials.get(number)
             if existing is not None and existing.state != optuna.trial.TrialState.WAITING:
                 params = existing.params  # asked before: told already, or cut short by a crash (told below)
@@ -106,24 +152,73 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
                           **{f"a{i}": trial.suggest_float(f"a{i}", 0.0, 1.0) for i in range(len(units))}}
             plan = plans[params["signal"]]
             position = np.array([params[f"a{i}"] for i in range(len(units))])
-            sparsity = scaled(plan, Strategy.of("candidate", units, plan.lo + position * (plan.hi - plan.lo), plan.signal), target)
             label = named[number][1] if number < len(named) else f"tpe-{number:03d}"
-            candidate = Strategy(f"{params['signal']}/{label}", sparsity, params["signal"])
-            key = (candidate.signal, tuple(round(v, 6) for v in sparsity.values()))
-            batch.append((trial, candidate, key in seen))  # a repeat teaches the sampler nothing new
-            seen.setdefault(key, candidate.name)
+            batch.append((trial, _at(plan, position, target, scaled, label)))
             number += 1
-        fresh = [c for _, c, repeat in batch if not repeat and c.name not in done]
-        results = {**done, **{c.name: s for c, s in zip(fresh, score(fresh) if fresh else [])}}
-        for trial, candidate, repeat in batch:
-            if not repeat:
-                out.append((candidate, *results[candidate.name]))
-            if trial is not None:
-                study.tell(trial, *((None, optuna.trial.TrialState.PRUNED) if repeat else
-                                    (results[candidate.name][1],)))
-    return out
+        results = pool.add([c for _, c in batch])
+        for (trial, _), result in zip(batch, results):
+            if trial is not None:  # a repeat teaches the sampler nothing new
+                study.tell(trial, *((None, optuna.trial.TrialState.PRUNED) if result is None else (result[1],)))
+    return pool.out
 
 
-def promote(scored: list[tuple[Strategy, float, float]], k: int) -> list[Strategy]:
-    """The ``k`` best by validation accuracy, ties broken by the lower validation loss."""
-    return [c for c, _, _ in sorted(scored, key=lambda s: (-s[1], s[2]))[:k]]
+def _at(plan: Plan, position: np.ndarray, target: float,
+        scaled: Callable[[Plan, Strategy, float], dict[str, float]], label: str) -> Strategy:
+    """The strategy at ``position`` inside the plan's ranges, brought to ``target``."""
+    shape = Strategy.of("candidate", plan.units, plan.lo + position * (plan.hi - plan.lo), plan.signal)
+    return Strategy(f"{plan.signal}/{label}", scaled(plan, shape, target), plan.signal)
+
+
+#: ``fitness(candidates, batches)``: each candidate's one-shot loss on the first ``batches`` calibration
+#: batches (``-1``: all of them; lower is better), nothing recorded.
+Fitness = Callable[[list[Strategy], int], list[float]]
+#: EvoPress's steps of selection on growing data: offspring on one batch, the best quarter on all of them.
+EVO_OFFSPRING, EVO_SURVIVORS, EVO_LEVEL = 8, 2, 0.1
+
+
+def _evopress(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
+              allocations: dict[str, dict[str, float]], scaled: Callable[[Plan, Strategy, float], dict[str, float]],
+              fitness: Fitness | None, pool: _Pool) -> list[tuple[Strategy, float, float | None]]:
+    """EvoPress (Sieberling et al., ICML 2025) inside the ranges: the named positions scored first; then,
+    from the best of them, generations of level-switch mutations (one unit a level up, another a level
+    down; the rescale to the target keeps the total fixed) selected in steps on more and more calibration
+    batches before any fine-tune. Each generation's winner, when it beats its parent on all the batches,
+    becomes a candidate (``evo-<generation>``) and the next parent."""
+    if fitness is None:
+        raise ConfigError("sampler 'evopress' selects on calibration losses: the run needs calibration batches")
+    units = next(iter(plans.values())).units
+    named = [(s, n, a) for s in plans for n, a in _named_positions(plans[s], allocations).items()]
+    positions: dict[str, tuple[str, np.ndarray]] = {}
+    for i in range(0, len(named), BATCH):
+        chunk = [(sig, _at(plans[sig], a, target, scaled, n), a) for sig, n, a in named[i:i + BATCH]]
+        positions.update({c.name: (sig, a) for sig, c, a in chunk})
+        pool.add([c for _, c, _ in chunk])
+    best = max((r for r in pool.out if r[0].name in positions), key=lambda r: (r[1], -(r[2] or 0.0)))[0]
+    signal, parent = positions[best.name]
+    plan = plans[signal]
+    rng = np.random.default_rng([seed, round(target * 1e4), len(units)])
+    all_batches = fitness([_at(plan, parent, target, scaled, "parent")], -1)[0]
+    generation = 0
+    while not pool.full() and generation < 3 * config.candidates:
+        generation += 1
+        kids = []
+        for _ in range(EVO_OFFSPRING):
+            child = parent.copy()
+            for _ in range(int(rng.integers(1, 4))):  # one to three level switches
+                up, down = rng.choice(len(units), size=2, replace=False)
+                child[up], child[down] = min(child[up] + EVO_LEVEL, 1.0), max(child[down] - EVO_LEVEL, 0.0)
+            kids.append(child)
+        strategies = [_at(plan, k, target, scaled, f"evo-{generation:03d}") for k in kids]
+        first = np.array(fitness(strategies, 1))
+        top = [int(i) for i in np.argsort(first, kind="stable")[:EVO_SURVIVORS]]
+        losses = fitness([strategies[i] for i in top], -1)
+        winner = top[int(np.argmin(losses))]
+        if min(losses) < all_batches:
+            parent, all_batches = kids[winner], min(losses)
+            pool.add([strategies[winner]])
+    return pool.out
+
+
+def promote(scored: list[tuple[Strategy, float, float | None]], k: int) -> list[Strategy]:
+    """The ``k`` best by validation score, ties broken by the lower validation loss (when there is one)."""
+    return [c for c, _, _ in sorted(scored, key=lambda s: (-s[1], 0.0 if s[2] is None else s[2]))[:k]]

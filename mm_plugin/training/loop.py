@@ -9,7 +9,7 @@ from __future__ import annotations
 import logging
 import math
 import random
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass, field
 from typing import Protocol
 
@@ -63,6 +63,23 @@ def predict(model: nn.Module, loader: Iterable) -> tuple[torch.Tensor, torch.Ten
         raise ValidationError("evaluate: the loader yielded no samples")
     pred, true = torch.cat(preds), torch.cat(truth)
     return pred, true, loss / len(true)
+
+
+@torch.no_grad()
+def mean_loss(model: nn.Module, batches: Iterable, loss_fn: Callable | None = None) -> float:
+    """Mean of ``loss_fn(outputs, targets)`` (default cross-entropy) over ``(inputs, targets)`` batches, in eval
+    mode (the previous mode is restored)."""
+    loss_fn = loss_fn or nn.functional.cross_entropy
+    was_training = model.training
+    model.eval()
+    device = _device_of(model)
+    try:
+        losses = [float(loss_fn(model(x.to(device)), torch.as_tensor(y).to(device))) for x, y in batches]
+    finally:
+        model.train(was_training)
+    if not losses:
+        raise ValidationError("mean_loss: no batches")
+    return sum(losses) / len(losses)
 
 
 def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:

@@ -72,3 +72,34 @@ def test_an_interrupted_search_resumes_without_repeating(tmp_path, monkeypatch, 
 def test_a_search_needs_targets_and_a_budget_of_one():
     with pytest.raises(Exception, match="a search needs --targets and a --budget of at least 1"):
         dataclasses.replace(CONFIG, budget=0.5)
+
+
+def test_the_pool_holds_the_allocations_users_have_exactly(searched):
+    """Whatever the rules bound, the search fine-tunes from the same pool the baselines come from."""
+    _, result = searched
+    rung0 = {r["name"]: r for r in result.records if r.get("rung") == 0}
+    baselines = {r["name"]: r for r in result.records if r["method"] == "baseline"}
+    for name in ("global_magnitude", "lamp"):
+        assert rung0[f"magnitude/exact-{name}"]["planned_sparsity"] == baselines[name]["planned_sparsity"]
+
+
+def test_evopress_proposes_level_switches_selected_on_calibration_losses(tmp_path):
+    config = dataclasses.replace(CONFIG, sampler="evopress", candidates=16, budget=1)
+    runs = [factories.run_spec(config, tmp_path / str(i), progress=False).records for i in range(2)]
+    evo = [[r for r in records if r.get("rung") == 0 and "/evo-" in r["name"]] for records in runs]
+    assert evo[0], "no generation beat its parent on the calibration batches"
+    assert [(r["name"], r["planned_sparsity"]) for r in evo[0]] == [(r["name"], r["planned_sparsity"]) for r in evo[1]]
+    sizes = {"1.weight": 64 * 128, "3.weight": 128 * 64, "5.weight": 64 * 10}
+    for r in evo[0]:  # every offspring is rescaled to the target exactly
+        total = sum(sizes[n] * s for n, s in r["planned_sparsity"].items()) / sum(sizes.values())
+        assert total == pytest.approx(0.8, abs=1e-3)
+    with pytest.raises(ValueError, match="sampler 'evopress' .* not with --sparsity structured"):
+        RunConfig(targets=(0.3,), sparsity="structured", sampler="evopress")
+
+
+def test_the_final_pick_by_validation_loss(tmp_path):
+    config = dataclasses.replace(CONFIG, pick="loss", budget=4, candidates=6)
+    records = factories.run_spec(config, tmp_path, progress=False).records
+    finals = [r for r in records if r.get("rung") == 2]
+    (pick,) = [r for r in records if r.get("picked")]
+    assert len(finals) == 2 and pick["picked"] == min(finals, key=lambda r: r["val_loss"])["name"]
