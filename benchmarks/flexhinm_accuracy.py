@@ -56,7 +56,9 @@ from mm_plugin.flexhinm.gates import top2
 from mm_plugin.flexhinm.layout import M, as_rows, from_rows, row_tile_ids
 from mm_plugin.flexhinm.partition import vector_values
 from mm_plugin.masks import global_sparsity, measure_sparsity, prune_
+from mm_plugin.metrics import mcnemar
 from mm_plugin.model.inventory import inventory
+from mm_plugin.portfolio.task import ClassificationEvaluate
 from mm_plugin.training import evaluate, finetune, reestimate_bn_
 from mm_plugin.training.data import load_data
 from mm_plugin.training.zoo import pretrained_demo_model
@@ -156,8 +158,10 @@ def run_one(method: str, dense, data, x, targets, seed: int, epochs: int, lr: fl
         record = {"schedule": learned[1].to_dict(), "permutation": learned[0],
                   "val_before_harden": pre_harden, "nm_valid": validate_nm(model, regions=regions).ok}
     report = measure_sparsity(model, list(targets))
+    test = ClassificationEvaluate(data)(model, "test")
     return {"method": method, "seed": seed, "epochs": epochs, "sparsity": global_sparsity(report),
-            "oneshot_val": oneshot, "val": evaluate(model, data.val), "test": evaluate(model, data.test),
+            "oneshot_val": oneshot, "val": evaluate(model, data.val), "test": test["score"],
+            "test_macro_f1": test["macro_f1"], "test_correct": test["correct"],
             "history": ft.history, "seconds": round(time.perf_counter() - start, 1), **record}, model
 
 
@@ -184,11 +188,23 @@ def paired(a: list[dict], b: list[dict]) -> str:
     return f"{statistics.mean(diffs):+.2f} ± {statistics.stdev(diffs) / len(diffs) ** 0.5:.2f}"
 
 
+def mcnemar_cell(a: list[dict], b: list[dict]) -> str:
+    """McNemar on the test images of every seed both methods ran (pooled in seed order): the images only
+    ``a`` gets right, only ``b``, and the p-value; a record made before per-image results were kept is blank."""
+    seeds = sorted({r["seed"] for r in a} & {r["seed"] for r in b})
+    ca, cb = ({r["seed"]: r.get("test_correct") for r in rs} for rs in (a, b))
+    if not seeds or any(c.get(s) is None for c in (ca, cb) for s in seeds):
+        return ""
+    only_a, only_b, p = mcnemar("".join(ca[s] for s in seeds), "".join(cb[s] for s in seeds))
+    return f"{only_a} / {only_b}, p = {p:.2g}"
+
+
 def table(rows: list[dict], methods: list[str]) -> list[str]:
     """One line per (model, target, epochs): test accuracy per method and the share of the gap closed."""
     head = ["model", "target", "epochs", "seeds", "dense"] + [LABELS.get(m, m) for m in methods]
     has_gap = {"unstructured", "hybrid-oneshot", "flexhinm-gp"} <= set(methods)
-    head += ["gap closed", "FlexHiNM-GP − hybrid, per seed"] if has_gap else []
+    head += ["gap closed", "FlexHiNM-GP − hybrid, per seed", "McNemar GP vs hybrid",
+             "McNemar GP vs unstructured"] if has_gap else []
     lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
     keys = sorted({(r["model"], r["target"], r["epochs"]) for r in rows if r["method"] in methods})
     for model, target, epochs in keys:
@@ -204,6 +220,7 @@ def table(rows: list[dict], methods: list[str]) -> list[str]:
             closed = (mean["flexhinm-gp"] - mean["hybrid-oneshot"]) / gap if gap > 0 and "flexhinm-gp" in mean else None
             line.append(f"{100 * closed:.0f} %" if closed is not None else "")
             line.append(paired(by["flexhinm-gp"], by["hybrid-oneshot"]))
+            line += [mcnemar_cell(by["flexhinm-gp"], by[m]) for m in ("hybrid-oneshot", "unstructured")]
         lines.append("| " + " | ".join(line) + " |")
     return lines
 
@@ -256,7 +273,7 @@ def main() -> None:
                              "lr": args.lr, "reconstruct": args.reconstruct, "keep": args.keep,
                              **run_one(method, dense, data, x, targets, seed, epochs, args.lr, variants,
                                        calibration, args.keep)[0]}
-                        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule")}), flush=True)
+                        print(json.dumps({k: v for k, v in r.items() if k not in ("history", "schedule", "test_correct")}), flush=True)
                         return r
 
                     load_or_make(path, settings, make, legacy_setting)
@@ -270,7 +287,9 @@ def main() -> None:
               f"{'last epoch' if args.keep == 'last' else 'best epoch on validation (epoch 0 included)'}."), "", *table(rows, shown), "",
              ("*Gap closed*: the share of the gap between hybrid one-shot and unstructured that FlexHiNM-GP "
               "recovers (negative: below hybrid one-shot). *Per seed*: the mean ± standard error of FlexHiNM-GP's "
-              "test accuracy minus hybrid one-shot's on the same seed (points).")]
+              "test accuracy minus hybrid one-shot's on the same seed (points). *McNemar*: test images only "
+              "FlexHiNM-GP gets right / only the other method, pooled over the seeds, and the exact two-sided "
+              "p-value; above 0.05 the difference is a tie.")]
     if variants_run:  # ablations: FlexHiNM-GP with other GradualConfig fields, on the seeds they were run
         runs_of = {(r["model"], r["target"], r["epochs"], r["seed"]) for r in rows if r["method"] in variants_run}
         default = json.loads(json.dumps(GradualConfig().to_dict()))  # tuples as JSON lists, like the records
