@@ -180,6 +180,9 @@ def main() -> None:
     parser.add_argument("--testbeds", default=",".join(TESTBEDS))
     parser.add_argument("--seeds", default="0,1,2")
     parser.add_argument("--rank-samples", type=int, default=6, help="sampled strategies in the rank-correlation run")
+    parser.add_argument("--rank", action=argparse.BooleanOptionalAction, default=True,
+                        help="the rank-correlation run on unstructured testbeds (ten named strategies and the "
+                             "sampled ones, each a full fine-tune at the first target, seed 0)")
     parser.add_argument("--out", default="docs/results/search")
     parser.add_argument("--summary-only", action="store_true", help="rebuild the summary from the run folders")
     args = parser.parse_args()
@@ -189,10 +192,11 @@ def main() -> None:
     for name in [] if args.summary_only else args.testbeds.split(","):
         spec, config = TESTBEDS[name]
         config = dataclasses.replace(config, seeds=seeds)
-        command = f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
+        command = (f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
+                   + ("" if args.rank else " --no-rank"))
         task = resolve_task(spec, out / name)
         run(task, config, out / name, command=command, progress=False)
-        if config.sparsity == "unstructured":
+        if config.sparsity == "unstructured" and args.rank:
             run(task, rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
     rows = []
     for name in TESTBEDS:
