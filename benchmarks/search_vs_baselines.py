@@ -92,7 +92,8 @@ def shipped(name: str, out: Path, records: list[dict], rows: list[dict]) -> None
         edge = edge_rows(models, task.example_inputs, [], task.data.test, task.data.num_classes,
                          out / name / "deploy" / f"{row['target']:.2f}", int8=False)
         row["edge"] = {role: {k: float(np.mean([getattr(e, k) for e in edge if e.name.split()[0] == role]))
-                              for k in ("size_mb", "latency_ms", "accuracy")} for role in ("dense", "search", "baseline")}
+                              for k in ("size_mb", "latency_ms", "latency_ratio", "accuracy", "macro_f1")}
+                       for role in ("dense", "search", "baseline")}
 
 
 def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
@@ -151,6 +152,18 @@ def table(rows: list[dict]) -> str:
     return "\n".join(lines)
 
 
+def edge_table(rows: list[dict]) -> str:
+    """The structured rows' OpenVINO files (fp32, CPU): accuracy, latency and size, means over the seeds."""
+    lines = ["| testbed | target | model | test accuracy (IR) | macro-F1 | latency (ms) | x dense | IR size (MB) |",
+             "|---|---|---|---|---|---|---|---|"]
+    for r in (r for r in rows if "edge" in r):
+        for role, label in (("dense", "dense"), ("search", "search pick"), ("baseline", "best baseline on val")):
+            e = r["edge"][role]
+            lines.append(f"| {r['testbed']} | {r['target']:.2f} | {label} | {100 * e['accuracy']:.2f} | "
+                         f"{e['macro_f1']:.3f} | {e['latency_ms']:.2f} | {e['latency_ratio']:.2f} | {e['size_mb']:.2f} |")
+    return "\n".join(lines) if len(lines) > 2 else ""
+
+
 def plot(rows: list[dict], path: Path) -> None:
     import matplotlib
 
@@ -207,9 +220,9 @@ def main() -> None:
         if name == "elpv-structured":
             shipped(name, out, records, [r for r in rows if r["testbed"] == name])
     write_json_atomic(out / "summary.json", rows)
-    write_text_atomic(out / "summary.md", table(rows) + "\n")
+    write_text_atomic(out / "summary.md", "\n\n".join(filter(None, (table(rows), edge_table(rows)))) + "\n")
     plot(rows, out / "summary.png")
-    print(table(rows))
+    print(table(rows), edge_table(rows), sep="\n\n")
 
 
 if __name__ == "__main__":
