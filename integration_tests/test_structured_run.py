@@ -134,3 +134,14 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     assert len(rung0) == 4 and all(r["test_score"] is None for r in rung0)  # ranked on validation only
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0
+
+
+def test_sensitivity_is_measured_per_channel_group(tmp_path):
+    """Each Torch-Pruning channel group loses its channels alone (the model is narrower, not masked)."""
+    from mm_plugin.portfolio import resolve_task, sensitivity_report
+
+    config = RunConfig(sparsity="structured", targets=(0.3,), sensitivity=True, sensitivity_grid=(0.5,),
+                       sensitivity_batches=1)
+    s, _ = sensitivity_report(resolve_task(SPEC, tmp_path), config, tmp_path, progress=False)
+    assert set(s.units) == {"0", "3", "8"} and not s.groups  # groups are coupled already: no streams on top
+    assert all(s.loss[u][0] != s.base_loss for u in s.units)  # half a group's channels change the outputs

@@ -1,4 +1,4 @@
-"""``mm-prune``: plan, run, demo, select (and the adapters' subcommands).
+"""``mm-prune``: plan, run, sensitivity, demo, select (and the adapters' subcommands).
 
 User mistakes end with one line naming the problem and the fix, never a traceback.
 """
@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, MMError, UnsupportedModelError
+from .planning.sensitivity import DEFAULT_GRID
 from .portfolio import pattern_names
 from .registry import Registry
 
@@ -91,7 +92,8 @@ def _run_config(args: argparse.Namespace):
         signals=args.signals, strategies=args.strategies or None, baselines=args.baselines, targets=args.targets,
         epochs=args.epochs, seeds=args.seeds, rules=args.rules, sparsity=args.sparsity, budget=args.budget,
         candidates=args.candidates, sampler=args.sampler, pick=args.pick, samples=args.samples,
-        reconstruct=args.reconstruct,
+        reconstruct=args.reconstruct, sensitivity=args.sensitivity, sensitivity_grid=args.sensitivity_grid,
+        sensitivity_batches=args.sensitivity_batches,
     )
     return spec, config
 
@@ -110,6 +112,16 @@ def _cmd_run(args: argparse.Namespace) -> int:
                  command="mm-prune " + " ".join(shlex.quote(a) for a in sys.argv[1:]),
                  executor=args.executor, address=args.address, cpus_per_trial=args.cpus_per_trial)
     _print_result(result)
+    return 0
+
+
+def _cmd_sensitivity(args: argparse.Namespace) -> int:
+    from .portfolio import resolve_task, sensitivity_report
+
+    spec, config = _run_config(args)
+    measured, png = sensitivity_report(resolve_task(spec, args.out, cache_dir=args.cache_dir), config, args.out)
+    print(measured.table(max_rows=args.max_rows))
+    print(f"\nmeasurement: {Path(args.out) / 'sensitivity.json'}\nplot:        {png}")
     return 0
 
 
@@ -168,6 +180,13 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--reconstruct", action="store_true",
                    help="after pruning, re-solve the kept weights so every layer's output on the calibration batches "
                         "stays close to the dense model's (least squares; the masks do not change)")
+    p.add_argument("--sensitivity", action="store_true",
+                   help="measure each unit's sensitivity first (pruned alone at --sensitivity-grid, scored by validation "
+                        "loss; cached in the run folder): the measured allocation joins the ranges and rules with "
+                        "measured limits follow it (docs/rules.md)")
+    p.add_argument("--sensitivity-grid", type=_floats, default=DEFAULT_GRID, metavar="S,S,...",
+                   help="the sparsities each unit is measured at")
+    p.add_argument("--sensitivity-batches", type=int, default=4, help="validation batches per measurement")
     p.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
                    help="ray: every job a Ray task, on a local Ray or the cluster at --address (pip extra 'ray')")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. HEAD:6379)")
@@ -217,6 +236,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", required=True, help="run folder (rerun the same command to resume)")
     _add_run_args(p)
     p.set_defaults(func=_cmd_run)
+
+    p = sub.add_parser("sensitivity", help="each unit pruned alone at a grid of sparsities: the loss table and "
+                                           "a plot of the curves (what --sensitivity plans with)")
+    p.add_argument("--model", required=True, help="as for run")
+    p.add_argument("--weights", help="as for run")
+    p.add_argument("--data", default=None, help="as for run")
+    p.add_argument("--input-size", type=_ints, help="as for run")
+    p.add_argument("--out", required=True, help="folder for sensitivity.json and sensitivity.png (a run folder: "
+                                                "mm-prune run --sensitivity there reads the measurement back)")
+    p.add_argument("--max-rows", type=int, default=60)
+    _add_run_args(p)
+    p.set_defaults(func=_cmd_sensitivity)
 
     p = sub.add_parser("demo", help="EfficientNet-Lite0 finding defective solar cells (ELPV), pruned for an edge CPU: "
                                     "the search against the usual allocations, then fp32 and int8 OpenVINO files")

@@ -25,12 +25,14 @@ class Needs:
 
     ``calibration``: (inputs, targets) batches (gradient signals, |w g| allocations); ``example_inputs``:
     a forward pass (tracing, permutation checks, timing); ``structured``: it also serves channel groups
-    (structured pruning), not only single weights.
+    (structured pruning), not only single weights; ``measured``: measured sensitivity (the ``sensitivity``
+    allocation).
     """
 
     calibration: bool = False
     example_inputs: bool = False
     structured: bool = False
+    measured: bool = False
 
 
 class Registry(Generic[F]):

@@ -31,7 +31,9 @@ from mm_plugin.planning import (
     SIGNALS,
     AllocationInputs,
     Plan,
+    Sensitivity,
     accumulate_gradients,
+    bind_allocations,
     plan_units,
     threshold_allocations,
 )
@@ -253,6 +255,7 @@ def plan_groups(
     min_density: float = DEFAULT_MIN_DENSITY,
     samples: int = 0,
     seed: int = 0,
+    sensitivity: Sensitivity | None = None,
     **tp_kwargs: Any,
 ) -> Plan:
     """Per-group channel-ratio ranges and the ten named strategies, as a core :class:`~mm_plugin.Plan`
@@ -263,7 +266,9 @@ def plan_groups(
     Taylor instead of filter L1 when ``calibration`` is given) is thresholded globally at every
     ``targets`` channel ratio, with at least ``min_density`` of every group kept; a group's range is the
     min / max of what it got, bounded by the rules. ``signal`` (``magnitude`` or ``product``, i.e.
-    Taylor) chooses channels inside each group when pruning. ``tp_kwargs`` go to Torch-Pruning
+    Taylor) chooses channels inside each group when pruning. ``sensitivity`` (measured per group, see
+    :func:`mm_plugin.portfolio.measure_sensitivity`) adds the ``sensitivity`` allocation to the ranges and
+    lets rules with measured limits follow it. ``tp_kwargs`` go to Torch-Pruning
     (``num_heads``, ``customized_pruners``, ``root_module_types``, ``unwrapped_parameters``, ...).
     """
     signal_importance(signal)
@@ -282,10 +287,13 @@ def plan_groups(
     if needs_grads:
         accumulate_gradients(model, calibration, loss_fn)
     groups = find_groups(model, example_inputs, ignored_layers, importances, **tp_kwargs)
-    allocations = threshold_allocations(AllocationInputs(groups.units, {}, None, min_density), groups.scores)
+    inputs = AllocationInputs(groups.units, {}, None, min_density, sensitivity)
+    allocations = threshold_allocations(inputs, groups.scores)
+    if sensitivity is not None:
+        allocations.update(bind_allocations(inputs, ["sensitivity"]))
     return plan_units(
         groups.units, allocations, signal=signal, rules=rules, default_rules=default_rules, targets=targets,
-        samples=samples, seed=seed, unit_kind="channel_group",
+        samples=samples, seed=seed, unit_kind="channel_group", sensitivity=sensitivity,
         config={"backend": "torch-pruning", "range_importances": list(importances), "min_density": min_density,
                 "fixed_groups": groups.fixed, "skipped_groups": groups.skipped},
     )

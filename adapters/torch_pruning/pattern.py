@@ -70,7 +70,7 @@ class StructuredPattern(Pattern):
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan_groups(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, rules=c.rules,
-                           targets=c.range_targets, samples=c.samples)
+                           targets=c.range_targets, samples=c.samples, sensitivity=ctx.sensitivity())
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         return strategy.sparsity  # brought to the target when pruned (that needs measured counts)
@@ -94,6 +94,12 @@ class StructuredPattern(Pattern):
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         return self._pruned(model, job, ctx, self._planned_target(job, ctx), True), {}
+
+    def prune_units_(self, model: nn.Module, sparsity: dict[str, float], signal: str, ctx: RunContext) -> nn.Module:
+        """Channels removed at exactly ``sparsity`` per group (no rescale to a multiply-add target)."""
+        plan = ctx.plans[signal]
+        return prune_structured(model, ctx.example, Strategy("probe", dict(sparsity), signal), plan=plan,
+                                ignored_layers=plan.config.get("fixed_groups", []), inplace=True)[0]
 
     def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
         plan = ctx.plans[job.signal]

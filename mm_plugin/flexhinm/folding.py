@@ -284,6 +284,81 @@ def find_channel_groups(model: nn.Module, example_inputs: Sequence | None = None
     return Discovery(tuple(kept), skipped)
 
 
+_ADDS = {operator.add, operator.iadd, operator.sub, operator.isub, torch.add, torch.sub, "add", "add_", "sub", "sub_"}
+_PASS_FIRST = {operator.mul, operator.imul, operator.truediv, torch.mul, torch.div, "mul", "mul_", "div", "div_"}
+_PASS_ALL = {torch.cat, torch.concat, torch.flatten, torch.reshape, torch.permute, torch.transpose, torch.squeeze,
+             torch.unsqueeze, "flatten", "reshape", "view", "permute", "transpose", "squeeze", "unsqueeze", "expand",
+             "expand_as", "chunk", operator.getitem}
+
+
+def _writers(gm: fx.GraphModule, node: fx.Node, modules: dict[str, nn.Module]) -> set[str]:
+    """The layers (Linear / ConvNd) whose outputs reach ``node`` through channel-preserving steps only (norms,
+    activations, pooling, scaling, reshapes, concatenation and other adds): the writers of a residual stream."""
+    found, stack, seen = set(), [node], set()
+    while stack:
+        n = stack.pop()
+        if n in seen or not isinstance(n, fx.Node):
+            continue
+        seen.add(n)
+        tensors = [a for a in n.args if isinstance(a, fx.Node)]
+        if n.op == "call_module":
+            m = modules[n.target]
+            if isinstance(m, (nn.Linear, _CONV)) and not (isinstance(m, _CONV) and m.groups > 1):
+                found.add(n.target)
+            elif isinstance(m, (_BN, nn.LayerNorm, nn.GroupNorm, nn.PReLU, nn.Flatten, _CONV, *_ELEMENTWISE_MODULES,
+                                *_SPATIAL_MODULES)):
+                stack.extend(tensors[:1])  # a depthwise convolution passes its channels on, one by one
+        elif n.op in ("call_function", "call_method"):
+            fn = n.target
+            if fn in _ADDS or fn in _PASS_ALL:
+                stack.extend(a for a in n.args for a in (a if isinstance(a, (list, tuple)) else (a,))
+                             if isinstance(a, fx.Node))
+            elif fn in _PASS_FIRST or fn in _ELEMENTWISE_FUNCTIONS or fn in _ELEMENTWISE_METHODS:
+                stack.extend(tensors[:1])
+    return found
+
+
+def residual_streams(model: nn.Module) -> list[tuple[str, ...]]:
+    """The layers whose outputs are summed into one residual stream, one tuple of module names per stream
+    (two or more layers each), in the model's module order: a ResNet stage's stem or downsample projection
+    and each block's last convolution, a ViT's patch embedding, attention projections and MLP outputs.
+    Found by tracing with ``torch.fx``; a model that does not trace is traced child by child (a stream that
+    crosses children is then split at their borders); what cannot be traced at all has no streams."""
+    parent = {}
+
+    def find(a: str) -> str:
+        while parent.setdefault(a, a) != a:
+            parent[a] = parent[parent[a]]
+            a = parent[a]
+        return a
+
+    def visit(module: nn.Module, prefix: str) -> None:
+        try:
+            gm = _trace(module, None)
+        except Exception:  # noqa: BLE001 - any tracing failure means: try the children
+            if not isinstance(module, _LEAVES):
+                for child_name, child in module.named_children():
+                    visit(child, f"{prefix}{child_name}.")
+            return
+        modules = dict(gm.named_modules())
+        for node in gm.graph.nodes:
+            if node.op in ("call_function", "call_method") and node.target in _ADDS:
+                operands = [a for a in node.args if isinstance(a, fx.Node)]
+                if len(operands) < 2:
+                    continue  # adding a number is a scaling, not a residual
+                writers = sorted(prefix + w for w in _writers(gm, node, modules))
+                for w in writers[1:]:
+                    parent[find(w)] = find(writers[0])
+
+    visit(model, "")
+    order = {name: i for i, (name, _) in enumerate(model.named_modules())}
+    streams: dict[str, list[str]] = {}
+    for name in parent:
+        streams.setdefault(find(name), []).append(name)
+    out = [tuple(sorted(m, key=lambda n: order.get(n, 0))) for m in streams.values() if len(m) > 1]
+    return sorted(out, key=lambda m: order.get(m[0], 0))
+
+
 # ------------------------------------------------------------------------------------------------
 # folding
 

@@ -13,7 +13,8 @@ from .ranges import (
     default_allocations,
     threshold_allocations,
 )
-from .rules import DEFAULT_RULES, Rule, load_rules, resolve_rules
+from .rules import DEFAULT_RULES, Rule, load_rules, measured_bounds, resolve_rules
+from .sensitivity import DEFAULT_GRID, Sensitivity, check_grid, min_rise_allocation
 from .schedule import SCHEDULES, Scheduler, SparsitySchedule
 from .signals import (
     SIGNALS,
@@ -30,6 +31,7 @@ from .strategies import NAMED_STRATEGIES, Strategy
 
 __all__ = [
     "ALLOCATIONS",
+    "DEFAULT_GRID",
     "DEFAULT_RULES",
     "DEFAULT_TARGETS",
     "NAMED_STRATEGIES",
@@ -44,6 +46,7 @@ __all__ = [
     "Plan",
     "Rule",
     "Scheduler",
+    "Sensitivity",
     "SparsitySchedule",
     "Strategy",
     "accumulate_gradients",
@@ -54,6 +57,7 @@ __all__ = [
     "calibration_losses",
     "calibration_need",
     "channel_statistics",
+    "check_grid",
     "compute_scores",
     "default_allocations",
     "effective_weights",
@@ -61,6 +65,8 @@ __all__ = [
     "list_allocations",
     "list_signals",
     "load_rules",
+    "measured_bounds",
+    "min_rise_allocation",
     "plan",
     "plan_units",
     "planned_target_for",

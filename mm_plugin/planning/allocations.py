@@ -8,7 +8,9 @@ Two families cover the classics:
 * threshold allocations (global magnitude, LAMP, |w g|): one global threshold over per-weight
   scores, with a minimum-density guard against layer collapse (Gupta et al. 2022);
 * proportional allocations (uniform, uniform+, ERK): density_l = eps * f_l clipped to [0, 1], with
-  eps solved for the target.
+  eps solved for the target;
+* the measured allocation (``sensitivity``): the sparsities that minimise the summed measured loss rise
+  (:func:`~.sensitivity.min_rise_allocation`), from a :class:`~.sensitivity.Sensitivity` in the inputs.
 """
 
 from __future__ import annotations
@@ -23,6 +25,7 @@ import torch
 from ..errors import CalibrationRequiredError, ValidationError, check_fraction
 from ..model import Unit
 from ..registry import Needs, Registry
+from .sensitivity import Sensitivity, min_rise_allocation
 
 Allocation = Callable[["AllocationInputs", float], np.ndarray]
 ALLOCATIONS: Registry[Allocation] = Registry("allocation")
@@ -35,7 +38,7 @@ def list_allocations(pattern: str = "*") -> list[str]:
 
 @dataclass
 class AllocationInputs:
-    """What allocations look at: units, their weights and (optionally) mean |gradients|.
+    """What allocations look at: units, their weights, (optionally) mean |gradients| and measured sensitivity.
 
     Sorted per-unit scores are memoized by name, so running several targets costs one sort per score.
     """
@@ -44,6 +47,7 @@ class AllocationInputs:
     weights: dict[str, torch.Tensor]
     gradients: dict[str, torch.Tensor] | None = None
     min_density: float = 0.01
+    sensitivity: Sensitivity | None = None
     _sorted: dict[str, list[torch.Tensor]] = field(default_factory=dict, repr=False)
 
     @property
@@ -90,6 +94,14 @@ class AllocationInputs:
                 f"allocations ({', '.join(free)})"
             )
         return self.gradients
+
+    def require_sensitivity(self, who: str) -> Sensitivity:
+        if self.sensitivity is None:
+            raise ValidationError(
+                f"allocation {who!r} needs measured sensitivity: pass sensitivity=<a Sensitivity> (measure it with "
+                "mm-prune sensitivity, or mm_plugin.portfolio.measure_sensitivity)"
+            )
+        return self.sensitivity
 
 
 def _target_count(sizes: np.ndarray, target: float) -> int:
@@ -247,6 +259,18 @@ def erk(inputs: AllocationInputs, target: float) -> np.ndarray:
     """Erdos-Renyi-Kernel (Evci et al. 2020): density proportional to sum(dims) / prod(dims)."""
     factors = np.array([sum(layer.shape) / np.prod(layer.shape) for layer in inputs.units], dtype=float)
     return proportional_allocation(inputs.sizes, factors, target)
+
+
+@register_allocation("sensitivity", Needs(measured=True, structured=True))
+def sensitivity(inputs: AllocationInputs, target: float) -> np.ndarray:
+    """Measured: the per-unit sparsities that minimise the summed loss rise measured unit by unit (convexified
+    curves, exact total), with the minimum-density guard."""
+    measured = inputs.require_sensitivity("sensitivity")
+    sizes = inputs.sizes
+    k = _target_count(sizes, target)
+    hi = guard_caps(sizes, inputs.min_density) / sizes
+    ideal = min_rise_allocation(measured, [u.name for u in inputs.units], sizes, k, hi)
+    return round_to_total(ideal, sizes, k, hi) / sizes
 
 
 def allocate(name: str, inputs: AllocationInputs, target: float) -> np.ndarray:

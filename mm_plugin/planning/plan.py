@@ -42,7 +42,8 @@ from .ranges import (
     guard_for,
     threshold_allocations,
 )
-from .rules import explain, load_rules, resolve_rules, warn_unmatched
+from .rules import describe_move, explain, load_rules, measured_bounds, resolve_rules, warn_unmatched
+from .sensitivity import Sensitivity
 from .signals import SIGNALS, get_signal, mean_abs_gradients
 from .strategies import Strategy
 
@@ -63,6 +64,8 @@ class Plan:
     rules: dict[str, list[str]] = field(default_factory=dict)  # unit -> names of the rules that bound it
     config: dict[str, Any] = field(default_factory=dict)
     unit_kind: str = "weight"
+    #: unit -> the rule bounds measured sensitivity moved, with their evidence (see rules.measured_bounds)
+    measured: dict[str, list[dict[str, Any]]] = field(default_factory=dict)
 
     @property
     def sizes(self) -> dict[str, int]:
@@ -146,7 +149,8 @@ class Plan:
             "signal": self.signal,
             "config": self.config,
             "units": [
-                {**u.to_dict(), "min": float(lo), "max": float(hi), "rules": self.rules.get(u.name, [])}
+                {**u.to_dict(), "min": float(lo), "max": float(hi), "rules": self.rules.get(u.name, []),
+                 **({"measured": self.measured[u.name]} if self.measured.get(u.name) else {})}
                 for u, lo, hi in zip(self.units, self.lo, self.hi)
             ],
             "strategies": [
@@ -170,6 +174,7 @@ class Plan:
             rules={r["name"]: list(r.get("rules", [])) for r in rows},
             config=d.get("config", {}),
             unit_kind=d.get("unit_kind", "weight"),
+            measured={r["name"]: list(r["measured"]) for r in rows if r.get("measured")},
         )
 
     def save(self, path: str | os.PathLike) -> Path:
@@ -193,7 +198,13 @@ class Plan:
                 for u, lo, hi in zip(self.units, self.lo, self.hi)]
         footer = [["GLOBAL", "", f"{sum(self.sizes.values()):,}", "", ""]
                   + [f"{self.global_sparsity(s):.3f}" for s in self.strategies]]
-        return format_table(header, rows, left=2, max_rows=max_rows, footer=footer)
+        return format_table(header, rows, left=2, max_rows=max_rows, footer=footer) + self.moves()
+
+    def moves(self) -> str:
+        """The rule bounds measured sensitivity moved, one line each with its evidence ("" when none)."""
+        lines = [describe_move(u.module if self.unit_kind == "weight" else u.name, m)
+                 for u in self.units for m in self.measured.get(u.name, [])]
+        return "\n\nRules moved by measured sensitivity:\n  " + "\n  ".join(lines) if lines else ""
 
 
 def plan_units(
@@ -209,17 +220,27 @@ def plan_units(
     seed: int = 0,
     unit_kind: str = "weight",
     config: Mapping[str, Any] | None = None,
+    sensitivity: Sensitivity | None = None,
 ) -> Plan:
     """The engine: ranges from ``allocations`` at ``targets`` (extended until every ``reach`` target is
     reachable, see :func:`derive_ranges`) bounded by the rules, then the ten named strategies (plus
-    ``samples`` drawn uniformly in the ranges). ``config`` is recorded in the plan."""
+    ``samples`` drawn uniformly in the ranges). ``config`` is recorded in the plan. With ``sensitivity``
+    (measured), rules that declare ``measured_min`` / ``measured_max`` follow each unit's measured tolerance
+    at the plan's target (the median of ``reach``, or of ``targets``), see :func:`~.rules.measured_bounds`."""
     if unit_kind not in UNIT_KINDS:
         raise UnknownNameError("unit kind", unit_kind, UNIT_KINDS)
     if not units:
         raise NoPrunableLayersError("there is no unit to plan")
     rule_list = resolve_rules(rules, defaults=default_rules)
     warn_unmatched(units, load_rules(rules) if rules is not None else [])
-    ranges = derive_ranges(units, allocations, rule_list, targets, reach)
+    moved, records, measured_config = {}, {}, {}
+    if sensitivity is not None:
+        reference = float(np.median(list(reach) or list(targets)))
+        moved, records = measured_bounds(units, rule_list, sensitivity, reference)
+        measured_config = {"sensitivity": {"key": sensitivity.key, "grid": list(sensitivity.grid),
+                                           "reference_sparsity": min(reference, sensitivity.grid[-1]),
+                                           "moved": sum(len(v) for v in records.values())}}
+    ranges = derive_ranges(units, allocations, rule_list, targets, reach, moved)
     strategies = strat.build_strategies(units, ranges.lo, ranges.hi, signal)
     if len(strategies) < len(strat.NAMED_STRATEGIES):
         log.warning("ranges are too narrow for ten distinct strategies; kept %d", len(strategies))
@@ -230,8 +251,9 @@ def plan_units(
         rules={u.name: explain(u, rule_list, sum(v.params for v in units)) for u in units},
         config={**(config or {}), "targets": sorted({float(k.rpartition("@")[2]) for k in ranges.sources}),
                 "reach": list(reach), "rules": [r.to_dict() for r in rule_list],
-                "samples": samples, "seed": seed, "range_sources": {k: v.tolist() for k, v in ranges.sources.items()}},
-        unit_kind=unit_kind,
+                "samples": samples, "seed": seed, "range_sources": {k: v.tolist() for k, v in ranges.sources.items()},
+                **measured_config},
+        unit_kind=unit_kind, measured=records,
     )
 
 
@@ -263,6 +285,7 @@ def plan(
     samples: int = 0,
     seed: int = 0,
     min_density: float | None = None,
+    sensitivity: Sensitivity | None = None,
 ) -> Plan:
     """Derive per-weight ranges and the ten named strategies (plus ``samples`` random ones).
 
@@ -272,6 +295,9 @@ def plan(
     guard that keeps part of every weight in the threshold allocations) defaults to 1 %, less when a range
     target needs it. ``calibration`` (an iterable of (inputs, targets) batches) is needed by the gradient
     signals and the |w g| allocation; without it the range allocations are global magnitude, LAMP, ERK.
+    ``sensitivity`` (measured, :func:`mm_plugin.portfolio.measure_sensitivity`): the ``sensitivity``
+    allocation joins the range allocations (or may be named in ``allocations``), and rules that declare
+    measured limits follow it (rules as priors, see docs/rules.md).
     """
     min_density = guard_for([*targets, *reach]) if min_density is None else min_density
     get_signal(signal)  # fail on a typo before any work
@@ -279,6 +305,9 @@ def plan(
         raise UnknownNameError("range mode", range_mode, RANGE_MODES)
     for a in allocations or ():
         ALLOCATIONS.get(a, where="allocations")
+    if sensitivity is None and ALLOCATIONS.any_needs(allocations or (), "measured"):
+        raise ValidationError("allocation 'sensitivity' needs measured sensitivity: pass sensitivity=<a Sensitivity> "
+                              "(mm-prune sensitivity writes sensitivity.json; Sensitivity.load reads it)")
     if calibration is None and SIGNALS.needs(signal).calibration:
         raise CalibrationRequiredError(
             f"signal {signal!r} needs calibration data: pass calibration=<(inputs, targets) batches>, "
@@ -292,20 +321,21 @@ def plan(
         if not units:
             raise NoPrunableLayersError("the ignored scope excludes every prunable layer")
     names = [u.name for u in units]
-    chosen = tuple(allocations or default_allocations(calibration is not None))
+    chosen = tuple(allocations or default_allocations(calibration is not None)
+                   + (("sensitivity",) if sensitivity is not None else ()))
     need_grads = calibration is not None and (SIGNALS.needs(signal).calibration
                                              or ALLOCATIONS.any_needs(chosen, "calibration"))
     grads = mean_abs_gradients(model, names, calibration, loss_fn) if need_grads else None
-    inputs = AllocationInputs(units, effective_weights(model, units), grads, min_density)
+    inputs = AllocationInputs(units, effective_weights(model, units), grads, min_density, sensitivity)
     if range_mode == "signal":
         allocations = threshold_allocations(inputs, {"signal": get_signal(signal)(model, names, calibration, loss_fn)})
     else:
         allocations = bind_allocations(inputs, chosen)
     return plan_units(
         units, allocations, signal=signal, rules=rules, default_rules=default_rules, targets=targets, reach=reach,
-        samples=samples, seed=seed,
+        samples=samples, seed=seed, sensitivity=sensitivity,
         config={
-            "allocations": list(allocations or default_allocations(grads is not None)),
+            "allocations": list(allocations),
             "range_mode": range_mode,
             "ignored_scope": None if scope is None else
             {"names": list(scope.names), "patterns": list(scope.patterns), "types": list(scope.types)},

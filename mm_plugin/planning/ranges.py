@@ -65,8 +65,10 @@ def threshold_allocations(inputs: AllocationInputs, scores: Mapping[str, Mapping
 
 
 def derive_ranges(units: Sequence[Unit], allocations: Mapping[str, BoundAllocation], rules: Sequence[Rule],
-                  targets: Sequence[float] = DEFAULT_TARGETS, reach: Sequence[float] = ()) -> Ranges:
-    """Each unit's min and max over the allocations at ``targets``, bounded by the rules.
+                  targets: Sequence[float] = DEFAULT_TARGETS, reach: Sequence[float] = (),
+                  measured: Mapping[str, Mapping[str, float]] | None = None) -> Ranges:
+    """Each unit's min and max over the allocations at ``targets``, bounded by the rules (``measured``: the
+    bounds measured sensitivity moved, see :func:`~.rules.measured_bounds`).
 
     ``reach``: global sparsities (weighted by parameters) the ranges must allow. While one lies outside,
     the range targets are extended one step further (the density shrunk or grown 1.5x), so that only a
@@ -80,7 +82,7 @@ def derive_ranges(units: Sequence[Unit], allocations: Mapping[str, BoundAllocati
         sources.update({f"{name}@{t:g}": allocation(t) for name, allocation in allocations.items() for t in targets
                         if f"{name}@{t:g}" not in sources})
         stacked = np.stack(list(sources.values()))
-        lo, hi = apply_rules(units, stacked.min(0), stacked.max(0), rules)
+        lo, hi = apply_rules(units, stacked.min(0), stacked.max(0), rules, measured)
         low, high = float(lo @ sizes / sizes.sum()), float(hi @ sizes / sizes.sum())
         step = [round(1 - (1 - max(targets)) / 1.5, 4)] if any(t > high + 1e-12 for t in reach) else []
         step += [round(1 - (1 - min(targets)) * 1.5, 4)] if any(t < low - 1e-12 for t in reach) else []

@@ -20,6 +20,11 @@ Defaults and why they are there (norms and biases are never in the inventory, so
   pruning them collapses capacity (the draft's rule). Only layers that also hold under 1 % of the
   planned weights count as tiny, so the rule scales down with small models (where every layer has
   fewer than 10 K weights) and is unchanged for ImageNet-size ones.
+
+Rules as priors: with a measured :class:`~mm_plugin.planning.sensitivity.Sensitivity`, a rule that declares
+``measured_min`` / ``measured_max`` has its bound (``max``, or ``widen_max`` for a widening rule) follow the
+unit's measured tolerance within those limits (:func:`measured_bounds`); the plan records each move and its
+evidence. Without a measurement, and for rules that declare no limits, the bounds are as written.
 """
 
 from __future__ import annotations
@@ -38,6 +43,7 @@ import numpy as np
 from ..config_schema import json_type
 from ..errors import ConfigError, RuleError
 from ..model import KINDS, Unit
+from .sensitivity import Sensitivity
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +62,8 @@ class Rule:
     min: float = 0.0
     max: float = 1.0
     widen_max: float | None = None  # raise the range's top to at least this (before clamping)
+    measured_min: float | None = None  # with measured sensitivity: how far the bound may be tightened
+    measured_max: float | None = None  # with measured sensitivity: how far the bound may be relaxed
     enabled: bool = True
     _regex: re.Pattern | None = field(default=None, init=False, repr=False, compare=False)
 
@@ -67,12 +75,20 @@ class Rule:
         bad = [k for k in self.kinds if k not in KINDS]
         if bad:
             raise RuleError(f"{where}: unknown kinds {bad}; allowed: {', '.join(KINDS)}")
-        for key in ("min", "max") + tuple(k for k in ("widen_max", "max_share") if getattr(self, k) is not None):
+        for key in ("min", "max") + tuple(k for k in ("widen_max", "max_share", "measured_min", "measured_max")
+                                          if getattr(self, k) is not None):
             value = getattr(self, key)
             if not isinstance(value, (int, float)) or not 0.0 <= value <= 1.0:
                 raise RuleError(f"{where}: {key} must be a number in [0, 1], got {value!r}")
         if self.min > self.max:
             raise RuleError(f"{where}: min {self.min} > max {self.max}; swap them or fix one")
+        key, bound = self.bound
+        if self.measured_min is not None and not self.min <= self.measured_min <= bound:
+            raise RuleError(f"{where}: measured_min {self.measured_min} must lie between min {self.min} and "
+                            f"{key} {bound} (measurement may tighten {key} down to measured_min)")
+        if self.measured_max is not None and self.measured_max < bound:
+            raise RuleError(f"{where}: measured_max {self.measured_max} is below {key} {bound} (measurement may "
+                            f"relax {key} up to measured_max); raise it or drop it")
         if self.position not in (None, "first", "last"):
             raise RuleError(f"{where}: position must be 'first' or 'last', got {self.position!r}")
         if self.pattern is not None:
@@ -92,6 +108,16 @@ class Rule:
             and (self.position != "last" or layer.depth == 1.0)
         )
 
+    @property
+    def bound(self) -> tuple[str, float]:
+        """The bound measurement may move: ``("widen_max", v)`` for a widening rule, else ``("max", v)``."""
+        return ("widen_max", self.widen_max) if self.widen_max is not None else ("max", self.max)
+
+    @property
+    def measured(self) -> bool:
+        """Whether measured sensitivity may move this rule's bound."""
+        return self.measured_min is not None or self.measured_max is not None
+
     def to_dict(self) -> dict[str, Any]:
         d = {k: v for k, v in asdict(self).items() if not k.startswith("_")}
         d["kinds"] = list(self.kinds)
@@ -99,12 +125,12 @@ class Rule:
 
 
 DEFAULT_RULES: tuple[Rule, ...] = (
-    Rule("classifier-head", kinds=("head",), widen_max=0.90),
-    Rule("large-mlp", kinds=("mlp",), min_params=1_000_000, widen_max=0.95),
-    Rule("first-layer", position="first", max=0.10),
-    Rule("patch-embedding", kinds=("patch_embedding",), max=0.30),
-    Rule("embedding", kinds=("embedding",), max=0.30),
-    Rule("tiny-layers", max_params=10_000, max_share=0.01, max=0.10),
+    Rule("classifier-head", kinds=("head",), widen_max=0.90, measured_min=0.50),
+    Rule("large-mlp", kinds=("mlp",), min_params=1_000_000, widen_max=0.95, measured_min=0.80),
+    Rule("first-layer", position="first", max=0.10, measured_max=0.50),
+    Rule("patch-embedding", kinds=("patch_embedding",), max=0.30, measured_max=0.50),
+    Rule("embedding", kinds=("embedding",), max=0.30, measured_max=0.50),
+    Rule("tiny-layers", max_params=10_000, max_share=0.01, max=0.10, measured_max=0.50),
 )
 
 
@@ -183,20 +209,85 @@ def resolve_rules(user: Any = None, *, defaults: bool = True) -> list[Rule]:
 
 
 def apply_rules(
-    layers: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, rules: Sequence[Rule]
+    layers: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, rules: Sequence[Rule],
+    measured: Mapping[str, Mapping[str, float]] | None = None,
 ) -> tuple[np.ndarray, np.ndarray]:
-    """Bound each layer's [lo, hi] by every rule that matches it, in order."""
+    """Bound each layer's [lo, hi] by every rule that matches it, in order. ``measured``: ``{unit: {rule:
+    bound}}`` from :func:`measured_bounds`, the bound (``max``, or ``widen_max``) a measurement moved."""
     lo, hi = np.array(lo, dtype=float), np.array(hi, dtype=float)
     total = sum(u.params for u in layers)
+    measured = measured or {}
     for i, layer in enumerate(layers):
         for rule in rules:
             if not rule.matches(layer, total):
                 continue
-            if rule.widen_max is not None:
-                hi[i] = max(hi[i], rule.widen_max)
-            lo[i] = min(max(lo[i], rule.min), rule.max)
-            hi[i] = min(max(hi[i], rule.min), rule.max)
+            widen, top = rule.widen_max, rule.max
+            moved = measured.get(layer.name, {}).get(rule.name)
+            if moved is not None:
+                widen, top = (moved, top) if widen is not None else (widen, moved)
+            if widen is not None:
+                hi[i] = max(hi[i], widen)
+            lo[i] = min(max(lo[i], rule.min), top)
+            hi[i] = min(max(hi[i], rule.min), top)
     return lo, hi
+
+
+def measured_bounds(
+    units: Sequence[Unit], rules: Sequence[Rule], sensitivity: Sensitivity, reference_sparsity: float
+) -> tuple[dict[str, dict[str, float]], dict[str, list[dict[str, Any]]]]:
+    """Rules as priors: each measured rule's bound moved toward each unit's measured tolerance.
+
+    The reference is the median unit's loss rise at ``reference_sparsity`` (the plan's target, capped at
+    the grid's last point); a unit's tolerance is the largest sparsity at which its own rise stays at or
+    below it (:meth:`Sensitivity.tolerance`). A rule's bound becomes that tolerance, clipped into
+    ``[measured_min, measured_max]`` (a missing limit: the bound as written). Returns the moved bounds
+    ``{unit: {rule: bound}}`` (for :func:`apply_rules`) and per unit the records of what moved: the rule,
+    the bound, from and to, relaxed or tightened, and the evidence (the unit's rise at both bounds, the
+    reference and whether a declared limit stopped the move)."""
+    moved: dict[str, dict[str, float]] = {}
+    records: dict[str, list[dict[str, Any]]] = {}
+    if not any(r.measured for r in rules):
+        return moved, records
+    names = [u.name for u in units]
+    missing = [n for n in names if n not in sensitivity.loss]
+    if missing:
+        log.warning("the measured sensitivity has no curve for %d of %d units (%s%s): their rules stay as written",
+                    len(missing), len(names), ", ".join(missing[:3]), " ..." if len(missing) > 3 else "")
+    ref_s = min(reference_sparsity, sensitivity.grid[-1])
+    reference = sensitivity.reference(ref_s, names)
+    total = sum(u.params for u in units)
+    for u in units:
+        if u.name in missing:
+            continue
+        for rule in rules:
+            if not rule.measured or not rule.matches(u, total):
+                continue
+            key, bound = rule.bound
+            tol = sensitivity.tolerance(u.name, reference)
+            low = bound if rule.measured_min is None else rule.measured_min
+            high = bound if rule.measured_max is None else rule.measured_max
+            new = round(float(np.clip(tol, low, high)), 4)
+            if abs(new - bound) < 1e-9:
+                continue
+            moved.setdefault(u.name, {})[rule.name] = new
+            records.setdefault(u.name, []).append({
+                "rule": rule.name, "bound": key, "from": bound, "to": new,
+                "change": "relaxed" if new > bound else "tightened", "tolerance": round(tol, 4),
+                "limited": bool(abs(new - tol) > 1e-4),
+                "rise_at_to": sensitivity.rise_at(u.name, new), "rise_at_from": sensitivity.rise_at(u.name, bound),
+                "reference_rise": reference, "reference_sparsity": ref_s,
+            })
+    return moved, records
+
+
+def describe_move(unit: str, record: Mapping[str, Any]) -> str:
+    """One line on a measured move, e.g. ``0.weight: tiny-layers max 0.10 -> 0.34 (relaxed: loss rise 0.0120
+    at 0.34 <= the median unit's 0.0121 at 0.80; 0.0030 at 0.10)``."""
+    r = record
+    limit = f", stopped at its declared measured_{'max' if r['change'] == 'relaxed' else 'min'}" if r["limited"] else ""
+    return (f"{unit}: {r['rule']} {r['bound']} {r['from']:.2f} -> {r['to']:.2f} ({r['change']}: tolerance "
+            f"{r['tolerance']:.2f}{limit}; loss rise {r['rise_at_to']:.4f} at {r['to']:.2f} and {r['rise_at_from']:.4f} "
+            f"at {r['from']:.2f}, against the median unit's {r['reference_rise']:.4f} at {r['reference_sparsity']:.2f})")
 
 
 def warn_unmatched(units: Sequence[Unit], user_rules: Sequence[Rule]) -> None:

@@ -11,12 +11,13 @@ from .patterns import PATTERNS, FlexHiNMPattern, Pattern, get_pattern, pattern_n
 from .resolve import TaskSpec, resolve_task
 from .runner import RunResult, run
 from .select import export_selected, select
+from .sensitivity import measure_sensitivity, plot_sensitivity, sensitivity_report
 from .task import Task, classification_task
 from .verbs import portfolio, search
 
 __all__ = [
     "EXECUTORS", "PATTERNS", "Aggregate", "BaselineJob", "FlexHiNMPattern", "Job", "Pattern", "RunConfig",
     "RunContext", "RunResult", "Task", "TaskSpec", "aggregate", "classification_task", "export_selected",
-    "front_of", "get_pattern", "latency_front_of", "load_records", "pattern_names", "portfolio", "resolve_task",
-    "run", "search", "select",
+    "front_of", "get_pattern", "latency_front_of", "load_records", "measure_sensitivity", "pattern_names", "plot_sensitivity",
+    "portfolio", "resolve_task", "run", "search", "select", "sensitivity_report",
 ]

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ValidationError, check_fraction
-from ..planning import load_rules
+from ..planning import DEFAULT_GRID, check_grid, load_rules
 from .patterns import get_pattern
 
 SAMPLERS = ("tpe", "evopress")
@@ -35,6 +35,9 @@ class RunConfig:
     pick: str = "score"  # the search's final pick among its finalists: best val "score", or lowest val "loss"
     samples: int = 0  # without a budget: strategies sampled in the ranges, beside the named ones
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
+    sensitivity: bool = False  # measure each unit's sensitivity first; plans use it (allocation, rules as priors)
+    sensitivity_grid: tuple[float, ...] = DEFAULT_GRID  # the sparsities each unit is measured at, alone
+    sensitivity_batches: int = 4  # validation batches per measurement
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)
@@ -43,6 +46,11 @@ class RunConfig:
                 object.__setattr__(self, name, tuple(getattr(pattern, f"default_{name}")))
         if self.range_targets is None:
             object.__setattr__(self, "range_targets", pattern.range_targets_for(self.targets))
+        object.__setattr__(self, "sensitivity_grid", check_grid(self.sensitivity_grid))
+        if isinstance(self.sensitivity_batches, bool) or not isinstance(self.sensitivity_batches, int) \
+                or self.sensitivity_batches < 1:
+            raise ValidationError(f"sensitivity_batches must be an integer >= 1 (validation batches per "
+                                  f"measurement), got {self.sensitivity_batches!r}")
         for name in ("signals", "strategies", "baselines", "targets", "seeds", "range_targets"):
             value = getattr(self, name)  # a repeated value would run (and count) twice
             object.__setattr__(self, name, None if value is None else tuple(dict.fromkeys(value)))

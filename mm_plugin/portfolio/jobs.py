@@ -8,7 +8,7 @@ from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
-from ..planning import Plan
+from ..planning import Plan, Sensitivity
 from .task import Task
 
 if TYPE_CHECKING:
@@ -64,6 +64,11 @@ class RunContext:
     def loss_fn(self) -> Callable | None:
         """The loss gradient signals differentiate (None: cross-entropy of (inputs, targets) batches)."""
         return None if self.task is None else self.task.loss_fn
+
+    def sensitivity(self) -> Sensitivity | None:
+        """The measured sensitivity the run's plans use (measured before planning when the run asks for it,
+        see :func:`.sensitivity.prepare_sensitivity`), else None."""
+        return self.cache.get("sensitivity") if self.config.sensitivity else None
 
     def batches(self) -> list | None:
         """The task's calibration batches, for BatchNorm re-estimation and reconstruction (``calibration``

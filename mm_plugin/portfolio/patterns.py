@@ -91,7 +91,8 @@ class Pattern:
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, loss_fn=ctx.loss_fn,
-                    rules=c.rules, targets=c.range_targets, reach=c.targets, samples=c.samples)
+                    rules=c.rules, targets=c.range_targets, reach=c.targets, samples=c.samples,
+                    sensitivity=ctx.sensitivity())
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable
@@ -108,7 +109,8 @@ class Pattern:
         if "allocation_inputs" not in ctx.cache:  # the baselines' weights (and gradients), read once
             grads = (mean_abs_gradients(ctx.dense, names, ctx.calibration, ctx.loss_fn)
                      if ALLOCATIONS.any_needs(ctx.config.baselines, "calibration") else None)
-            ctx.cache["allocation_inputs"] = AllocationInputs(first.units, effective_weights(ctx.dense, first.units), grads)
+            ctx.cache["allocation_inputs"] = AllocationInputs(first.units, effective_weights(ctx.dense, first.units), grads,
+                                                              sensitivity=ctx.cache.get("sensitivity"))
         inputs = ctx.cache["allocation_inputs"]
         return [
             BaselineJob(name, BASELINE_SIGNAL.get(name, "magnitude"),
@@ -142,6 +144,13 @@ class Pattern:
             captured = ctx.memo("reconstruct/inputs", lambda: capture_inputs(ctx.dense, units, ctx.batches()))
             reconstruct_(model, captured)
         return model, {}
+
+    def prune_units_(self, model: nn.Module, sparsity: dict[str, float], signal: str, ctx: RunContext) -> nn.Module:
+        """Prune ``model`` in place to exactly ``sparsity`` (every planned unit named; no rescale to a target),
+        the way :meth:`prune_` does: the measured sensitivity's step (one unit non-zero at a time)."""
+        self.scores(Job("sensitivity", signal, "probe", None, 0, dict(sparsity)), ctx)  # every unit's, memoized
+        job = Job("sensitivity", signal, "probe", None, 0, {n: s for n, s in sparsity.items() if s > 0})
+        return self.prune_(model, job, ctx)[0]
 
     def hooks(self, model: nn.Module, job: Job, ctx: RunContext, steps: int) -> tuple:
         """Training hooks for the ``steps`` of fine-tuning that follow ``prune_`` (none: masks stay fixed)."""

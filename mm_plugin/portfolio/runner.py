@@ -33,6 +33,7 @@ from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
 from .search import Fitness, Rungs, promote, propose
+from .sensitivity import prepare_sensitivity
 from .task import Task
 
 log = logging.getLogger(__name__)
@@ -362,6 +363,7 @@ def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, kee
                     task.name)
     ctx.cache["dense_val_score"] = task.scores(task.model, "val")["score"]
     log.info("dense %s: val %s %.4f", task.name, task.metric, ctx.cache["dense_val_score"])
+    prepare_sensitivity(ctx, pattern, out, progress)  # before planning: plans may read it
     for i, signal in enumerate(config.signals):
         p = pattern.plan(ctx, signal)
         p.save(out / ("plan.json" if i == 0 else f"plan-{signal}.json"))

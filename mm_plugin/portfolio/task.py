@@ -12,6 +12,7 @@ from __future__ import annotations
 
 import hashlib
 import inspect
+import itertools
 import json
 import logging
 from collections.abc import Callable, Mapping, Sequence
@@ -95,6 +96,20 @@ class Task:
             raise ConfigError(f"evaluate(model, {split!r}) returned {type(out).__name__}; return a float (higher is "
                               "better) or a mapping with a 'score'") from None
 
+    def probe(self, model: nn.Module, batches: int) -> float:
+        """A cheap validation loss (lower is better) for measured sensitivity: ``evaluate.probe(model, batches)``
+        when ``evaluate`` offers one (the built-in task: mean cross-entropy on the first ``batches`` validation
+        batches), otherwise ``evaluate(model, "val")``'s ``loss``, or minus its score. Validation only, like
+        every selection."""
+        was_training = model.training
+        try:
+            if callable(getattr(self.evaluate, "probe", None)):
+                return float(self.evaluate.probe(model, batches))
+        finally:
+            model.train(was_training)
+        out = self.scores(model, "val")
+        return float(out["loss"]) if "loss" in out else -float(out["score"])
+
     def takes(self, keyword: str) -> bool:
         """Whether ``finetune`` accepts ``keyword`` (``seed``, ``hooks``)."""
         try:
@@ -132,6 +147,16 @@ class ClassificationEvaluate:
 
     def __init__(self, data: DataSplits) -> None:
         self.data = data
+        self._probe: tuple[int, list] = (0, [])
+
+    def probe(self, model: nn.Module, batches: int) -> float:
+        """Mean cross-entropy on the first ``batches`` validation batches (read once, then reused, so every
+        probe sees the same samples)."""
+        if batches < 1:
+            raise ValidationError(f"a probe needs batches >= 1, got {batches}")
+        if self._probe[0] != batches:
+            self._probe = (batches, list(itertools.islice(iter(self.data.val), batches)))
+        return predict(model, self._probe[1])[2]
 
     def __call__(self, model: nn.Module, split: str) -> dict[str, float | str]:
         pred, true, loss = predict(model, getattr(self.data, split))
