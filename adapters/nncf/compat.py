@@ -13,7 +13,7 @@ import random
 from collections.abc import Callable, Iterable, Iterator, Mapping
 from dataclasses import dataclass, field
 from enum import Enum, IntEnum
-from typing import Any
+from typing import Any, ClassVar
 
 import numpy as np
 import torch
@@ -56,50 +56,42 @@ class HWConfigType(Enum):
 class NNCFExtraConfigStruct:
     """A non-JSON object a script attaches to the config (data loaders, callbacks), found by its id."""
 
+    ID: ClassVar[str] = ""
+
     @classmethod
     def get_id(cls) -> str:
-        raise NotImplementedError
+        if not cls.ID:
+            raise NotImplementedError(f"{cls.__name__} names no ID")
+        return cls.ID
 
 
 @dataclass
-class QuantizationRangeInitArgs(NNCFExtraConfigStruct):
+class _LoaderArgs(NNCFExtraConfigStruct):
     data_loader: Iterable
     device: str | None = None
 
-    @classmethod
-    def get_id(cls) -> str:
-        return "quantization_range_init_args"
+
+class QuantizationRangeInitArgs(_LoaderArgs):
+    ID: ClassVar[str] = "quantization_range_init_args"
 
 
-@dataclass
-class BNAdaptationInitArgs(NNCFExtraConfigStruct):
-    data_loader: Iterable
-    device: str | None = None
-
-    @classmethod
-    def get_id(cls) -> str:
-        return "bn_adaptation_init_args"
+class BNAdaptationInitArgs(_LoaderArgs):
+    ID: ClassVar[str] = "bn_adaptation_init_args"
 
 
 @dataclass
 class QuantizationPrecisionInitArgs(NNCFExtraConfigStruct):
+    ID: ClassVar[str] = "quantization_precision_init_args"
     criterion_fn: Callable
     criterion: Callable
     data_loader: Iterable
     device: str | None = None
 
-    @classmethod
-    def get_id(cls) -> str:
-        return "quantization_precision_init_args"
-
 
 @dataclass
 class ModelEvaluationArgs(NNCFExtraConfigStruct):
+    ID: ClassVar[str] = "model_evaluation_args"
     eval_fn: Callable
-
-    @classmethod
-    def get_id(cls) -> str:
-        return "model_evaluation_args"
 
 
 @dataclass
@@ -107,6 +99,7 @@ class TrainingInitArgs(NNCFExtraConfigStruct):
     """The training callbacks ``register_default_init_args`` receives (NNCF 2.x gave them to LeGR and
     AutoQ, which the plugin does not run); kept for scripts that read them back."""
 
+    ID: ClassVar[str] = "training_init_args"
     train_steps_fn: Callable | None = None
     validate_fn: Callable | None = None
     val_loader: Iterable | None = None
@@ -114,10 +107,6 @@ class TrainingInitArgs(NNCFExtraConfigStruct):
     distributed_callbacks: Any = None
     execution_parameters: Any = None
     legr_train_optimizer: Any = None
-
-    @classmethod
-    def get_id(cls) -> str:
-        return "training_init_args"
 
 
 class NNCFConfig(dict):
