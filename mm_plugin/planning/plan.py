@@ -7,7 +7,6 @@ verb for weights: it lists a model's weights, reads their scores and calls the e
 
 from __future__ import annotations
 
-import json
 import logging
 import os
 from collections.abc import Callable, Iterable, Mapping, Sequence
@@ -26,7 +25,7 @@ from ..errors import (
     ValidationError,
     check_fraction,
 )
-from ..files import write_json_atomic
+from ..files import read_json_as, write_json_atomic
 from ..model import UNIT_KINDS, IgnoredScope, Unit, inventory, op_type
 from ..tables import format_table
 from . import budget
@@ -182,13 +181,7 @@ class Plan:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Plan:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ValidationError(f"plan file {path} does not exist") from None
-        except (json.JSONDecodeError, KeyError, TypeError) as e:
-            raise ValidationError(f"plan file {path} is not a valid plan: {e!r}") from None
+        return read_json_as(path, cls.from_dict, "plan", "a valid plan")
 
     def table(self, max_rows: int | None = None) -> str:
         """A readable table: one row per unit with its range and every strategy's sparsity."""

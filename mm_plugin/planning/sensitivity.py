@@ -20,7 +20,6 @@ whose layers each look robust alone does not look robust as a whole.
 
 from __future__ import annotations
 
-import json
 import os
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,7 +29,7 @@ from typing import Any
 import numpy as np
 
 from ..errors import ValidationError
-from ..files import write_json_atomic
+from ..files import read_json_as, write_json_atomic
 from ..tables import format_table
 
 DEFAULT_GRID = (0.3, 0.5, 0.7, 0.9)
@@ -198,13 +197,8 @@ class Sensitivity:
 
     @classmethod
     def load(cls, path: str | os.PathLike) -> Sensitivity:
-        path = Path(path)
-        try:
-            return cls.from_dict(json.loads(path.read_text()))
-        except FileNotFoundError:
-            raise ValidationError(f"sensitivity file {path} does not exist; measure it with mm-prune sensitivity") from None
-        except (json.JSONDecodeError, KeyError, TypeError, ValueError) as e:
-            raise ValidationError(f"sensitivity file {path} is not a valid measurement: {e!r}") from None
+        return read_json_as(path, cls.from_dict, "sensitivity", "a valid measurement",
+                            "; measure it with mm-prune sensitivity")
 
     def table(self, max_rows: int | None = None) -> str:
         """One row per unit: kind, weights and its loss rise at each grid point (coupling excess included)."""

@@ -88,6 +88,11 @@ class Pattern:
         return (SIGNALS.any_needs(config.signals, "calibration")
                 or self.baseline_registry.any_needs(config.baselines, "calibration"))
 
+    def context(self, config: RunConfig, task: Task) -> RunContext:
+        """A run's context on ``task``: its calibration batches only where a signal or baseline needs them."""
+        calibration = task.calibration if self.needs_calibration(config) else None
+        return RunContext(config, task.model, task.example_inputs, calibration, plans={}, task=task)
+
     def plan(self, ctx: RunContext, signal: str) -> Plan:
         c = ctx.config
         return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, loss_fn=ctx.loss_fn,

@@ -355,8 +355,7 @@ def run(
 def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, keep_checkpoints: str, command: str,
          progress: bool, on_record: Callable[[dict], None] | None, executor: Executor) -> RunResult:
     out = folder.path
-    calibration = task.calibration if pattern.needs_calibration(config) else None
-    ctx = RunContext(config, task.model, task.example_inputs, calibration, plans={}, task=task)
+    ctx = pattern.context(config, task)
     if task.calibration is None and any(isinstance(m, nn.modules.batchnorm._BatchNorm) for m in task.model.modules()):
         log.warning("%s has BatchNorm layers but no calibration batches: pruned models are scored without "
                     "re-estimating their statistics, so one-shot scores rank them poorly; pass calibration=",

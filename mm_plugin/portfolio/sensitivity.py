@@ -27,7 +27,7 @@ import json
 import logging
 from collections.abc import Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 from torch import nn
 from tqdm import tqdm
@@ -211,8 +211,7 @@ def sensitivity_report(task: Task, config: RunConfig, out: str | Path, *, progre
 
     pattern = get_pattern(config.sparsity)()
     pattern.check_task(config, task)
-    calibration = task.calibration if pattern.needs_calibration(config) else None
-    ctx = RunContext(config, task.model, task.example_inputs, calibration, plans={}, task=task)
+    ctx = pattern.context(config, task)
     with RunFolder(out).locked("mm-prune sensitivity"):
         units = pattern.plan(ctx, config.signals[0])
         measured = measure_sensitivity(ctx, pattern, units, grid=config.sensitivity_grid,
