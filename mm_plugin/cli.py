@@ -18,6 +18,7 @@ import torch
 from .errors import ConfigError, MMError, UnsupportedModelError
 from .planning.sensitivity import DEFAULT_GRID
 from .portfolio import pattern_names
+from .portfolio.config import PICKS, SAMPLERS
 from .registry import Registry
 
 log = logging.getLogger("mm_plugin")
@@ -169,12 +170,14 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="search the ranges for the best allocation per target, spending this many full fine-tunes "
                         "(one-shot scores for many candidates, short fine-tunes for the best, full ones for the rest)")
     p.add_argument("--candidates", type=int, default=24, help="the search's one-shot candidates per target and seed")
-    p.add_argument("--sampler", choices=("tpe", "evopress"), default="tpe",
+    p.add_argument("--sampler", choices=SAMPLERS, default="tpe",
                    help="the search's proposals after the usual allocations and the named strategies: Optuna's TPE, "
                         "or EvoPress-style level switches selected on calibration losses (unstructured)")
-    p.add_argument("--pick", choices=("score", "loss"), default="score",
-                   help="the search's final pick among its finalists: the best validation score, or the lowest "
-                        "validation loss")
+    p.add_argument("--pick", choices=PICKS, default="score",
+                   help="the search's final pick among its finalists: the best validation score, the lowest "
+                        "validation loss, or 'paired': the best usual allocation (LAMP, ERK, ... as they are) "
+                        "unless a challenger beats it on the validation samples beyond McNemar's test "
+                        "(--budget 4 or more)")
     p.add_argument("--samples", type=int, default=0,
                    help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
     p.add_argument("--reconstruct", action="store_true",

@@ -78,6 +78,9 @@ class StructuredPattern(Pattern):
     def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
         return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
 
+    def allocations(self, ctx: RunContext, target: float) -> dict[str, dict[str, float]]:
+        return {}  # Torch-Pruning's baselines rank channels globally or per layer: no per-group allocation to hold
+
     def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, planned: float, inplace: bool) -> nn.Module:
         plan = ctx.plans[job.signal]
         fixed = plan.config.get("fixed_groups", [])

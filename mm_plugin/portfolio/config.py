@@ -11,7 +11,7 @@ from ..planning import DEFAULT_GRID, check_grid, load_rules
 from .patterns import get_pattern
 
 SAMPLERS = ("tpe", "evopress")
-PICKS = ("score", "loss")
+PICKS = ("score", "loss", "paired")
 
 
 @dataclass(frozen=True)
@@ -32,7 +32,7 @@ class RunConfig:
     candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
     eta: int = 3  # the search keeps the best 1/eta of each rung
     sampler: str = "tpe"  # the search's proposals after the named ones: "tpe" or "evopress" (see .search)
-    pick: str = "score"  # the search's final pick among its finalists: best val "score", or lowest val "loss"
+    pick: str = "score"  # the search's final pick: best val "score", lowest val "loss", or "paired" (see .search)
     samples: int = 0  # without a budget: strategies sampled in the ranges, beside the named ones
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
     sensitivity: bool = False  # measure each unit's sensitivity first; plans use it (allocation, rules as priors)
@@ -67,6 +67,9 @@ class RunConfig:
         if self.sampler not in SAMPLERS or self.pick not in PICKS:
             raise ValidationError(f"sampler must be one of {SAMPLERS} and pick one of {PICKS}, got {self.sampler!r} "
                                   f"and {self.pick!r}")
+        if self.pick == "paired" and self.budget is not None and self.budget < 4:
+            raise ValidationError(f"pick 'paired' holds the best usual allocation against a challenger in the last "
+                                  f"rung: it needs two full fine-tunes, a --budget of at least 4 (got {self.budget})")
         if self.sampler == "evopress" and self.sparsity != "unstructured":
             raise ValidationError(f"sampler 'evopress' prunes every offspring one-shot to select it: it runs with "
                                   f"unstructured masks, not with --sparsity {self.sparsity} (use sampler 'tpe')")

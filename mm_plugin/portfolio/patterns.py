@@ -109,6 +109,18 @@ class Pattern:
 
     def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
         """Every configured baseline at ``target``, as per-unit sparsities of the first plan."""
+        return [BaselineJob(name, BASELINE_SIGNAL.get(name, "magnitude"), self._allocate(ctx, name, target))
+                for name in ctx.config.baselines]
+
+    def allocations(self, ctx: RunContext, target: float) -> dict[str, dict[str, float]]:
+        """The allocations a search's pool holds exactly as they are: the baselines' and, where the run measured
+        sensitivity, the allocation of least measured loss rise (``sensitivity``)."""
+        out = {b.name: b.sparsity for b in self.baselines(ctx, target) if b.sparsity}
+        if ctx.sensitivity() is not None and "sensitivity" not in out:
+            out["sensitivity"] = self._allocate(ctx, "sensitivity", target)
+        return out
+
+    def _allocate(self, ctx: RunContext, name: str, target: float) -> dict[str, float]:
         first = next(iter(ctx.plans.values()))
         names = [u.name for u in first.units]
         if "allocation_inputs" not in ctx.cache:  # the baselines' weights (and gradients), read once
@@ -116,12 +128,7 @@ class Pattern:
                      if ALLOCATIONS.any_needs(ctx.config.baselines, "calibration") else None)
             ctx.cache["allocation_inputs"] = AllocationInputs(first.units, effective_weights(ctx.dense, first.units), grads,
                                                               sensitivity=ctx.cache.get("sensitivity"))
-        inputs = ctx.cache["allocation_inputs"]
-        return [
-            BaselineJob(name, BASELINE_SIGNAL.get(name, "magnitude"),
-                        {n: float(s) for n, s in zip(names, allocate(name, inputs, target))})
-            for name in ctx.config.baselines
-        ]
+        return {n: float(s) for n, s in zip(names, allocate(name, ctx.cache["allocation_inputs"], target))}
 
     def scores(self, job: Job, ctx: RunContext) -> Scores:
         """The job's signal scores of the dense model's weights, computed once per signal and run."""
@@ -133,13 +140,17 @@ class Pattern:
                           pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
         """The planned target (a strategy's rescale target, a baseline's own ratio) at which ``pruned(t)``
         removes ``job.target`` of the dense model's ``cost``: bisection on measured costs, once per
-        configuration, so that every method of a cost-matched pattern is compared at the same cost."""
+        configuration (what is pruned: a baseline's name, or a strategy's sparsities, whatever its rung or seed;
+        a search's candidates of one name differ between seeds), so that every method of a cost-matched
+        pattern is compared at the same cost."""
         found = ctx.cache.setdefault("planned_targets", {})
-        if job.config_key not in found:
+        what = job.name if job.method == "baseline" else tuple(sorted(job.sparsity.items()))
+        key = (job.method == "baseline", what, job.target)
+        if key not in found:
             dense = ctx.memo("dense_cost", lambda: cost(ctx.dense))
-            found[job.config_key] = planned_target_for(lambda t: 1.0 - cost(pruned(t)) / dense, job.target,
-                                                       *bounds, what=f"{job.method} {job.name!r}")
-        return found[job.config_key]
+            found[key] = planned_target_for(lambda t: 1.0 - cost(pruned(t)) / dense, job.target,
+                                            *bounds, what=f"{job.method} {job.name!r}")
+        return found[key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         """Prune a copy of the dense model; return it and extra checkpoint entries."""

@@ -96,10 +96,13 @@ def _search_section(records: Sequence[dict], metric: str) -> list[str]:
     if not rows:
         return []
     lines = ["", "## Strategy search at equal budget", "",
-             "Per target and seed, candidates (named strategies first, then Optuna TPE proposals inside the ranges, "
-             "all rescaled to the target) are scored one-shot after BatchNorm re-estimation; the best 1/eta get a "
-             "short fine-tune (1/eta of the epochs), the best of those the full one, and the pick is the finalist "
-             "best on validation. Budgets count full fine-tunes (FFE). The baselines get one full fine-tune each, and "
+             "Per target and seed, candidates (the usual allocations exactly, the named strategies, then the "
+             "sampler's proposals inside the ranges, all rescaled to the target) are scored one-shot after BatchNorm "
+             "re-estimation; the best 1/eta get a short fine-tune (1/eta of the epochs), the best of those the full "
+             "one, and the pick is the finalist best on validation (pick `loss`: lowest validation loss; pick "
+             "`paired`: the best of the usual allocations, always a finalist, unless a challenger beats it on the "
+             "validation samples beyond McNemar's test). Budgets count full fine-tunes (FFE). The baselines get one "
+             "full fine-tune each, and "
              f"the best of them is picked on validation per seed: the same selection effort. Test {metric}, mean ± "
              f"std over seeds; ρ: Spearman rank correlation of one-shot val {metric} with the val {metric} after "
              "fine-tuning, over the candidates that were fine-tuned.", "",

@@ -32,7 +32,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Fitness, Rungs, promote, propose
+from .search import Fitness, Rungs, finalists, pick_final, promote, propose
 from .sensitivity import prepare_sensitivity
 from .task import Task
 
@@ -242,19 +242,20 @@ class _Driver:
 
 
 def _fitness(pattern: Pattern, ctx: RunContext, target: float, seed: int) -> Fitness | None:
-    """The EvoPress sampler's selection: a candidate pruned one-shot, BatchNorm re-estimated on the calibration
-    batches, its mean loss on the first ``n`` of them (``-1``: all). None without calibration batches."""
+    """The EvoPress sampler's selection: a candidate pruned one-shot, BatchNorm re-estimated on the first ``n``
+    calibration batches (``-1``: all), its mean loss on them. None without calibration batches."""
     batches = ctx.batches()
     if not batches:
         return None
 
     def fitness(candidates: list[Strategy], n: int) -> list[float]:
+        used = batches if n < 0 else batches[:n]
         out = []
         for c in candidates:
             job = Job("search", c.signal, c.name, target, seed, c.sparsity, 0)
             model, _ = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
-            reestimate_bn_(model, batches)
-            out.append(mean_loss(model, batches if n < 0 else batches[:n], ctx.loss_fn))
+            reestimate_bn_(model, used)
+            out.append(mean_loss(model, used, ctx.loss_fn))
         return out
 
     return fitness
@@ -267,6 +268,7 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     config = driver.ctx.config
     rungs = Rungs.for_budget(config.budget, config.candidates, config.eta)
     recorded = {r["key"]: r for r in driver.folder.records()}
+    start = time.perf_counter()  # the search's own time too (its sampler, the driver), not only its jobs'
 
     def rung(candidates: list[Strategy], k: int, epochs: float | None) -> list[dict]:
         jobs = [Job("search", c.signal, c.name, target, seed, c.sparsity, k) for c in candidates]
@@ -278,24 +280,22 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
 
     done0 = {r["name"]: (r["val_score"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
-    allocations = {b.name: b.sparsity for b in driver.pattern.baselines(driver.ctx, target) if b.sparsity}
-    ranked = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
-                     driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0,
-                     _fitness(driver.pattern, driver.ctx, target, seed))
+    allocations = driver.pattern.allocations(driver.ctx, target)
+    oneshot = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
+                      driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0,
+                      _fitness(driver.pattern, driver.ctx, target, seed))
+    ranked = oneshot
     if rungs.short:
-        short = promote(ranked, rungs.short)
+        short = promote(oneshot, rungs.short)
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
-    finals = rung(promote(ranked, rungs.full), 2, None)
-    if config.pick == "loss" and all(r["val_loss"] is not None for r in finals):
-        pick = min(finals, key=lambda r: (r["val_loss"], -r["val_score"]))
-    else:
-        pick = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
+    pick = pick_final(config, rung(finalists(config, ranked, rungs.full, oneshot), 2, None))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
                     "search": {"budget": rungs.cost, "candidates": rungs.candidates, "short": rungs.short,
-                               "full": rungs.full, "eta": rungs.eta}})
+                               "full": rungs.full, "eta": rungs.eta, "pick": config.pick,
+                               "seconds": round(time.perf_counter() - start, 2)}})
 
 
 def _best_baselines(records: Sequence[dict]) -> list[dict]:

@@ -24,6 +24,7 @@ import numpy as np
 import optuna
 
 from ..errors import ConfigError
+from ..metrics import mcnemar
 from ..planning import NAMED_STRATEGIES, Plan, Strategy
 from .config import RunConfig
 
@@ -68,7 +69,6 @@ def _named_positions(plan: Plan, allocations: dict[str, dict[str, float]]) -> di
 #: Proposals per sampler step, scored together (in parallel on a cluster) before the sampler learns from
 #: them: the same for every executor, so a cluster proposes exactly what one machine would.
 BATCH = 4
-SAMPLERS = ("tpe", "evopress")
 
 
 def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int, storage: Path,
@@ -170,7 +170,8 @@ def _at(plan: Plan, position: np.ndarray, target: float,
 
 
 #: ``fitness(candidates, batches)``: each candidate's one-shot loss on the first ``batches`` calibration
-#: batches (``-1``: all of them; lower is better), nothing recorded.
+#: batches (``-1``: all of them; lower is better), BatchNorm re-estimated on those same batches, so the
+#: first step of the selection costs a fraction of the last; nothing recorded.
 Fitness = Callable[[list[Strategy], int], list[float]]
 #: EvoPress's steps of selection on growing data: offspring on one batch, the best quarter on all of them.
 EVO_OFFSPRING, EVO_SURVIVORS, EVO_LEVEL = 8, 2, 0.1
@@ -183,7 +184,10 @@ def _evopress(config: RunConfig, plans: dict[str, Plan], target: float, seed: in
     from the best of them, generations of level-switch mutations (one unit a level up, another a level
     down; the rescale to the target keeps the total fixed) selected in steps on more and more calibration
     batches before any fine-tune. Each generation's winner, when it beats its parent on all the batches,
-    becomes a candidate (``evo-<generation>``) and the next parent."""
+    becomes a candidate (``evo-<generation>``) and the next parent. There are as many generations as the
+    pool has places left after the named positions: a generation costs about four one-shot losses on all
+    the batches (eight on one batch, two on all), so the sampler's cost stays a small multiple of TPE's
+    one score per place."""
     if fitness is None:
         raise ConfigError("sampler 'evopress' selects on calibration losses: the run needs calibration batches")
     units = next(iter(plans.values())).units
@@ -198,9 +202,8 @@ def _evopress(config: RunConfig, plans: dict[str, Plan], target: float, seed: in
     plan = plans[signal]
     rng = np.random.default_rng([seed, round(target * 1e4), len(units)])
     all_batches = fitness([_at(plan, parent, target, scaled, "parent")], -1)[0]
-    generation = 0
-    while not pool.full() and generation < 3 * config.candidates:
-        generation += 1
+    generations = config.candidates - len(pool.out)
+    for generation in range(1, generations + 1):
         kids = []
         for _ in range(EVO_OFFSPRING):
             child = parent.copy()
@@ -222,3 +225,50 @@ def _evopress(config: RunConfig, plans: dict[str, Plan], target: float, seed: in
 def promote(scored: list[tuple[Strategy, float, float | None]], k: int) -> list[Strategy]:
     """The ``k`` best by validation score, ties broken by the lower validation loss (when there is one)."""
     return [c for c, _, _ in sorted(scored, key=lambda s: (-s[1], 0.0 if s[2] is None else s[2]))[:k]]
+
+
+#: A challenger replaces the usual allocation only when McNemar's test on the validation samples says it is
+#: better at this level: a search compares many candidates on one split, so a small lead there is mostly luck.
+PAIRED_ALPHA = 0.05
+
+
+def is_usual(strategy: Strategy | dict) -> bool:
+    """One of the allocations users already have, exactly as they are (``<signal>/exact-<name>``)."""
+    name = strategy.name if isinstance(strategy, Strategy) else strategy["name"]
+    return "/exact-" in name
+
+
+def finalists(config: RunConfig, ranked: list[tuple[Strategy, float, float | None]], full: int,
+              oneshot: list[tuple[Strategy, float, float | None]]) -> list[Strategy]:
+    """The last rung: the ``full`` best of ``ranked``; with ``pick == "paired"`` the best of the usual
+    allocations always among them (by its short fine-tune, or by its one-shot score where none was promoted:
+    it is what the pick falls back to), the others the best challengers."""
+    usual = [r for r in ranked if is_usual(r[0])] or [r for r in oneshot if is_usual(r[0])]
+    if config.pick != "paired" or not usual:
+        return promote(ranked, full)
+    return promote(usual, 1) + promote([r for r in ranked if not is_usual(r[0])], full - 1)
+
+
+def pick_final(config: RunConfig, finals: list[dict]) -> dict:
+    """The search's pick among its fully fine-tuned finalists (records): the best validation score, the lowest
+    validation loss, or (``paired``) the best usual allocation unless the challenger best on validation beats
+    it on the same validation samples beyond McNemar's test (each record's ``val_metrics["correct"]``); where
+    a task gives no per-sample results, the usual allocation stays: no evidence, no switch."""
+    by_score = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
+    if config.pick == "loss" and all(r["val_loss"] is not None for r in finals):
+        return min(finals, key=lambda r: (r["val_loss"], -r["val_score"]))
+    usual = [r for r in finals if is_usual(r)]
+    if config.pick != "paired" or not usual:
+        return by_score
+    incumbent = usual[0]
+    challenger = max((r for r in finals if r is not incumbent), key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)),
+                     default=None)
+    if challenger is None or challenger["val_score"] <= incumbent["val_score"]:
+        return incumbent
+    right = [r.get("val_metrics", {}).get("correct") for r in (challenger, incumbent)]
+    if None in right:
+        log.warning("pick 'paired': the evaluation gives no per-sample results on validation, so %s cannot be shown "
+                    "better than %s and the usual allocation is kept; return 'correct' (a string of 0/1 per "
+                    "sample) from evaluate, or pick 'score'", challenger["name"], incumbent["name"])
+        return incumbent
+    return challenger if mcnemar(*right)[2] < PAIRED_ALPHA else incumbent

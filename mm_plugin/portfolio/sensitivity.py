@@ -25,6 +25,7 @@ import copy
 import hashlib
 import json
 import logging
+import time
 from collections.abc import Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -123,6 +124,7 @@ def measure_sensitivity(ctx: RunContext, pattern: Pattern, plan: Plan, *, grid: 
     restore = dict(ctx.plans)
     if not ctx.plans:  # a pattern reads the run's units from its plans (reconstruction)
         ctx.plans[plan.signal] = plan
+    start = time.perf_counter()
     try:
         base = probe({})
         measured: dict[str, list[float]] = {}
@@ -138,7 +140,7 @@ def measure_sensitivity(ctx: RunContext, pattern: Pattern, plan: Plan, *, grid: 
         groups=groups, group_loss={g: tuple(measured[g]) for g in groups}, key=key or "",
         meta={"batches": batches, "pattern": ctx.config.sparsity, "signal": plan.signal,
               "reconstruct": ctx.config.reconstruct, "unit_kind": plan.unit_kind, "coupled": coupled,
-              "bn_reestimated": ctx.batches() is not None,
+              "bn_reestimated": ctx.batches() is not None, "seconds": round(time.perf_counter() - start, 2),
               "probe": "evaluate.probe" if callable(getattr(ctx.task.evaluate, "probe", None)) else "evaluate(val)"},
     )
     if path is not None:

@@ -141,9 +141,9 @@ class ClassificationFinetune:
 
 
 class ClassificationEvaluate:
-    """Top-1 accuracy (``score``), mean cross-entropy (``loss``) and macro-F1 on a split of the loaders; on
-    the test split also which samples it gets right (``correct``, a string of 0/1 in the split's order), for
-    paired tests between methods."""
+    """Top-1 accuracy (``score``), mean cross-entropy (``loss``) and macro-F1 on a split of the loaders, and
+    which samples it gets right (``correct``, a string of 0/1 in the split's order), for paired tests between
+    methods: on test for the reports, on validation for the search's ``paired`` pick."""
 
     def __init__(self, data: DataSplits) -> None:
         self.data = data
@@ -163,8 +163,7 @@ class ClassificationEvaluate:
         right = pred == true
         out: dict[str, float | str] = {"score": int(right.sum()) / len(right), "loss": loss,
                                        "macro_f1": macro_f1(pred, true, self.data.num_classes)}
-        if split == "test":
-            out["correct"] = "".join("1" if r else "0" for r in right.tolist())
+        out["correct"] = "".join("1" if r else "0" for r in right.tolist())
         return out
 
 

@@ -1,13 +1,15 @@
 """The budgeted strategy search: rungs recorded, budget kept, resumable, the pick beside the baselines."""
 
 import dataclasses
+import logging
 
 import factories
 import pytest
 
+from mm_plugin.planning import Strategy
 from mm_plugin.portfolio import RunConfig, load_records, runner
 from mm_plugin.portfolio.report import search_summary
-from mm_plugin.portfolio.search import Rungs
+from mm_plugin.portfolio.search import Rungs, finalists, pick_final
 
 CONFIG = RunConfig(targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
@@ -83,6 +85,18 @@ def test_the_pool_holds_the_allocations_users_have_exactly(searched):
         assert rung0[f"magnitude/exact-{name}"]["planned_sparsity"] == baselines[name]["planned_sparsity"]
 
 
+def test_a_measured_search_holds_the_sensitivity_allocation_exactly(tmp_path, searched):
+    """With --sensitivity the pool also holds the allocation of least measured loss rise, as it is."""
+    config = dataclasses.replace(CONFIG, sensitivity=True, sensitivity_grid=(0.5, 0.9), sensitivity_batches=1,
+                                 candidates=8, budget=1)
+    rung0 = {r["name"]: r for r in factories.run_spec(config, tmp_path, progress=False).records if r.get("rung") == 0}
+    exact = rung0["magnitude/exact-sensitivity"]["planned_sparsity"]
+    sizes = {"1.weight": 64 * 128, "3.weight": 128 * 64, "5.weight": 64 * 10}
+    assert sum(sizes[n] * s for n, s in exact.items()) / sum(sizes.values()) == pytest.approx(0.8, abs=1e-3)
+    assert exact not in [rung0[f"magnitude/exact-{b}"]["planned_sparsity"] for b in ("global_magnitude", "lamp")]
+    assert not any("exact-sensitivity" in r["name"] for r in searched[1].records)  # measured runs only
+
+
 def test_evopress_proposes_level_switches_selected_on_calibration_losses(tmp_path):
     config = dataclasses.replace(CONFIG, sampler="evopress", candidates=16, budget=1)
     runs = [factories.run_spec(config, tmp_path / str(i), progress=False).records for i in range(2)]
@@ -103,3 +117,36 @@ def test_the_final_pick_by_validation_loss(tmp_path):
     finals = [r for r in records if r.get("rung") == 2]
     (pick,) = [r for r in records if r.get("picked")]
     assert len(finals) == 2 and pick["picked"] == min(finals, key=lambda r: r["val_loss"])["name"]
+
+
+def _final(name: str, right: str, loss: float = 0.3) -> dict:
+    return {"name": f"magnitude/{name}", "val_score": right.count("1") / len(right), "val_loss": loss,
+            "val_metrics": {"correct": right}}
+
+
+def test_the_paired_pick_keeps_the_usual_allocation_without_evidence(caplog):
+    """A challenger a few samples ahead on validation is mostly luck: the usual allocation stays."""
+    paired = dataclasses.replace(CONFIG, pick="paired", budget=4)
+    usual = _final("exact-lamp", "1" * 90 + "0" * 10)
+    close = _final("tpe-017", "1" * 93 + "0" * 7)  # 3 samples ahead: McNemar p = 0.25
+    assert pick_final(paired, [usual, close]) is usual
+    assert pick_final(dataclasses.replace(paired, pick="score"), [usual, close]) is close
+    ahead = _final("tpe-018", "1" * 100)  # 10 ahead, never behind: p = 0.002
+    assert pick_final(paired, [usual, ahead]) is ahead
+    blind = {**ahead, "val_metrics": {}}  # a task without per-sample results gives no evidence
+    with caplog.at_level(logging.WARNING, logger="mm_plugin.portfolio.search"):
+        assert pick_final(paired, [usual, blind]) is usual
+    assert "return 'correct'" in caplog.text
+
+
+
+def test_the_paired_pick_always_fine_tunes_the_best_usual_allocation():
+    paired = dataclasses.replace(CONFIG, pick="paired", budget=4)
+    s = lambda name: Strategy(f"magnitude/{name}", {"1.weight": 0.5}, "magnitude")
+    ranked = [(s("tpe-1"), 0.95, 0.2), (s("tpe-2"), 0.94, 0.2), (s("exact-erk"), 0.90, 0.3)]
+    assert [c.name for c in finalists(paired, ranked, 2, ranked)] == ["magnitude/exact-erk", "magnitude/tpe-1"]
+    assert [c.name for c in finalists(CONFIG, ranked, 2, ranked)] == ["magnitude/tpe-1", "magnitude/tpe-2"]
+    oneshot = ranked[:2] + [(s("exact-lamp"), 0.80, 0.4), (s("exact-erk"), 0.70, 0.5)]  # none promoted: rung 0's
+    assert finalists(paired, ranked[:2], 2, oneshot)[0].name == "magnitude/exact-lamp"
+    with pytest.raises(ValueError, match="pick 'paired' .* a --budget of at least 4"):
+        dataclasses.replace(CONFIG, pick="paired", budget=2)
