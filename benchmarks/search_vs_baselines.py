@@ -2,11 +2,16 @@
 
 For every testbed and target, ``mm-prune run --budget B`` searches (one-shot scores, short fine-tunes, full
 ones; B full fine-tunes in all) while GMP, LAMP, ERK and uniform+ get one full fine-tune each (four in all),
-the best baseline picked on validation per seed. Test accuracy (agreement with the dense model for
-EfficientNet-Lite0) of both picks, over seeds. A second run per testbed fine-tunes the named strategies and
-``--samples`` sampled ones fully, to measure how well one-shot scores rank final accuracy. Structured
-testbeds compare structured Mix-and-Match with Torch-Pruning's uniform and global pruning at equal
-multiply-adds. Every run is an ordinary run folder (resumable); rerunning the command resumes.
+the best baseline picked on validation per seed. Test accuracy of both picks over seeds, and McNemar's test
+on the test images pooled over seeds. Beside the configured pick, every row reports the finalist with the
+lowest validation loss: the same finalists, so comparing the two picks costs nothing. ``--sampler``,
+``--pick`` and ``--sensitivity`` make a variant of the search: its own run folder, ``<testbed>+<variant>``,
+started with the main folder's baseline records (identical jobs, see :func:`share_baselines`). A second run
+per testbed (``--rank``) fine-tunes the named strategies and sampled ones fully, to measure how well one-shot
+scores rank final accuracy. Structured testbeds compare structured Mix-and-Match with Torch-Pruning's uniform
+and global pruning at equal multiply-adds. The search's wall time is measured end to end (sampler included)
+and the measurement of sensitivity is shared out over its targets. Every run is an ordinary run folder
+(resumable); rerunning the command resumes.
 
     python benchmarks/search_vs_baselines.py --seeds 0,1,2 --out docs/results/search
 """
@@ -17,6 +22,7 @@ import argparse
 import dataclasses
 import json
 import logging
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -24,11 +30,12 @@ import torch
 
 from mm_plugin.files import write_json_atomic, write_text_atomic
 from mm_plugin.metrics import mcnemar
+from mm_plugin.planning import Sensitivity
 from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task, run
+from mm_plugin.portfolio.config import PICKS, SAMPLERS
 from mm_plugin.portfolio.report import search_summary, spearman
 
 BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
-CROPS = TaskSpec("efficientnet_lite0", "imagenet_crops", batch_size=32)
 ELPV = TaskSpec("efficientnet_lite0", "elpv", batch_size=32)
 TESTBEDS = {
     # the edge task: EfficientNet-Lite0 (ImageNet weights) fine-tuned on defective solar cells; every method gets the
@@ -38,13 +45,38 @@ TESTBEDS = {
                                         candidates=8)),
     "resnet8": (TaskSpec("resnet8"), RunConfig(targets=(0.9, 0.95), baselines=BASELINES, epochs=2, budget=4)),
     "vit_mnist": (TaskSpec("vit_mnist"), RunConfig(targets=(0.7, 0.85), baselines=BASELINES, epochs=2, budget=4)),
-    "efficientnet_lite0": (CROPS, RunConfig(targets=(0.5, 0.7), baselines=BASELINES, epochs=1, budget=4,
-                                            candidates=12)),
     "vit_mnist-structured": (TaskSpec("vit_mnist"), RunConfig(sparsity="structured", targets=(0.2, 0.3), epochs=2,
-                                                              budget=4, candidates=12)),
-    "efficientnet_lite0-structured": (CROPS, RunConfig(epochs=1, sparsity="structured", targets=(0.2, 0.3),
-                                                       budget=4, candidates=8)),
+                                                              budget=2, candidates=12)),
 }
+
+
+def variant(config: RunConfig, sampler: str, pick: str, sensitivity: bool) -> tuple[RunConfig, str]:
+    """The search with another sampler and final pick (unstructured testbeds: EvoPress selects on one-shot losses
+    of unstructured masks; the paired pick holds the usual allocations, which Torch-Pruning's baselines do not
+    have) and/or measured sensitivity, and the suffix of its run folder ("" for the search as configured)."""
+    if config.sparsity == "unstructured":
+        config = dataclasses.replace(config, sampler=sampler, pick=pick)
+    config = dataclasses.replace(config, sensitivity=sensitivity)
+    return config, "".join(f"+{v}" for v, on in ((config.sampler, config.sampler != "tpe"),
+                                                   (config.pick, config.pick != "score"),
+                                                   ("sensitivity", sensitivity)) if on)
+
+
+def share_baselines(main: Path, folder: Path, config: RunConfig) -> None:
+    """Start a variant's run folder with the main folder's baseline records (and checkpoints): the same jobs
+    (seeds, data, weights, recipe; no baseline reads the sampler, the pick or the sensitivity), which repeat
+    bit for bit on CPU (checked on ResNet-8: every validation score and loss equal), so the variant fine-tunes
+    only its search. Each shared record says where it came from."""
+    if (folder / "results.jsonl").exists() or not (main / "results.jsonl").exists():
+        return
+    settings = json.loads((main / "config.json").read_text())
+    shared = [{**r, "shared_from": main.name} for r in load_records(main) if r["method"] == "baseline"]
+    (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
+    for r in shared:
+        if r.get("checkpoint") and (main / r["checkpoint"]).exists():
+            shutil.copy2(main / r["checkpoint"], folder / r["checkpoint"])
+    write_json_atomic(folder / "config.json", {**settings, "settings": config.to_dict()})
+    write_text_atomic(folder / "results.jsonl", "".join(json.dumps(r) + "\n" for r in shared))
 
 
 def rank_run(config: RunConfig, samples: int) -> RunConfig:
@@ -111,24 +143,37 @@ def shipped(name: str, out: Path, records: list[dict], rows: list[dict], earlier
                        for role in ("dense", "search", "baseline")}
 
 
-def summarize(name: str, records: list[dict], rank: list[dict]) -> list[dict]:
+def finals_of(records: list[dict], target: float, seed: int) -> list[dict]:
+    return [r for r in records if r.get("rung") == 2 and r["target"] == target and r["seed"] == seed]
+
+
+def summarize(name: str, variant: str, records: list[dict], rank: list[dict], measured: float = 0.0) -> list[dict]:
+    """One row per target; ``measured``: the seconds the run spent measuring sensitivity (once, for every
+    target and seed), counted in the searches' wall time, a share per target."""
     rows = []
-    for row in search_summary(records):
+    targets = search_summary(records)
+    for row in targets:  # end to end where the run timed it (sampler and driver included), else its jobs
+        ends = [p["search"].get("seconds") for p in row["pick"]]
+        row["search_seconds"] = (sum(ends) if None not in ends else row["search_seconds"]) + measured / len(targets)
         pick = [p["test_score"] for p in row["pick"]]
-        oracle = [max(r["test_score"] for r in records if r.get("rung") == 2 and r["target"] == row["target"]
-                      and r["seed"] == p["seed"]) for p in row["pick"]]  # the finalist best on test, not picked
+        finals = [finals_of(records, row["target"], p["seed"]) for p in row["pick"]]
+        oracle = [max(r["test_score"] for r in f) for f in finals]  # the finalist best on test, not picked
+        by_loss = [min(f, key=lambda r: (r["val_loss"], -r["val_score"])) for f in finals]
         base = [b["test_score"] for b in row["baselines"]]
         each = {b: [r["test_score"] for r in records if r["method"] == "baseline" and r["name"] == b
                     and r["target"] == row["target"]] for b in sorted({r["name"] for r in records if r["method"] == "baseline"})}
-        rows.append({"testbed": name, "target": row["target"], "seeds": row["seeds"],
+        rows.append({"testbed": name, "variant": variant, "target": row["target"], "seeds": row["seeds"],
                      "dense": records[0]["dense_test_score"], "search": float(np.mean(pick)),
                      "search_std": float(np.std(pick)), "best_finalist": float(np.mean(oracle)),
+                     "loss_pick": float(np.mean([r["test_score"] for r in by_loss])),
+                     "loss_pick_paired": paired(by_loss, row["baselines"]),
                      "best_baseline": float(np.mean(base)),
                      "best_baseline_std": float(np.std(base)), "picked_baselines": [b["name"] for b in row["baselines"]],
                      "picks": [p["picked"] for p in row["pick"]], "budget": row["budget"],
                      "baselines_budget": row["n_baselines"], "each": {b: float(np.mean(v)) for b, v in each.items() if v},
                      "rho_search": row["rho_oneshot"], "rank": correlation(rank) if rank else None,
                      "search_seconds": row["search_seconds"], "baseline_seconds": row["baseline_seconds"],
+                     "cost_ratio": row["search_seconds"] / row["baseline_seconds"] * row["n_baselines"] / row["budget"],
                      "paired": paired(row["pick"], row["baselines"]),
                      "macro_f1": {role: float(np.mean([r["test_metrics"]["macro_f1"] for r in rs]))
                                   for role, rs in (("search", row["pick"]), ("best_baseline", row["baselines"]))
@@ -150,20 +195,23 @@ def pair(p: dict | None) -> str:
 
 
 def table(rows: list[dict]) -> str:
-    lines = ["| testbed | target | dense | search pick (test) | best baseline on val (test) | difference | "
-             "paired test: only search / only baseline right, p | best finalist on test | "
-             + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | ρ inside the search | seeds |",
-             "|---|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|"]
+    lines = ["| testbed | search | target | dense | search pick (test) | best baseline on val (test) | difference | "
+             "paired test: only search / only baseline right, p | lowest-loss finalist (test), paired test | "
+             "best finalist on test | " + " | ".join(COLUMNS.values()) + " | ρ one-shot vs final (n) | "
+             "ρ inside the search | wall time x baselines' | seeds |",
+             "|---|---|---|---|---|---|---|---|---|---|" + "---|" * len(COLUMNS) + "---|---|---|---|"]
     for r in rows:
         e = r["each"]
         rank = r["rank"]
         rho = "—" if not rank or rank["rho_test"] is None else f"{rank['rho_test']:.2f} ({rank['n']})"
         lines.append(
-            f"| {r['testbed']} | {r['target']:.2f} | {100 * r['dense']:.2f} | {100 * r['search']:.2f} ± "
+            f"| {r['testbed']} | {r['variant']} | {r['target']:.2f} | {100 * r['dense']:.2f} | {100 * r['search']:.2f} ± "
             f"{100 * r['search_std']:.2f} | {100 * r['best_baseline']:.2f} ± {100 * r['best_baseline_std']:.2f} | "
-            f"{100 * (r['search'] - r['best_baseline']):+.2f} | {pair(r.get('paired'))} | {100 * r['best_finalist']:.2f} | "
+            f"{100 * (r['search'] - r['best_baseline']):+.2f} | {pair(r.get('paired'))} | "
+            f"{100 * r['loss_pick']:.2f}, {pair(r.get('loss_pick_paired'))} | {100 * r['best_finalist']:.2f} | "
             + " | ".join("" if e.get(b) is None else f"{100 * e[b]:.2f}" for b in COLUMNS)
-            + f" | {rho} | {'—' if r['rho_search'] is None else format(r['rho_search'], '.2f')} | {r['seeds']} |")
+            + f" | {rho} | {'—' if r['rho_search'] is None else format(r['rho_search'], '.2f')} | "
+            f"{r['cost_ratio']:.2f} | {r['seeds']} |")
     return "\n".join(lines)
 
 
@@ -195,7 +243,7 @@ def plot(rows: list[dict], path: Path) -> None:
            label="best baseline, picked on val")
     ax.set_xticks(x, labels, fontsize=8)
     ax.set_ylabel("test accuracy drop from dense (points; lower is better)")
-    ax.set_title("Equal budget: M&M search vs best of four baselines", fontsize=10)
+    ax.set_title("Equal budget: M&M search vs the best baseline picked on validation", fontsize=10)
     ax.legend(fontsize=8)
     ax.grid(axis="y", alpha=0.3)
     fig.tight_layout()
@@ -203,10 +251,28 @@ def plot(rows: list[dict], path: Path) -> None:
     plt.close(fig)
 
 
+def folders(out: Path) -> list[tuple[str, str]]:
+    """(testbed, run folder name) of every search run under ``out``, in testbed order, variants after."""
+    found = []
+    for name in TESTBEDS:
+        variants = sorted(p.name for p in out.glob(f"{name}+*") if (p / "results.jsonl").exists())
+        found += [(name, f) for f in ([name] if (out / name / "results.jsonl").exists() else []) + variants]
+    return found
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--testbeds", default=",".join(TESTBEDS))
     parser.add_argument("--seeds", default="0,1,2")
+    parser.add_argument("--sampler", choices=SAMPLERS, default="tpe",
+                        help="the search's sampler on unstructured testbeds (a variant folder unless tpe)")
+    parser.add_argument("--pick", choices=PICKS, default="score",
+                        help="the search's final pick on unstructured testbeds (a variant folder unless score)")
+    parser.add_argument("--sensitivity", action="store_true",
+                        help="measure each unit's sensitivity first (a variant folder): ranges follow it")
+    parser.add_argument("--share-baselines", action=argparse.BooleanOptionalAction, default=True,
+                        help="a variant starts with the main folder's baseline records (identical jobs) instead of "
+                             "fine-tuning the baselines again")
     parser.add_argument("--rank-samples", type=int, default=6, help="sampled strategies in the rank-correlation run")
     parser.add_argument("--rank", action=argparse.BooleanOptionalAction, default=True,
                         help="the rank-correlation run on unstructured testbeds (ten named strategies and the "
@@ -219,25 +285,29 @@ def main() -> None:
     seeds = tuple(int(s) for s in args.seeds.split(","))
     for name in [] if args.summary_only else args.testbeds.split(","):
         spec, config = TESTBEDS[name]
-        config = dataclasses.replace(config, seeds=seeds)
+        config, suffix = variant(dataclasses.replace(config, seeds=seeds), args.sampler, args.pick, args.sensitivity)
         command = (f"python benchmarks/search_vs_baselines.py --testbeds {name} --seeds {args.seeds} --out {out}"
-                   + ("" if args.rank else " --no-rank"))
+                   + (f" --sampler {args.sampler}" if args.sampler != "tpe" else "")
+                   + (f" --pick {args.pick}" if args.pick != "score" else "")
+                   + (" --sensitivity" if args.sensitivity else "") + ("" if args.rank else " --no-rank"))
         task = resolve_task(spec, out / name)
-        run(task, config, out / name, command=command, progress=False)
-        if config.sparsity == "unstructured" and args.rank:
+        if suffix and args.share_baselines:
+            share_baselines(out / name, out / f"{name}{suffix}", config)
+        run(task, config, out / f"{name}{suffix}", command=command, progress=False)
+        if config.sparsity == "unstructured" and args.rank and not suffix:
             run(task, rank_run(config, args.rank_samples), out / f"{name}-rank", command=command, progress=False)
     earlier = json.loads((out / "summary.json").read_text()) if (out / "summary.json").exists() else []
     rows = []
-    for name in TESTBEDS:
-        if not (out / name / "results.jsonl").exists():
-            continue
-        records = load_records(out / name)
-        rows += summarize(name, records, load_records(out / f"{name}-rank"))
-        if name == "elpv-structured":
-            shipped(name, out, records, [r for r in rows if r["testbed"] == name], earlier)
+    for name, folder in folders(out):
+        records = load_records(out / folder)
+        sensitivity = out / folder / "sensitivity.json"
+        measured = Sensitivity.load(sensitivity).meta.get("seconds", 0.0) if sensitivity.exists() else 0.0
+        rows += summarize(name, folder[len(name) + 1:] or "score", records, load_records(out / f"{name}-rank"), measured)
+        if name == "elpv-structured" and folder == name:
+            shipped(name, out, records, [r for r in rows if r["testbed"] == name and r["variant"] == "score"], earlier)
     write_json_atomic(out / "summary.json", rows)
     write_text_atomic(out / "summary.md", "\n\n".join(filter(None, (table(rows), edge_table(rows)))) + "\n")
-    plot(rows, out / "summary.png")
+    plot([r for r in rows if r["variant"] == "score"], out / "summary.png")
     print(table(rows), edge_table(rows), sep="\n\n")
 
 
