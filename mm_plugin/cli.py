@@ -16,7 +16,7 @@ from pathlib import Path
 import torch
 
 from .errors import ConfigError, MMError, UnsupportedModelError
-from .planning.sensitivity import DEFAULT_GRID
+from .planning.sensitivity import DEFAULT_BATCHES, DEFAULT_GRID
 from .portfolio import pattern_names
 from .portfolio.config import PICKS, SAMPLERS
 from .registry import Registry
@@ -189,7 +189,7 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                         "measured limits follow it (docs/rules.md)")
     p.add_argument("--sensitivity-grid", type=_floats, default=DEFAULT_GRID, metavar="S,S,...",
                    help="the sparsities each unit is measured at")
-    p.add_argument("--sensitivity-batches", type=int, default=4, help="validation batches per measurement")
+    p.add_argument("--sensitivity-batches", type=int, default=DEFAULT_BATCHES, help="validation batches per measurement")
     p.add_argument("--executor", choices=("sequential", "ray"), default="sequential",
                    help="ray: every job a Ray task, on a local Ray or the cluster at --address (pip extra 'ray')")
     p.add_argument("--address", default=None, help="with --executor ray: the cluster to join (e.g. HEAD:6379)")

@@ -14,8 +14,8 @@ from .ranges import (
     threshold_allocations,
 )
 from .rules import DEFAULT_RULES, Rule, load_rules, measured_bounds, resolve_rules
-from .sensitivity import DEFAULT_GRID, Sensitivity, check_grid, min_rise_allocation
 from .schedule import SCHEDULES, Scheduler, SparsitySchedule
+from .sensitivity import DEFAULT_BATCHES, DEFAULT_GRID, Sensitivity, check_grid, min_rise_allocation
 from .signals import (
     SIGNALS,
     accumulate_gradients,
@@ -31,6 +31,7 @@ from .strategies import NAMED_STRATEGIES, Strategy
 
 __all__ = [
     "ALLOCATIONS",
+    "DEFAULT_BATCHES",
     "DEFAULT_GRID",
     "DEFAULT_RULES",
     "DEFAULT_TARGETS",

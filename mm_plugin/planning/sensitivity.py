@@ -33,6 +33,7 @@ from ..files import read_json_as, write_json_atomic
 from ..tables import format_table
 
 DEFAULT_GRID = (0.3, 0.5, 0.7, 0.9)
+DEFAULT_BATCHES = 4  # validation batches per probe
 SENSITIVITY_FORMAT = 1
 
 

@@ -7,7 +7,7 @@ from dataclasses import asdict, dataclass
 from typing import Any
 
 from ..errors import ValidationError, check_fraction
-from ..planning import DEFAULT_GRID, check_grid, load_rules
+from ..planning import DEFAULT_BATCHES, DEFAULT_GRID, check_grid, load_rules
 from .patterns import get_pattern
 
 SAMPLERS = ("tpe", "evopress")
@@ -37,7 +37,7 @@ class RunConfig:
     reconstruct: bool = False  # re-solve kept weights on the calibration batches after pruning (masks.reconstruct_)
     sensitivity: bool = False  # measure each unit's sensitivity first; plans use it (allocation, rules as priors)
     sensitivity_grid: tuple[float, ...] = DEFAULT_GRID  # the sparsities each unit is measured at, alone
-    sensitivity_batches: int = 4  # validation batches per measurement
+    sensitivity_batches: int = DEFAULT_BATCHES  # validation batches per measurement
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)

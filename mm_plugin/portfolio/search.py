@@ -66,6 +66,8 @@ def _named_positions(plan: Plan, allocations: dict[str, dict[str, float]]) -> di
     return named
 
 
+#: The name prefix of the usual allocations held exactly as they are (``<signal>/exact-<name>``).
+EXACT = "exact-"
 #: Proposals per sampler step, scored together (in parallel on a cluster) before the sampler learns from
 #: them: the same for every executor, so a cluster proposes exactly what one machine would.
 BATCH = 4
@@ -88,7 +90,7 @@ def propose(config: RunConfig, plans: dict[str, Plan], target: float, seed: int,
     re-scores nothing. Candidates whose sparsities equal an earlier one's are skipped."""
     pool = _Pool(config.candidates, score, done)
     signal = next(iter(plans))
-    pool.add([Strategy(f"{signal}/exact-{name}", dict(sparsity), signal) for name, sparsity in allocations.items()])
+    pool.add([Strategy(f"{signal}/{EXACT}{name}", dict(sparsity), signal) for name, sparsity in allocations.items()])
     if config.sampler == "evopress":
         return _evopress(config, plans, target, seed, allocations, scaled, fitness, pool)
     return _tpe(config, plans, target, seed, storage, allocations, scaled, pool)
@@ -235,7 +237,7 @@ PAIRED_ALPHA = 0.05
 def is_usual(strategy: Strategy | dict) -> bool:
     """One of the allocations users already have, exactly as they are (``<signal>/exact-<name>``)."""
     name = strategy.name if isinstance(strategy, Strategy) else strategy["name"]
-    return "/exact-" in name
+    return name.split("/", 1)[-1].startswith(EXACT)
 
 
 def finalists(config: RunConfig, ranked: list[tuple[Strategy, float, float | None]], full: int,
@@ -254,15 +256,16 @@ def pick_final(config: RunConfig, finals: list[dict]) -> dict:
     validation loss, or (``paired``) the best usual allocation unless the challenger best on validation beats
     it on the same validation samples beyond McNemar's test (each record's ``val_metrics["correct"]``); where
     a task gives no per-sample results, the usual allocation stays: no evidence, no switch."""
-    by_score = max(finals, key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)))
+    def by_score(r: dict) -> tuple[float, float]:
+        return r["val_score"], -(r["val_loss"] or 0.0)
+
     if config.pick == "loss" and all(r["val_loss"] is not None for r in finals):
         return min(finals, key=lambda r: (r["val_loss"], -r["val_score"]))
     usual = [r for r in finals if is_usual(r)]
     if config.pick != "paired" or not usual:
-        return by_score
+        return max(finals, key=by_score)
     incumbent = usual[0]
-    challenger = max((r for r in finals if r is not incumbent), key=lambda r: (r["val_score"], -(r["val_loss"] or 0.0)),
-                     default=None)
+    challenger = max((r for r in finals if r is not incumbent), key=by_score, default=None)
     if challenger is None or challenger["val_score"] <= incumbent["val_score"]:
         return incumbent
     right = [r.get("val_metrics", {}).get("correct") for r in (challenger, incumbent)]

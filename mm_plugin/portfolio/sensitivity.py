@@ -35,7 +35,7 @@ from tqdm import tqdm
 
 from ..errors import ValidationError
 from ..flexhinm.folding import residual_streams
-from ..planning import DEFAULT_GRID, Plan, Sensitivity, check_grid
+from ..planning import DEFAULT_BATCHES, DEFAULT_GRID, Plan, Sensitivity, check_grid
 from ..training import reestimate_bn_
 from .fingerprint import digest_of, model_fingerprint
 from .jobs import RunContext
@@ -48,7 +48,6 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 
 FILE = "sensitivity.json"
-DEFAULT_BATCHES = 4
 
 
 def needed(config: RunConfig, pattern: Pattern) -> bool:
@@ -200,7 +199,6 @@ def plot_sensitivity(sensitivity: Sensitivity, path: str | Path, title: str = ""
     fig.savefig(path, dpi=120)
     plt.close(fig)
     return path
-
 
 
 def sensitivity_report(task: Task, config: RunConfig, out: str | Path, *, progress: bool = True
