@@ -6,12 +6,14 @@ User mistakes end with one line naming the problem and the fix, never a tracebac
 from __future__ import annotations
 
 import argparse
+import json
 import logging
 import shlex
 import sys
 from collections.abc import Sequence
 from functools import partial
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -43,6 +45,17 @@ def _ints(text: str) -> tuple[int, ...]:
         return tuple(int(x) for x in _csv(text))
     except ValueError:
         raise argparse.ArgumentTypeError(f"expected comma-separated integers, got {text!r}") from None
+
+
+def _option(text: str) -> tuple[str, Any]:
+    """``KEY=VALUE``, the value read as JSON where it is (``16``, ``null``, ``true``) and as a string otherwise."""
+    key, sep, value = text.partition("=")
+    if not sep or not key:
+        raise argparse.ArgumentTypeError(f"expected KEY=VALUE, got {text!r}")
+    try:
+        return key, json.loads(value)
+    except json.JSONDecodeError:
+        return key, value
 
 
 def example_input(model: torch.nn.Module, input_size: tuple[int, ...] | None) -> torch.Tensor:
@@ -94,7 +107,7 @@ def _run_config(args: argparse.Namespace):
         epochs=args.epochs, seeds=args.seeds, rules=args.rules, sparsity=args.sparsity, budget=args.budget,
         candidates=args.candidates, sampler=args.sampler, pick=args.pick, samples=args.samples,
         reconstruct=args.reconstruct, sensitivity=args.sensitivity, sensitivity_grid=args.sensitivity_grid,
-        sensitivity_batches=args.sensitivity_batches,
+        sensitivity_batches=args.sensitivity_batches, pattern_options=dict(args.pattern_option),
     )
     return spec, config
 
@@ -164,8 +177,11 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
     p.add_argument("--rules", help="rules file (.json/.yaml) added to the defaults")
     p.add_argument("--dense-epochs", type=int, default=None, help="train the model first (models not built in)")
     p.add_argument("--sparsity", choices=pattern_names(), default="unstructured",
-                   help="unstructured masks; flexhinm: FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned masks; "
+                   help="unstructured masks; flexhinm: FlexHiNM-GP's hybrid dense / 2:4 / vector-pruned masks, the "
+                        "2:4 choices learned while fine-tuning; hybrid: the same masks fixed (cheaper); "
                         "structured: Torch-Pruning removes channels, timed with OpenVINO on the CPU")
+    p.add_argument("--pattern-option", type=_option, action="append", default=[], metavar="KEY=VALUE",
+                   help="flexhinm / hybrid: a FlexHiNMConfig field, e.g. tile_rows=16 or permutation=gyro (repeatable)")
     p.add_argument("--budget", type=float, default=None,
                    help="search the ranges for the best allocation per target, spending this many full fine-tunes "
                         "(one-shot scores for many candidates, short fine-tunes for the best, full ones for the rest)")

@@ -34,3 +34,13 @@ def test_bad_input_is_one_line(argv, message, capsys):
     assert main(argv) == 2
     err = capsys.readouterr().err
     assert message in err and "Traceback" not in err and err.startswith("mm-prune: error:")
+
+
+def test_pattern_options_reach_the_run_config():
+    from mm_plugin.cli import _run_config, build_parser
+
+    args = build_parser().parse_args(["run", "--model", "resnet8", "--out", "x", "--sparsity", "hybrid", "--pattern-option",
+                                      "tile_rows=16", "--pattern-option", "permutation=gyro"])
+    assert _run_config(args)[1].pattern_options == {"tile_rows": 16, "permutation": "gyro"}
+    with pytest.raises(SystemExit):
+        build_parser().parse_args(["run", "--model", "resnet8", "--out", "x", "--pattern-option", "tile_rows"])

@@ -31,14 +31,15 @@ class _Fields:
 class FlexHiNMConfig(_Fields):
     """How FlexHiNM prunes; per-layer *amounts* come separately (a Mix-and-Match strategy).
 
-    ``permutation``: ``"gyro"``, ``"greedy"`` or ``"none"`` (any name in ``PERMUTATIONS``).
+    ``permutation``: ``"none"`` (the default), ``"gyro"``, ``"greedy"`` (any name in ``PERMUTATIONS``). Opt-in:
+    measured after fine-tuning, Gyro-Permutation has no consistent sign (docs/results/flexhinm.md).
     ``tile_rows``: output channels per row tile (multiple of 4); ``None`` = the whole layer, which
     lets a layer split into one 2:4 GEMM plus one dense GEMM without a custom kernel.
     ``effort``: multiplies the permutation search budget. ``verify_atol``: tolerance of the check
     that folded permutations leave the model's outputs unchanged (needs ``example_inputs``).
     """
 
-    permutation: str = "gyro"
+    permutation: str = "none"
     tile_rows: int | None = 64
     seed: int = 0
     effort: int = 1

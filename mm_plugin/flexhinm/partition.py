@@ -24,6 +24,8 @@ value are pruned (pruning costs what 2:4 would have kept), then among the kept v
 
 from __future__ import annotations
 
+import math
+from collections.abc import Mapping
 from dataclasses import dataclass
 
 import torch
@@ -219,6 +221,46 @@ def hybrid_partition(
         retained=retained,
         total=float(score.float().sum()),
     )
+
+
+def achievable_targets(targets: Mapping[str, float], shapes: Mapping[str, tuple[int, ...]]) -> dict[str, float]:
+    """Per-layer targets the partition meets exactly, each within one step of the one asked, their weighted
+    total as near the asked total as those choices allow.
+
+    A layer of ``I`` input channels splits every row tile the same way, in steps of half a vector: its
+    sparsity moves in steps of ``1 / (I / 2)`` (12.5 % for 16 channels). Rounding each layer alone would
+    move a global target by up to half a step of every small layer. So every layer starts rounded down, and
+    the layers, largest steps first, are rounded up where that leaves a remainder the smaller ones can still
+    make up (or brings the total nearer when they cannot)."""
+    steps = {n: shapes[n][1] // N for n in targets}  # half-vector steps per row tile
+    weight = {n: math.prod(shapes[n]) / steps[n] for n in targets}  # weights one step prunes
+    k = {n: math.floor(t * steps[n] + 1e-9) for n, t in targets.items()}
+    left = sum(weight[n] * (t * steps[n] - k[n]) for n, t in targets.items())
+    order = [n for n in sorted(targets, key=lambda n: -weight[n]) if k[n] < steps[n]]
+
+    def miss(rest: float, room: float) -> float:  # the least |remainder| the smaller layers can leave
+        return -rest if rest < 0 else max(0.0, rest - room)
+
+    for i, n in enumerate(order):
+        room = sum(weight[m] for m in order[i + 1:])
+        if miss(left - weight[n], room) < miss(left, room) - 1e-9:
+            k[n] += 1
+            left -= weight[n]
+    return {n: k[n] / steps[n] for n in targets}
+
+
+def region_shares(masks: Mapping[str, torch.Tensor]) -> dict[str, float]:
+    """Shares of all the weights of ``masks`` (keep-masks of hybrid-pruned layers) in each region: ``share_dense``
+    (groups of 4 kept whole), ``share_24`` (2:4 groups: what cuSPARSELt / TensorRT run on sparse tensor cores)
+    and ``share_vector`` (groups removed whole: a dense kernel skips them by dropping those input channels of
+    the tile). Read from the masks alone, so a hardened, learned or one-shot pattern is counted the same way."""
+    counts = torch.zeros(3, dtype=torch.long)  # vector-pruned, 2:4, dense weights
+    for mask in masks.values():
+        kept = as_groups(mask.bool()).sum(-1)  # (rows, groups): 0, 2 or 4 kept per group
+        counts += torch.stack([(kept == 0).sum(), ((kept > 0) & (kept < M)).sum(), (kept == M).sum()]) * M
+    total = max(1, int(counts.sum()))
+    return {"share_dense": int(counts[2]) / total, "share_24": int(counts[1]) / total,
+            "share_vector": int(counts[0]) / total}
 
 
 def nm_only_counts(n_groups: int) -> RegionCounts:

@@ -3,7 +3,8 @@ and one task (its fingerprint)."""
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass
+from collections.abc import Mapping
+from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from ..errors import ValidationError, check_fraction
@@ -20,14 +21,15 @@ class RunConfig:
     the :class:`~mm_plugin.portfolio.task.Task`."""
 
     signals: tuple[str, ...] = ("magnitude",)
-    strategies: tuple[str, ...] | None = None  # None: every planned strategy
+    strategies: tuple[str, ...] | None = None  # None: every planned strategy; (): none (baselines only)
     baselines: tuple[str, ...] | None = None  # None: the pattern's (GMP, LAMP, ERK; TP uniform and global)
     targets: tuple[float, ...] | None = None  # None: the pattern's; empty: strategies at their own sparsity
     epochs: float = 2  # every fine-tune's budget, the same for every method (a fraction of an epoch is allowed)
     seeds: tuple[int, ...] = (0,)
     range_targets: tuple[float, ...] | None = None  # None: at and around the targets (the pattern's default)
     rules: Any = None  # list of rule dicts or a path
-    sparsity: str = "unstructured"  # a pattern name: "flexhinm", or "structured" (Torch-Pruning channels)
+    sparsity: str = "unstructured"  # a pattern name: "flexhinm", "hybrid", or "structured" (Torch-Pruning channels)
+    pattern_options: Mapping[str, Any] = field(default_factory=dict)  # flexhinm / hybrid: FlexHiNMConfig fields
     budget: float | None = None  # a strategy search per target and seed, in full fine-tunes (see .search)
     candidates: int = 24  # the search's one-shot candidates per target and seed (named strategies first)
     eta: int = 3  # the search keeps the best 1/eta of each rung
@@ -41,6 +43,9 @@ class RunConfig:
 
     def __post_init__(self) -> None:
         pattern = get_pattern(self.sparsity)
+        if not isinstance(self.pattern_options, Mapping):
+            raise ValidationError(f"pattern_options must map option names to values, got {self.pattern_options!r}")
+        object.__setattr__(self, "pattern_options", dict(self.pattern_options))
         for name in ("baselines", "targets"):  # fill defaults, so config.json says them
             if getattr(self, name) is None:
                 object.__setattr__(self, name, tuple(getattr(pattern, f"default_{name}")))

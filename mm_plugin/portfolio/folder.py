@@ -21,7 +21,7 @@ import sys
 import time
 from collections.abc import Iterator
 from contextlib import contextmanager
-from dataclasses import fields
+from dataclasses import MISSING, fields
 from pathlib import Path
 from typing import Any
 
@@ -148,7 +148,8 @@ class RunFolder:
                               "this data and training>' (the same run_id resumes), or use another out folder")
         elif old is not None and finished:
             # a setting added since the folder was made reads as its default there (no results differ)
-            absent = {"settings": {f.name: f.default for f in fields(config)}, "inputs": {}}
+            absent = {"settings": {f.name: f.default if f.default is not MISSING else f.default_factory()
+                                   for f in fields(config)}, "inputs": {}}
             changed = [f"{part}.{k}: {old.get(part, {}).get(k)!r} -> {v!r}" for part in ("settings", "inputs")
                        for k, v in new[part].items() if part in old and old[part].get(k, absent[part].get(k)) != v]
             if changed:

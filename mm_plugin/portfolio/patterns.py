@@ -11,13 +11,16 @@ works once the Torch-Pruning extra is installed and never imports it otherwise.
 from __future__ import annotations
 
 import copy
+import logging
 from collections.abc import Callable
 from typing import TYPE_CHECKING, Any
 
 from torch import nn
 
 from ..errors import ConfigError, ValidationError
-from ..flexhinm import FlexHiNMConfig, GradualFlexHiNM, schedule_of
+from ..flexhinm import FlexHiNMConfig, GradualFlexHiNM, flexhinm_sparsify_, schedule_of
+from ..flexhinm.layout import nm_ineligibility
+from ..flexhinm.partition import achievable_targets, region_shares
 from ..masks import (
     apply_masks_,
     bake_masks_,
@@ -27,6 +30,7 @@ from ..masks import (
     measure_sparsity,
     reconstruct_,
 )
+from ..model import IgnoredScope, inventory
 from ..planning import (
     ALLOCATIONS,
     SIGNALS,
@@ -48,6 +52,8 @@ from .task import Task
 if TYPE_CHECKING:
     from .config import RunConfig
 
+log = logging.getLogger(__name__)
+
 #: Each baseline allocation is paired with the scores its authors rank weights by.
 BASELINE_SIGNAL = {"snip": "product"}
 
@@ -63,6 +69,8 @@ class Pattern:
     cost = "params"
     #: Whether the runner times each configuration against the dense model (a deployment backend is needed).
     timed = False
+    #: Whether the pattern takes ``RunConfig.pattern_options`` (it checks them in :meth:`check`).
+    options = False
     #: Where the baselines' names (and what each needs) are registered.
     baseline_registry: Registry = ALLOCATIONS
 
@@ -72,7 +80,10 @@ class Pattern:
         return around(targets) if targets else cls.default_range_targets
 
     def check(self, config: RunConfig) -> None:
-        """Refuse names this pattern cannot run, before anything is computed."""
+        """Refuse names and options this pattern cannot run, before anything is computed."""
+        if config.pattern_options and not self.options:
+            raise ConfigError(f"--sparsity {config.sparsity} takes no pattern options, got "
+                              f"{sorted(config.pattern_options)} (they are FlexHiNM's: --sparsity flexhinm or hybrid)")
         for name in config.signals:
             SIGNALS.get(name, where="signals")
         for name in config.baselines:
@@ -97,7 +108,11 @@ class Pattern:
         c = ctx.config
         return plan(ctx.dense, ctx.example, signal=signal, calibration=ctx.calibration, loss_fn=ctx.loss_fn,
                     rules=c.rules, targets=c.range_targets, reach=c.targets, samples=c.samples,
-                    sensitivity=ctx.sensitivity())
+                    sensitivity=ctx.sensitivity(), ignored_scope=self.ignored(ctx))
+
+    def ignored(self, ctx: RunContext) -> IgnoredScope | None:
+        """The units this pattern cannot prune, left out of the plan so that targets count over what it prunes."""
+        return None
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
         """The strategy's per-unit sparsities at ``target`` (computed before any run, so an unreachable
@@ -195,9 +210,53 @@ class Pattern:
         return model
 
 
-class FlexHiNMPattern(Pattern):
-    """FlexHiNM-GP: the strategy's per-layer targets as hybrid dense / 2:4 / vector-pruned masks after
-    Gyro-Permutation, with the 2:4 choices learned during fine-tuning and hardened to exact 2:4."""
+class HybridPattern(Pattern):
+    """FlexHiNM's hybrid dense / 2:4 / vector-pruned masks at the strategy's per-layer targets, fixed during
+    fine-tuning (the one-shot verb, :func:`~mm_plugin.flexhinm.flexhinm_sparsify_`). Targets count over the
+    layers that can hold the pattern; ``pattern_options`` are :class:`~mm_plugin.flexhinm.FlexHiNMConfig` fields
+    (``tile_rows``, ``permutation``...)."""
+
+    options = True
+
+    def check(self, config: RunConfig) -> None:
+        super().check(config)
+        self.flexhinm(config, seed=0)  # an unknown or invalid option stops the run before any work
+
+    @staticmethod
+    def flexhinm(config: RunConfig, seed: int) -> FlexHiNMConfig:
+        return FlexHiNMConfig.from_dict({**config.pattern_options, "seed": seed})
+
+    def ignored(self, ctx: RunContext) -> IgnoredScope | None:
+        """Layers no N:M kernel runs (grouped convolutions, input dimensions not a multiple of 4...)."""
+        units = inventory(ctx.dense, ctx.example).units
+        why = {u.name: nm_ineligibility(ctx.dense.get_submodule(u.module)) if u.name.endswith(".weight")
+               else "not a Conv / Linear weight" for u in units}
+        left = {n: w for n, w in why.items() if w}
+        for name, reason in left.items():
+            log.info("--sparsity %s leaves %s dense (not in the plan): %s", ctx.config.sparsity, name, reason)
+        return IgnoredScope(names=tuple(left)) if left else None
+
+    @staticmethod
+    def targets(model: nn.Module, job: Job) -> dict[str, float]:
+        """The job's per-layer targets as the partition can meet them (steps of half a vector per row tile),
+        with the global target kept: otherwise small layers' rounding moves it by up to a point."""
+        return achievable_targets(job.sparsity, {n: tuple(model.get_parameter(n).shape) for n in job.sparsity})
+
+    def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
+        result = flexhinm_sparsify_(model, self.targets(model, job), self.flexhinm(ctx.config, job.seed),
+                                    example_inputs=(ctx.example,), scores=self.scores(job, ctx),
+                                    calibration=ctx.batches() if ctx.config.reconstruct else None)
+        return model, {"nm_regions": result.nm_regions}  # where 2:4 must hold, for validate_nm
+
+    def measure(self, model: nn.Module, job: Job, ctx: RunContext) -> dict[str, Any]:
+        """Also the shares of the planned weights that end dense, 2:4 and vector-pruned (``share_*``)."""
+        kept = {n: w != 0 for n, w in effective_weights(model, ctx.plans[job.signal].units).items()}
+        return {**super().measure(model, job, ctx), **region_shares(kept)}
+
+
+class FlexHiNMPattern(HybridPattern):
+    """FlexHiNM-GP: the hybrid masks with the 2:4 choices learned during fine-tuning (Hard Concrete or pattern
+    gates, :class:`~mm_plugin.flexhinm.GradualFlexHiNM`) and hardened to exact 2:4 at the end."""
 
     needs = Needs(example_inputs=True)
 
@@ -209,7 +268,7 @@ class FlexHiNMPattern(Pattern):
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         steps = max(1, round(ctx.config.epochs * ctx.task.steps_per_epoch))  # hooks() sets the job's own budget
-        GradualFlexHiNM(model, job.sparsity, FlexHiNMConfig(seed=job.seed), total_steps=steps,
+        GradualFlexHiNM(model, self.targets(model, job), self.flexhinm(ctx.config, job.seed), total_steps=steps,
                         example_inputs=(ctx.example,), scores=self.scores(job, ctx),
                         calibration=ctx.batches() if ctx.config.reconstruct else None)
         return model, {}
@@ -228,6 +287,7 @@ class FlexHiNMPattern(Pattern):
 PATTERNS: Registry[type[Pattern]] = Registry("sparsity pattern", entry_point_group="mm_plugin.patterns")
 PATTERNS.register("unstructured")(Pattern)
 PATTERNS.register("flexhinm")(FlexHiNMPattern)
+PATTERNS.register("hybrid")(HybridPattern)
 
 
 def pattern_names() -> list[str]:

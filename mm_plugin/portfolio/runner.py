@@ -76,7 +76,7 @@ def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Jo
     jobs: list[Job] = []
     merged: dict[str, list[str]] = {}
     for signal, p in ctx.plans.items() if config.budget is None else ():
-        chosen = [p.strategy(n) for n in config.strategies] if config.strategies else p.strategies
+        chosen = p.strategies if config.strategies is None else [p.strategy(n) for n in config.strategies]
         for t in config.targets:
             first: dict[tuple, Job] = {}
             for s in chosen:

@@ -106,3 +106,36 @@ def test_bad_targets_and_names_raise_validation_errors():
         flexhinm_sparsify_(model, {"nope.weight": 0.5})
     with pytest.raises(ValidationError, match="multiple of 4"):
         hybrid_partition(torch.rand(4, 6), 0.5)
+
+
+def test_achievable_targets_are_met_exactly_and_keep_the_global_target():
+    from mm_plugin.flexhinm.partition import achievable_targets
+
+    shapes = {"a": (16, 16, 3, 3), "b": (32, 16, 3, 3), "c": (64, 64, 3, 3), "d": (10, 64)}
+    size = {n: torch.Size(s).numel() for n, s in shapes.items()}
+    for asked in ({"a": 0.8, "b": 0.7, "c": 0.76, "d": 0.9}, {"a": 0.3, "b": 0.55, "c": 0.5, "d": 0.05}):
+        got = achievable_targets(asked, shapes)
+        for n, t in got.items():
+            assert hybrid_partition(torch.rand(shapes[n]), t).sparsity == pytest.approx(t)  # met exactly
+            assert abs(t - asked[n]) <= 2 / shapes[n][1] + 1e-9  # within one step of half a vector
+        total = {k: sum(size[n] * v[n] for n in v) / sum(size.values()) for k, v in (("asked", asked), ("got", got))}
+        biggest_step = max(size[n] * 2 / shapes[n][1] for n in shapes) / sum(size.values())
+        assert abs(total["got"] - total["asked"]) <= biggest_step / 2 + 1e-9
+    rounded_alone = {n: round(t * shapes[n][1] / 2) / (shapes[n][1] / 2) for n, t in {"a": 0.8, "b": 0.8}.items()}
+    kept = achievable_targets({"a": 0.8, "b": 0.8}, shapes)
+    assert sorted(kept.values()) == [0.75, 0.875] != sorted(rounded_alone.values())  # one up, one down: total kept
+    assert achievable_targets({"a": 0.0, "d": 1.0}, shapes) == {"a": 0.0, "d": 1.0}
+
+
+def test_region_shares_count_dense_nm_and_vector_groups():
+    from mm_plugin.flexhinm.partition import region_shares
+
+    w = torch.rand(64, 32)
+    part = hybrid_partition(w, 0.7, tile_rows=16)
+    shares = region_shares({"w": part.mask})
+    c = part.counts
+    assert shares == pytest.approx({"share_dense": c.n_dense / c.n_groups, "share_24": c.n_nm / c.n_groups,
+                                    "share_vector": c.n_pruned / c.n_groups})
+    assert shares["share_vector"] + shares["share_24"] / 2 == pytest.approx(part.sparsity)
+    both = region_shares({"w": part.mask, "dense": torch.ones(64, 32, dtype=torch.bool)})
+    assert both["share_dense"] == pytest.approx((1 + shares["share_dense"]) / 2)

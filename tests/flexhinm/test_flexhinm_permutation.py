@@ -123,7 +123,7 @@ def test_permute_stage_keeps_the_function_and_sparsify_gives_valid_masks():
     x = (torch.randn(7, 16),)
     ref = model_outputs(model, x)
     sparsity = {"0.weight": 0.5, "2.weight": 0.6, "5.weight": 0.5}
-    report = flexhinm_permute_(model, sparsity, FlexHiNMConfig(tile_rows=8), example_inputs=x)
+    report = flexhinm_permute_(model, sparsity, FlexHiNMConfig(permutation="gyro", tile_rows=8), example_inputs=x)
     assert report.applied  # something was worth permuting
     for stats in report.applied.values():
         assert stats["retained_after"] > stats["retained_before"]
@@ -131,7 +131,7 @@ def test_permute_stage_keeps_the_function_and_sparsify_gives_valid_masks():
         torch.testing.assert_close(a, b, atol=1e-5, rtol=0)
 
     model2 = _mlp()
-    res = flexhinm_sparsify_(model2, sparsity, FlexHiNMConfig(tile_rows=8), example_inputs=x)
+    res = flexhinm_sparsify_(model2, sparsity, FlexHiNMConfig(permutation="gyro", tile_rows=8), example_inputs=x)
     assert validate_nm(model2, regions=res).ok
     assert {n for n, p in res.partitions.items()} == set(sparsity)
 
