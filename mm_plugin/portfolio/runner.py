@@ -32,7 +32,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Fitness, Rungs, finalists, pick_final, promote, propose
+from .search import Fitness, Rungs, finalists, pick_final, propose, shortlist
 from .sensitivity import prepare_sensitivity
 from .task import Task
 
@@ -286,7 +286,7 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                       _fitness(driver.pattern, driver.ctx, target, seed))
     ranked = oneshot
     if rungs.short:
-        short = promote(oneshot, rungs.short)
+        short = shortlist(oneshot, rungs.short, usual_first=not driver.pattern.oneshot_ranks)
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
     pick = pick_final(config, rung(finalists(config, ranked, rungs.full, oneshot), 2, None))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])

@@ -229,6 +229,16 @@ def promote(scored: list[tuple[Strategy, float, float | None]], k: int) -> list[
     return [c for c, _, _ in sorted(scored, key=lambda s: (-s[1], 0.0 if s[2] is None else s[2]))[:k]]
 
 
+def shortlist(scored: list[tuple[Strategy, float, float | None]], k: int, usual_first: bool) -> list[Strategy]:
+    """Rung 1's ``k`` candidates: the best one-shot scores; with ``usual_first``, the usual allocations (held
+    exactly) first and the best one-shot scores after them, for a pattern whose fine-tuning recovers more of
+    some allocations' one-shot loss than of others' (its one-shot scores would drop the best one early)."""
+    if not usual_first:
+        return promote(scored, k)
+    usual = promote([s for s in scored if is_usual(s[0])], k)
+    return usual + promote([s for s in scored if not is_usual(s[0])], k - len(usual))
+
+
 #: A challenger replaces the usual allocation only when McNemar's test on the validation samples says it is
 #: better at this level: a search compares many candidates on one split, so a small lead there is mostly luck.
 PAIRED_ALPHA = 0.05

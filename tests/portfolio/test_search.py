@@ -9,7 +9,7 @@ import pytest
 from mm_plugin.planning import Strategy
 from mm_plugin.portfolio import RunConfig, load_records, runner
 from mm_plugin.portfolio.report import search_summary
-from mm_plugin.portfolio.search import Rungs, finalists, pick_final
+from mm_plugin.portfolio.search import Rungs, finalists, pick_final, shortlist
 
 CONFIG = RunConfig(targets=(0.8,),
                    baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
@@ -150,3 +150,16 @@ def test_the_paired_pick_always_fine_tunes_the_best_usual_allocation():
     assert finalists(paired, ranked[:2], 2, oneshot)[0].name == "magnitude/exact-lamp"
     with pytest.raises(ValueError, match="pick 'paired' .* a --budget of at least 4"):
         dataclasses.replace(CONFIG, pick="paired", budget=2)
+
+
+def test_shortlist_puts_the_usual_allocations_first_only_where_one_shot_scores_do_not_rank():
+    s = lambda name: Strategy(f"magnitude/{name}", {"1.weight": 0.5}, "magnitude")  # noqa: E731
+    scored = [(s("tpe-001"), 0.97, 0.1), (s("tpe-002"), 0.96, 0.1), (s("exact-lamp"), 0.95, 0.2),
+              (s("tpe-003"), 0.94, 0.1), (s("exact-uniform"), 0.90, 0.3)]
+    assert [c.name for c in shortlist(scored, 3, usual_first=False)] == \
+        ["magnitude/tpe-001", "magnitude/tpe-002", "magnitude/exact-lamp"]
+    assert [c.name for c in shortlist(scored, 3, usual_first=True)] == \
+        ["magnitude/exact-lamp", "magnitude/exact-uniform", "magnitude/tpe-001"]
+    assert [c.name for c in shortlist(scored, 1, usual_first=True)] == ["magnitude/exact-lamp"]
+    from mm_plugin.portfolio.patterns import get_pattern
+    assert get_pattern("unstructured").oneshot_ranks and not get_pattern("flexhinm").oneshot_ranks
