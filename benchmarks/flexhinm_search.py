@@ -180,7 +180,8 @@ def main() -> None:
             run(task, config, out / name / (folder + suffix(options)), command=command, progress=False)
     rows = []
     for name in TESTBEDS:
-        for tile_rows in tile_variants(out / name):  # the default tile first; the unstructured rows once
+        variants = tile_variants(out / name)
+        for tile_rows in variants:  # the default tile first; the unstructured rows once
             options = {} if tile_rows is None else {"tile_rows": tile_rows}
             found = {m: rs for folder, pattern, baselines, _ in RUNS
                      for m, rs in method_records(out / name / (folder + (suffix(options) if pattern != UNSTRUCTURED
@@ -188,7 +189,7 @@ def main() -> None:
             config = out / name / ("flexhinm" + suffix(options)) / "config.json"
             epochs = json.loads(config.read_text())["settings"]["epochs"] if config.exists() else None
             rows += [{**r, "tile_rows": tile_rows or FlexHiNMConfig().tile_rows} for r in summarize(name, epochs, found)
-                     if tile_rows is None or r["method"] != "unstructured"]
+                     if tile_rows == variants[0] or r["method"] != "unstructured"]
     write_json_atomic(out / "summary.json", rows)
     write_text_atomic(out / "summary.md", table(rows) + "\n")
     print(table(rows))
