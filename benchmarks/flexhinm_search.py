@@ -37,6 +37,7 @@ from mm_plugin.flexhinm import FlexHiNMConfig
 from mm_plugin.metrics import mcnemar
 from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task, run
 from mm_plugin.portfolio.patterns import PATTERNS, HybridPattern, Pattern
+from mm_plugin.portfolio.runner import best_baselines
 
 UNSTRUCTURED = "unstructured-nm-layers"
 
@@ -78,13 +79,8 @@ def method_records(folder: Path, baselines: dict[str, str]) -> dict[str, list[di
         if name:
             out.setdefault(name, []).append(r)
     for picked, names in PICKED.items():
-        if all(out.get(m) for m in names):
-            by_seed: dict[tuple, dict] = {}
-            for r in (r for m in names for r in out[m]):  # first in ``names`` wins a tie
-                at = (r["target"], r["seed"])
-                if at not in by_seed or r["val_score"] > by_seed[at]["val_score"]:
-                    by_seed[at] = r
-            out[picked] = list(by_seed.values())
+        if all(out.get(m) for m in names):  # the runner's own pick on validation; the first in ``names`` wins a tie
+            out[picked] = best_baselines([r for m in names for r in out[m]])
     return out
 
 

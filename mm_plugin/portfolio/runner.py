@@ -298,7 +298,7 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                                "seconds": round(time.perf_counter() - start, 2)}})
 
 
-def _best_baselines(records: Sequence[dict]) -> list[dict]:
+def best_baselines(records: Sequence[dict]) -> list[dict]:
     """Per target and seed, the baseline best on validation: what a search's pick is compared with."""
     best: dict[tuple, dict] = {}
     for r in records:
@@ -389,7 +389,7 @@ def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, kee
     plot = plot_pareto(aggs, out / "pareto.png", title, metric=task.metric)
     if keep_checkpoints == "front":  # both fronts, the search's picks and the baselines they are compared with
         keep = {a.key for a in front} | {a.key for a in latency_front_of(aggs)}
-        best = {r["key"] for r in _best_baselines(records)}
+        best = {r["key"] for r in best_baselines(records)}
         kept = {r["checkpoint"] for r in records if "checkpoint" in r
                 and (r["config_key"] in keep or r["name"] == "search" or r["key"] in best)}
         for r in records:

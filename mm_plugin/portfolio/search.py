@@ -235,8 +235,14 @@ def shortlist(scored: list[tuple[Strategy, float, float | None]], k: int, usual_
     some allocations' one-shot loss than of others' (its one-shot scores would drop the best one early)."""
     if not usual_first:
         return promote(scored, k)
-    usual = promote([s for s in scored if is_usual(s[0])], k)
-    return usual + promote([s for s in scored if not is_usual(s[0])], k - len(usual))
+    return _usual_first([s for s in scored if is_usual(s[0])], scored, k, places=k)
+
+
+def _usual_first(usual: list[tuple[Strategy, float, float | None]], scored: list[tuple[Strategy, float, float | None]],
+                 k: int, places: int) -> list[Strategy]:
+    """The best ``places`` of ``usual``, then the best of the other candidates of ``scored`` up to ``k``."""
+    first = promote(usual, places)
+    return first + promote([s for s in scored if not is_usual(s[0])], k - len(first))
 
 
 #: A challenger replaces the usual allocation only when McNemar's test on the validation samples says it is
@@ -258,7 +264,7 @@ def finalists(config: RunConfig, ranked: list[tuple[Strategy, float, float | Non
     usual = [r for r in ranked if is_usual(r[0])] or [r for r in oneshot if is_usual(r[0])]
     if config.pick != "paired" or not usual:
         return promote(ranked, full)
-    return promote(usual, 1) + promote([r for r in ranked if not is_usual(r[0])], full - 1)
+    return _usual_first(usual, ranked, full, places=1)
 
 
 def pick_final(config: RunConfig, finals: list[dict]) -> dict:
