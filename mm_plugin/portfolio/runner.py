@@ -96,14 +96,48 @@ def _jobs(config: RunConfig, pattern: Pattern, ctx: RunContext) -> tuple[list[Jo
     return jobs, merged
 
 
-def _oneshot(job: Job, pattern: Pattern, ctx: RunContext) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
-    """A pruned copy of the dense model with its BatchNorm statistics re-estimated, and its one-shot
-    validation scores: what ranks candidates before any fine-tuning."""
-    model, extra = pattern.prune_(copy.deepcopy(ctx.dense), job, ctx)
+def _oneshot(model: nn.Module, job: Job, pattern: Pattern, ctx: RunContext, known: dict[str, Any] | None
+             ) -> tuple[nn.Module, dict[str, Any], dict[str, Any]]:
+    """``model`` (a copy of the dense one) pruned, its BatchNorm statistics re-estimated, and its one-shot
+    validation scores: what ranks candidates before any fine-tuning (``known``: scored already, by a search's
+    rung 0, so not again)."""
+    model, extra = pattern.prune_(model, job, ctx)
     if ctx.batches() is not None:
         reestimate_bn_(model, ctx.batches())
-    val = ctx.task.scores(model, "val")
-    return model, extra, {"oneshot_val_score": val["score"], "oneshot_val_loss": val.get("loss")}
+    if known is None:
+        val = ctx.task.scores(model, "val")
+        known = {"oneshot_val_score": val["score"], "oneshot_val_loss": val.get("loss")}
+    return model, extra, known
+
+
+#: A sample a model trains on (forward and backward) costs about three forward passes of it.
+TRAINING_PASSES = 3
+
+
+def _batch_size(inputs: Any) -> int | None:
+    """The leading size of the first batched tensor in ``inputs`` (tensors, or tuples, lists and dicts of them)."""
+    if isinstance(inputs, torch.Tensor):
+        return inputs.shape[0] if inputs.dim() else None
+    values = inputs.values() if isinstance(inputs, dict) else inputs if isinstance(inputs, (tuple, list)) else ()
+    return next((n for n in map(_batch_size, values) if n), None)
+
+
+@contextmanager
+def _metered(model: nn.Module) -> Iterator[dict[str, float]]:
+    """The compute ``model`` spends inside the block, as ``{"work": samples}``: every sample through its forward
+    counts one, three where it trains with gradients. The same count on any machine, so a search spends its
+    budget (see :func:`_oneshot_cost`) the same way wherever it runs."""
+    meter = {"work": 0.0}
+
+    def count(module: nn.Module, args: tuple, kwargs: dict) -> None:
+        samples = _batch_size((args, kwargs)) or 1
+        meter["work"] += samples * (TRAINING_PASSES if module.training and torch.is_grad_enabled() else 1)
+
+    handle = model.register_forward_pre_hook(count, with_kwargs=True)
+    try:
+        yield meter
+    finally:
+        handle.remove()
 
 
 def _record(job: Job, ctx: RunContext, start: float, **fields: Any) -> dict:
@@ -156,27 +190,31 @@ def _finetune(task: Task, model: nn.Module, epochs: float, seed: int, hooks: Seq
     return result
 
 
-def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None]) -> tuple[dict, Any, Any]:
-    """One job, anywhere (an executor's task): prune, score one-shot, fine-tune (``epochs``: the config's,
-    or fewer for a search rung, then only the scores count) and measure, on the validation split only.
-    Returns the record, the checkpoint payload and, for a timed pattern, the model; nothing is written here."""
-    (pattern, ctx), (job, epochs) = shared, item
+def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None, dict | None]) -> tuple[dict, Any, Any]:
+    """One job, anywhere (an executor's task): prune, score one-shot (unless ``known``), fine-tune (``epochs``:
+    the config's, or fewer for a search rung, then only the scores count) and measure, on the validation split
+    only. Returns the record (with the job's ``work``, see :func:`_metered`), the checkpoint payload and, for a
+    timed pattern, the model; nothing is written here."""
+    (pattern, ctx), (job, epochs, known) = shared, item
     start = time.perf_counter()
-    model, extra, oneshot = _oneshot(job, pattern, ctx)
-    if epochs == 0:  # a search's rung 0: one-shot scores rank
-        return _record(job, ctx, start, **oneshot, val_score=oneshot["oneshot_val_score"],
-                       val_loss=oneshot["oneshot_val_loss"]), None, None
-    epochs_run = ctx.config.epochs if epochs is None else epochs
-    steps = max(1, round(epochs_run * ctx.task.steps_per_epoch)) if ctx.task.steps_per_epoch else 0
-    hooks = pattern.hooks(model, job, ctx, steps=steps)
-    result = _finetune(ctx.task, model, epochs_run, job.seed, hooks)
-    extra.update(pattern.finish_(model, hooks))
-    val = ctx.task.scores(model, "val")
-    trained = {**oneshot, "val_score": val.pop("score"), "val_loss": val.pop("loss", None), "val_metrics": val,
-               **{k: getattr(result, k) for k in ("best_epoch", "epochs_run") if hasattr(result, k)}}
-    if epochs is not None:  # a search's rung 1: short fine-tunes rank
-        return _record(job, ctx, start, **trained), None, None
-    record = _record(job, ctx, start, **pattern.measure(model, job, ctx), **trained)
+    model = copy.deepcopy(ctx.dense)
+    with _metered(model) as meter:
+        model, extra, oneshot = _oneshot(model, job, pattern, ctx, known)
+        if epochs == 0:  # a search's rung 0: one-shot scores rank
+            return _record(job, ctx, start, **oneshot, val_score=oneshot["oneshot_val_score"],
+                           val_loss=oneshot["oneshot_val_loss"], **meter), None, None
+        epochs_run = ctx.config.epochs if epochs is None else epochs
+        steps = max(1, round(epochs_run * ctx.task.steps_per_epoch)) if ctx.task.steps_per_epoch else 0
+        hooks = pattern.hooks(model, job, ctx, steps=steps)
+        result = _finetune(ctx.task, model, epochs_run, job.seed, hooks)
+        extra.update(pattern.finish_(model, hooks))
+        val = ctx.task.scores(model, "val")
+        trained = {**oneshot, "val_score": val.pop("score"), "val_loss": val.pop("loss", None), "val_metrics": val,
+                   **{k: getattr(result, k) for k in ("best_epoch", "epochs_run") if hasattr(result, k)}}
+        if epochs is not None:  # a search's rung 1: short fine-tunes rank
+            return _record(job, ctx, start, **trained, **meter), None, None
+        measured = pattern.measure(model, job, ctx)
+    record = _record(job, ctx, start, **measured, **trained, **meter)
     return record, pattern.checkpoint(model, record, extra), model if pattern.timed else None
 
 
@@ -227,10 +265,10 @@ class _Driver:
         dense_ms, pruned_ms = self.latency[job.config_key]
         return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
 
-    def run(self, items: list[tuple[Job, float | None]], desc: str) -> dict[str, dict]:
-        """Every (job, epochs); their records by key, as they finish."""
+    def run(self, items: list[tuple[Job, float | None, dict | None]], desc: str) -> dict[str, dict]:
+        """Every (job, epochs, one-shot scores known or None); their records by key, as they finish."""
         out = {}
-        for (job, _), (record, payload, model) in self.executor.map(_run_job, (self.pattern, self.ctx), items, desc):
+        for (job, _, _), (record, payload, model) in self.executor.map(_run_job, (self.pattern, self.ctx), items, desc):
             if model is not None:
                 record.update(self._time(job, model))
                 payload["record"] = record
@@ -261,18 +299,35 @@ def _fitness(pattern: Pattern, ctx: RunContext, target: float, seed: int) -> Fit
     return fitness
 
 
+def _oneshot_cost(records: Sequence[dict], target: float, seed: int) -> float:
+    """What one one-shot score cost this search, in full fine-tunes: the mean ``work`` of its rung-0 jobs over
+    that of the baselines' fine-tunes at the same target and seed (each one full fine-tune). 0 (the one-shot rung
+    not counted) where there is no baseline to measure by, or records from before jobs were metered."""
+    at = [r for r in records if r["target"] == target and r["seed"] == seed]
+    zero = [r["work"] for r in at if r.get("rung") == 0 and "work" in r]
+    full = [r["work"] for r in at if r["method"] == "baseline" and r.get("rung") is None and r.get("work")]
+    if not zero or not full:
+        log.info("search at target %g, seed %d: no metered baseline fine-tune to count its one-shot scores by, so "
+                 "its budget counts fine-tunes only", target, seed)
+        return 0.0
+    return float(sum(zero) / len(zero) / (sum(full) / len(full)))
+
+
 def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
-    each rung's candidates run together (in parallel on a cluster). The finalist best on validation is
-    recorded again as the run's ``search`` pick."""
+    each rung's candidates run together (in parallel on a cluster). The budget counts the one-shot rung by its
+    measured work, so the short rung gets what it leaves (:meth:`Rungs.for_budget`). The finalist picked on
+    validation is recorded again as the run's ``search`` pick."""
     config = driver.ctx.config
-    rungs = Rungs.for_budget(config.budget, config.candidates, config.eta)
     recorded = {r["key"]: r for r in driver.folder.records()}
     start = time.perf_counter()  # the search's own time too (its sampler, the driver), not only its jobs'
 
     def rung(candidates: list[Strategy], k: int, epochs: float | None) -> list[dict]:
         jobs = [Job("search", c.signal, c.name, target, seed, c.sparsity, k) for c in candidates]
-        recorded.update(driver.run([(j, epochs) for j in jobs if j.key not in recorded], f"rung {k}"))
+        known = [None if k == 0 else {f: recorded[dataclasses.replace(j, rung=0).key][f]
+                                      for f in ("oneshot_val_score", "oneshot_val_loss")} for j in jobs]
+        recorded.update(driver.run([(j, epochs, o) for j, o in zip(jobs, known) if j.key not in recorded],
+                                   f"rung {k}"))
         return [recorded[j.key] for j in jobs]
 
     def scored(records: list[dict]) -> list[tuple[float, float]]:
@@ -281,9 +336,17 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     done0 = {r["name"]: (r["val_score"], r["val_loss"]) for r in recorded.values()
              if r.get("rung") == 0 and r["target"] == target and r["seed"] == seed}
     allocations = driver.pattern.allocations(driver.ctx, target)
-    oneshot = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.db", allocations,
+    oneshot = propose(config, driver.ctx.plans, target, seed, driver.folder.path / "search.journal", allocations,
                       driver.pattern.scaled, lambda cs: scored(rung(cs, 0, 0)), done0,
                       _fitness(driver.pattern, driver.ctx, target, seed))
+    rungs = Rungs.for_budget(config.budget, len(oneshot), config.eta,
+                             oneshot=_oneshot_cost(list(recorded.values()), target, seed))
+    if rungs.cost > config.budget + 1e-9 or (
+            not rungs.short and Rungs.for_budget(config.budget, rungs.candidates, config.eta).short):
+        log.warning("search at target %g, seed %d: its %d one-shot scores cost %.2f full fine-tunes of a budget of %g, "
+                    "leaving no room for short fine-tunes; %d candidates would leave room for %d (0: raise --budget)",
+                    target, seed, rungs.candidates, rungs.candidates * rungs.oneshot, config.budget,
+                    rungs.candidates_for(config.budget), 2 * rungs.full)
     ranked = oneshot
     if rungs.short:
         short = shortlist(oneshot, rungs.short, usual_first=not driver.pattern.oneshot_ranks)
@@ -293,9 +356,9 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
-                    "search": {"budget": rungs.cost, "candidates": rungs.candidates, "short": rungs.short,
-                               "full": rungs.full, "eta": rungs.eta, "pick": config.pick,
-                               "seconds": round(time.perf_counter() - start, 2)}})
+                    "search": {"budget": config.budget, "spent": round(rungs.cost, 4), "candidates": rungs.candidates,
+                               "oneshot": round(rungs.oneshot, 5), "short": rungs.short, "full": rungs.full,
+                               "eta": rungs.eta, "pick": config.pick, "seconds": round(time.perf_counter() - start, 2)}})
 
 
 def best_baselines(records: Sequence[dict]) -> list[dict]:
@@ -374,7 +437,7 @@ def _run(task: Task, config: RunConfig, pattern: Pattern, folder: RunFolder, kee
     todo = [j for j in jobs if j.key not in done]
     if done:
         log.info("resuming %s: %d runs finished, %d to go", out, len(done), len(todo))
-    driver.run([(j, None) for j in todo], f"{task.name} runs")
+    driver.run([(j, None, None) for j in todo], f"{task.name} runs")
     if config.budget is not None:
         for target, seed in tqdm([(t, s) for t in config.targets for s in config.seeds], disable=not progress,
                                  desc=f"{task.name} searches", unit="search"):

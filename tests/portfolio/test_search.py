@@ -4,6 +4,7 @@ import dataclasses
 import logging
 
 import factories
+import numpy as np
 import pytest
 
 from mm_plugin.planning import Strategy
@@ -12,14 +13,19 @@ from mm_plugin.portfolio.report import search_summary
 from mm_plugin.portfolio.search import Rungs, finalists, pick_final, shortlist
 
 CONFIG = RunConfig(targets=(0.8,),
-                   baselines=("global_magnitude", "lamp"), epochs=2, budget=2, candidates=9, seeds=(0,),
+                   baselines=("global_magnitude", "lamp"), epochs=2, budget=2.5, candidates=9, seeds=(0,),
                    rules=[{"name": "first-layer", "enabled": False}])
 
 
-@pytest.mark.parametrize("budget, short, full", [(1, 0, 1), (2, 3, 1), (4, 6, 2), (6, 9, 3)])
-def test_schedule_spends_the_budget(budget, short, full):
-    s = Rungs.for_budget(budget, candidates=24, eta=3)
+@pytest.mark.parametrize("budget, oneshot, short, full", [(1, 0, 0, 1), (2, 0, 3, 1), (4, 0, 6, 2), (6, 0, 9, 3),
+                                                     (4, 0.02, 4, 2), (4, 0.04, 0, 2), (6, 0.04, 5, 3)])
+def test_schedule_spends_the_budget_one_shot_scores_included(budget, oneshot, short, full):
+    """24 one-shot scores at 2 % of a fine-tune each take 0.48 of the budget, and each short fine-tune its
+    one-shot start: 4 short fine-tunes fit in a budget of 4, not 6; at 4 % fewer than 3 fit, and a rung 1 that keeps all it
+    holds selects nothing, so there is none."""
+    s = Rungs.for_budget(budget, candidates=24, eta=3, oneshot=oneshot)
     assert (s.short, s.full) == (short, full) and s.cost <= budget + 1e-9
+    assert s.cost == pytest.approx(24 * oneshot + short * (oneshot + (1 - oneshot) / 3) + full)
 
 
 @pytest.fixture(scope="module")
@@ -38,14 +44,31 @@ def test_rungs_are_recorded_and_halved(searched):
     best0 = sorted(rungs[0], key=lambda r: (-r["val_score"], r["val_loss"]))[:3]
     assert {r["name"] for r in rungs[1]} == {r["name"] for r in best0}  # promotion by one-shot val
     (pick,) = [r for r in result.records if r.get("picked")]
-    assert pick["picked"] == rungs[2][0]["name"] and pick["search"]["budget"] == 2
+    assert pick["picked"] == rungs[2][0]["name"] and pick["search"]["budget"] == 2.5
     assert abs(pick["sparsity"] - 0.8) < 0.01  # measured after fine-tuning
-    assert (out / "search.db").exists()
+    assert (out / "search.journal").exists()
     aggregates = {a.name for a in result.aggregates}
     assert aggregates == {"search", "global_magnitude", "lamp"}  # the rungs stay out of the front and tables
     (row,) = search_summary(result.records)
     assert row["rungs"] == [9, 3, 1] and row["n_baselines"] == 2 and row["rho_pairs"] == 4
     assert "## Strategy search at equal budget" in result.report.read_text()
+
+
+def test_the_budget_counts_the_one_shot_rung_by_its_measured_work(searched):
+    """Every job's compute is metered (samples through the model, three per trained one): the search's one-shot
+    scores are counted against the baselines' fine-tunes, and the later rungs do not score one-shot again."""
+    _, result = searched
+    (pick,) = [r for r in result.records if r.get("picked")]
+    rung0 = [r["work"] for r in result.records if r.get("rung") == 0]
+    full = [r["work"] for r in result.records if r["method"] == "baseline"]
+    assert pick["search"]["oneshot"] == pytest.approx(np.mean(rung0) / np.mean(full), abs=1e-5)
+    assert 0 < pick["search"]["oneshot"] < 0.2 and pick["search"]["spent"] <= 2.5
+    expected = Rungs.for_budget(2.5, 9, 3, oneshot=pick["search"]["oneshot"])
+    assert (pick["search"]["short"], pick["search"]["spent"]) == (expected.short, pytest.approx(expected.cost, abs=1e-4))
+    (final,) = [r for r in result.records if r.get("rung") == 2]
+    assert final["work"] == full[0] - rung0[0]  # its one-shot start, without scoring validation again
+    assert final["oneshot_val_score"] == next(r["oneshot_val_score"] for r in result.records
+                                              if r.get("rung") == 0 and r["name"] == final["name"])
 
 
 def test_an_interrupted_search_resumes_without_repeating(tmp_path, monkeypatch, searched):
@@ -163,3 +186,16 @@ def test_shortlist_puts_the_usual_allocations_first_only_where_one_shot_scores_d
     assert [c.name for c in shortlist(scored, 1, usual_first=True)] == ["magnitude/exact-lamp"]
     from mm_plugin.portfolio.patterns import get_pattern
     assert get_pattern("unstructured").oneshot_ranks and not get_pattern("flexhinm").oneshot_ranks
+
+
+def test_a_search_whose_one_shot_rung_eats_the_short_one_says_how_many_candidates_fit(tmp_path, caplog):
+    """A budget of 2 with 9 one-shot scores at a few percent of a fine-tune each leaves fewer short fine-tunes than
+    it would select from: the search says so, and how many candidates would leave room."""
+    config = dataclasses.replace(CONFIG, budget=2)
+    with caplog.at_level(logging.WARNING, logger="mm_plugin.portfolio.runner"):
+        records = factories.run_spec(config, tmp_path, progress=False).records
+    (pick,) = [r for r in records if r.get("picked")]
+    assert pick["search"]["short"] == 0 and not [r for r in records if r.get("rung") == 1]
+    rungs = Rungs(9, 0, 1, 3, pick["search"]["oneshot"])
+    assert f"{rungs.candidates_for(2)} candidates would leave room for 2" in caplog.text
+    assert Rungs.for_budget(2, rungs.candidates_for(2), 3, oneshot=rungs.oneshot).short >= 2
