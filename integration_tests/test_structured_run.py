@@ -134,6 +134,14 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     assert len(rung0) == 4 and all(r["test_score"] is None for r in rung0)  # ranked on validation only
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0
+    # Torch-Pruning's own pruning is in the pool exactly: each group loses the channels TP removed from it
+    exact = {r["name"].split("exact-")[1]: r for r in rung0 if "/exact-" in r["name"]}
+    baselines = {r["name"]: r for r in records if r["method"] == "baseline"}
+    assert set(exact) == {"tp_uniform", "tp_global"}
+    for name, r in exact.items():
+        assert r["planned_sparsity"] == pytest.approx(baselines[name]["layer_sparsity"], abs=1e-9)
+        assert r["oneshot_val_score"] == baselines[name]["oneshot_val_score"]  # the same channels, the same model
+    assert exact["tp_global"]["planned_sparsity"] != exact["tp_uniform"]["planned_sparsity"]
 
 
 def test_sensitivity_is_measured_per_channel_group(tmp_path):

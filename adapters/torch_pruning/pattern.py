@@ -20,6 +20,7 @@ from mm_plugin.errors import ConfigError
 from mm_plugin.model import count_prunable
 from mm_plugin.planning import Plan, Strategy
 from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
+from mm_plugin.portfolio.search import is_usual
 from mm_plugin.registry import Needs, Registry
 
 from .groups import DEFAULT_GROUP_TARGETS, plan_groups, signal_importance
@@ -79,18 +80,36 @@ class StructuredPattern(Pattern):
         return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
 
     def allocations(self, ctx: RunContext, target: float) -> dict[str, dict[str, float]]:
-        return {}  # Torch-Pruning's baselines rank channels globally or per layer: no per-group allocation to hold
+        """Torch-Pruning's baselines as per-group allocations: the share of each group's channels they remove at
+        ``target`` (TP global ranks channels over all groups, so its shares differ by group), for a search's pool
+        to hold exactly, as it holds the unstructured baselines' allocations."""
+        def shares() -> dict[str, dict[str, float]]:
+            plan = ctx.plans["magnitude"]
+            out = {}
+            for b in self.baselines(ctx, target):
+                job = Job("baseline", b.signal, b.name, target, 0, {})
+                kept = kept_channels(self._pruned(ctx.dense, job, ctx, self._planned_target(job, ctx), False), plan)
+                out[b.name] = {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units}
+            return out
 
-    def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, planned: float, inplace: bool) -> nn.Module:
+        return ctx.memo(f"allocations/{target:.6f}", shares) if "magnitude" in ctx.plans else {}
+
+    def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, planned: float | None, inplace: bool) -> nn.Module:
+        """``job`` pruned at ``planned`` (None: a usual allocation, at its own channel counts)."""
         plan = ctx.plans[job.signal]
         fixed = plan.config.get("fixed_groups", [])
         if job.method == "baseline":
             return prune_baseline(model, ctx.example, BASELINES.get(job.name), planned, ignored_layers=fixed,
                                   inplace=inplace, importance=signal_importance(plan.signal))[0]
-        strategy = plan.rescale(Strategy(job.name, job.sparsity, job.signal), planned, "macs")
+        strategy = Strategy(job.name, job.sparsity, job.signal)
+        strategy = strategy if planned is None else plan.rescale(strategy, planned, "macs")
         return prune_structured(model, ctx.example, strategy, plan=plan, ignored_layers=fixed, inplace=inplace)[0]
 
-    def _planned_target(self, job: Job, ctx: RunContext) -> float:
+    def _planned_target(self, job: Job, ctx: RunContext) -> float | None:
+        """The target ``job`` is pruned at to remove ``job.target`` of the multiply-adds; None for a usual
+        allocation, which removes what Torch-Pruning removed with it."""
+        if is_usual(job.name):
+            return None
         bounds = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
         return self.planned_target_at(job, ctx, lambda m: macs_of(m, ctx.example),
                                       lambda t: self._pruned(ctx.dense, job, ctx, t, False), bounds)

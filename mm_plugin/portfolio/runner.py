@@ -313,6 +313,26 @@ def _oneshot_cost(records: Sequence[dict], target: float, seed: int) -> float:
     return float(sum(zero) / len(zero) / (sum(full) / len(full)))
 
 
+def _say_what_the_budget_left(rungs: Rungs, budget: float, target: float, seed: int) -> None:
+    """Where the one-shot scores overspend the budget or leave no room for short fine-tunes, say so: with the
+    number of candidates that would leave room (a warning), or, where no pool worth searching would, that the
+    budget is small for this cost (information)."""
+    at = f"search at target {target:g}, seed {seed}: its {rungs.candidates} one-shot scores cost " \
+         f"{rungs.candidates * rungs.oneshot:.2f} full fine-tunes of a budget of {budget:g}"
+    if rungs.cost > budget + 1e-9:
+        log.warning("%s, so it spends %.2f; lower --candidates or raise --budget", at, rungs.cost)
+    if rungs.short or not Rungs.for_budget(budget, rungs.candidates, rungs.eta).short:
+        return
+    fits = rungs.candidates_for(budget)
+    if fits > 2 * rungs.full:
+        log.warning("%s, leaving no room for short fine-tunes; --candidates %d would leave room for %d", at, fits,
+                    2 * rungs.full)
+    else:
+        log.info("%s, leaving no room for short fine-tunes: the finalists are the best one-shot scores (a budget of "
+                 "%g would fit %d short fine-tunes)", at, budget + 1,
+                 Rungs.for_budget(budget + 1, rungs.candidates, rungs.eta, rungs.oneshot).short)
+
+
 def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
     each rung's candidates run together (in parallel on a cluster). The budget counts the one-shot rung by its
@@ -341,12 +361,7 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                       _fitness(driver.pattern, driver.ctx, target, seed))
     rungs = Rungs.for_budget(config.budget, len(oneshot), config.eta,
                              oneshot=_oneshot_cost(list(recorded.values()), target, seed))
-    if rungs.cost > config.budget + 1e-9 or (
-            not rungs.short and Rungs.for_budget(config.budget, rungs.candidates, config.eta).short):
-        log.warning("search at target %g, seed %d: its %d one-shot scores cost %.2f full fine-tunes of a budget of %g, "
-                    "leaving no room for short fine-tunes; %d candidates would leave room for %d (0: raise --budget)",
-                    target, seed, rungs.candidates, rungs.candidates * rungs.oneshot, config.budget,
-                    rungs.candidates_for(config.budget), 2 * rungs.full)
+    _say_what_the_budget_left(rungs, config.budget, target, seed)
     ranked = oneshot
     if rungs.short:
         short = shortlist(oneshot, rungs.short, usual_first=not driver.pattern.oneshot_ranks)

@@ -270,9 +270,11 @@ def _usual_first(usual: list[tuple[Strategy, float, float | None]], scored: list
 PAIRED_ALPHA = 0.05
 
 
-def is_usual(strategy: Strategy | dict) -> bool:
-    """One of the allocations users already have, exactly as they are (``<signal>/exact-<name>``)."""
-    name = strategy.name if isinstance(strategy, Strategy) else strategy["name"]
+def is_usual(strategy: Strategy | dict | str) -> bool:
+    """One of the allocations users already have, exactly as they are (``<signal>/exact-<name>``): a candidate,
+    its record or its name."""
+    name = strategy if isinstance(strategy, str) else strategy.name if isinstance(strategy, Strategy) \
+        else strategy["name"]
     return name.split("/", 1)[-1].startswith(EXACT)
 
 

@@ -197,5 +197,5 @@ def test_a_search_whose_one_shot_rung_eats_the_short_one_says_how_many_candidate
     (pick,) = [r for r in records if r.get("picked")]
     assert pick["search"]["short"] == 0 and not [r for r in records if r.get("rung") == 1]
     rungs = Rungs(9, 0, 1, 3, pick["search"]["oneshot"])
-    assert f"{rungs.candidates_for(2)} candidates would leave room for 2" in caplog.text
+    assert f"--candidates {rungs.candidates_for(2)} would leave room for 2" in caplog.text
     assert Rungs.for_budget(2, rungs.candidates_for(2), 3, oneshot=rungs.oneshot).short >= 2
