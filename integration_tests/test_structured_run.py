@@ -132,6 +132,9 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
         records = factories.run_spec(config, tmp_path, SPEC, progress=False).records
     rung0 = [r for r in records if r.get("rung") == 0]
     assert len(rung0) == 4 and all(r["test_score"] is None for r in rung0)  # ranked on validation only
+    # strategies that differ by a constant position in the ranges (conservative, balanced...) are one candidate
+    assert len({tuple(sorted(r["planned_sparsity"].items())) for r in rung0}) == 4
+    assert sum(r["name"].split("/")[1] in ("conservative", "balanced", "aggressive") for r in rung0) <= 1
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0
     # Torch-Pruning's own pruning is in the pool exactly: each group loses the channels TP removed from it

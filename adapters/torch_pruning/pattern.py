@@ -16,7 +16,7 @@ from typing import Any
 import torch_pruning as tp
 from torch import nn
 
-from mm_plugin.errors import ConfigError
+from mm_plugin.errors import ConfigError, ValidationError
 from mm_plugin.model import count_prunable
 from mm_plugin.planning import Plan, Strategy
 from mm_plugin.portfolio import BaselineJob, Job, Pattern, RunConfig, RunContext
@@ -74,7 +74,13 @@ class StructuredPattern(Pattern):
                            targets=c.range_targets, samples=c.samples, sensitivity=ctx.sensitivity())
 
     def scaled(self, plan: Plan, strategy: Strategy, target: float) -> dict[str, float]:
-        return strategy.sparsity  # brought to the target when pruned (that needs measured counts)
+        """The strategy's shape at ``target`` by the plan's own multiply-add estimate, so strategies that differ
+        only by a constant position in the ranges become one (a search scores it once); pruning then brings it
+        to the measured count by bisection. As it is where the estimate cannot reach ``target``."""
+        try:
+            return plan.rescale(strategy, target, self.cost).sparsity
+        except ValidationError:
+            return strategy.sparsity
 
     def baselines(self, ctx: RunContext, target: float) -> list[BaselineJob]:
         return [BaselineJob(name, "magnitude", {}) for name in ctx.config.baselines]
