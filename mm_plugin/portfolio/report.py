@@ -78,6 +78,7 @@ def search_summary(records: Sequence[dict]) -> list[dict]:
         rows.append({
             "target": target, "seeds": len(seeds), "rungs": [len(rungs[k]) / max(len(seeds), 1) for k in (0, 1, 2)],
             "budget": picks[0]["search"]["budget"], "eta": picks[0]["search"]["eta"],
+            "spent": max(p["search"].get("spent", p["search"]["budget"]) for p in picks),
             "pick": picks, "baselines": base, "n_baselines": len({r["name"] for r in at if r["method"] == "baseline"}),
             "rho_oneshot": spearman([a for a, _ in pairs], [b for _, b in pairs]),
             "rho_pairs": len(pairs), "search_seconds": sum(r["wall_seconds"] for r in rungs[0] + rungs[1] + rungs[2]),
@@ -101,12 +102,13 @@ def _search_section(records: Sequence[dict], metric: str) -> list[str]:
              "re-estimation; the best 1/eta get a short fine-tune (1/eta of the epochs), the best of those the full "
              "one, and the pick is the finalist best on validation (pick `loss`: lowest validation loss; pick "
              "`paired`: the best of the usual allocations, always a finalist, unless a challenger beats it on the "
-             "validation samples beyond McNemar's test). Budgets count full fine-tunes (FFE). The baselines get one "
-             "full fine-tune each, and "
+             "validation samples beyond McNemar's test). The search's budget counts every rung in full fine-tunes "
+             "(FFE): the one-shot scores at their metered share of a baseline's fine-tune, the short and the full "
+             "fine-tunes (spent: what it used). The baselines get one full fine-tune each, and "
              f"the best of them is picked on validation per seed: the same selection effort. Test {metric}, mean ± "
              f"std over seeds; ρ: Spearman rank correlation of one-shot val {metric} with the val {metric} after "
              "fine-tuning, over the candidates that were fine-tuned.", "",
-             "| target | candidates / short / full per seed | search budget (FFE) | search pick (test) | picks | "
+             "| target | candidates / short / full per seed | search budget / spent (FFE) | search pick (test) | picks | "
              "best baseline on val (test) | picked | baselines' budget (FFE) | ρ one-shot vs fine-tuned | wall s search / baselines |",
              "|---|---|---|---|---|---|---|---|---|---|"]
     for r in rows:
@@ -114,7 +116,7 @@ def _search_section(records: Sequence[dict], metric: str) -> list[str]:
         names = sorted({b["name"] for b in r["baselines"]})
         rho = "—" if r["rho_oneshot"] is None else f"{r['rho_oneshot']:.2f} (n={r['rho_pairs']})"
         lines.append(
-            f"| {r['target']:.3f} | {' / '.join(f'{n:g}' for n in r['rungs'])} | {r['budget']:.2f} | "
+            f"| {r['target']:.3f} | {' / '.join(f'{n:g}' for n in r['rungs'])} | {r['budget']:g} / {r['spent']:.2f} | "
             f"{_mean_std([p['test_score'] for p in r['pick']], metric)} | {', '.join(picks)} | "
             f"{_mean_std([b['test_score'] for b in r['baselines']], metric)} | {', '.join(names)} | {r['n_baselines']} | "
             f"{rho} | {r['search_seconds']:.0f} / {r['baseline_seconds']:.0f} |")

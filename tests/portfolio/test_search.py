@@ -51,7 +51,9 @@ def test_rungs_are_recorded_and_halved(searched):
     assert aggregates == {"search", "global_magnitude", "lamp"}  # the rungs stay out of the front and tables
     (row,) = search_summary(result.records)
     assert row["rungs"] == [9, 3, 1] and row["n_baselines"] == 2 and row["rho_pairs"] == 4
-    assert "## Strategy search at equal budget" in result.report.read_text()
+    assert row["spent"] == pick["search"]["spent"] < 2.5
+    report = result.report.read_text()
+    assert "## Strategy search at equal budget" in report and f"| 2.5 / {row['spent']:.2f} |" in report
 
 
 def test_the_budget_counts_the_one_shot_rung_by_its_measured_work(searched):
