@@ -89,16 +89,12 @@ class StructuredPattern(Pattern):
         """Torch-Pruning's baselines as per-group allocations: the share of each group's channels they remove at
         ``target`` (TP global ranks channels over all groups, so its shares differ by group), for a search's pool
         to hold exactly, as it holds the unstructured baselines' allocations."""
-        def shares() -> dict[str, dict[str, float]]:
-            plan = ctx.plans["magnitude"]
-            out = {}
-            for b in self.baselines(ctx, target):
-                job = Job("baseline", b.signal, b.name, target, 0, {})
-                kept = kept_channels(self._pruned(ctx.dense, job, ctx, self._planned_target(job, ctx), False), plan)
-                out[b.name] = {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units}
-            return out
+        def shares(b: BaselineJob) -> dict[str, float]:
+            job, plan = Job("baseline", b.signal, b.name, target, 0, {}), ctx.plans[b.signal]
+            kept = kept_channels(self._pruned(ctx.dense, job, ctx, self._planned_target(job, ctx), False), plan)
+            return {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units}
 
-        return ctx.memo(f"allocations/{target:.6f}", shares) if "magnitude" in ctx.plans else {}
+        return ctx.memo(f"allocations/{target:.6f}", lambda: {b.name: shares(b) for b in self.baselines(ctx, target)})
 
     def _pruned(self, model: nn.Module, job: Job, ctx: RunContext, planned: float | None, inplace: bool) -> nn.Module:
         """``job`` pruned at ``planned`` (None: a usual allocation, at its own channel counts)."""
