@@ -172,12 +172,12 @@ def _driven(model: nn.Module, hooks: Sequence) -> Iterator[None]:
         handle.remove()
 
 
-def _finetune(task: Task, model: nn.Module, epochs: float, seed: int, hooks: Sequence) -> Any:
-    """The task's ``finetune`` with what it accepts of ``seed`` and ``hooks`` (the rest driven here); the
-    masks must still be there afterwards."""
+def _finetune(task: Task, model: nn.Module, epochs: float, seed: int, hooks: Sequence, keep: str) -> Any:
+    """The task's ``finetune`` with what it accepts of ``seed``, ``keep`` and ``hooks`` (the rest driven here);
+    the masks must still be there afterwards."""
     masked = set(masked_weights(model))
     seed_everything(seed)
-    kwargs: dict[str, Any] = {"seed": seed} if task.takes("seed") else {}
+    kwargs: dict[str, Any] = {k: v for k, v in (("seed", seed), ("keep", keep)) if task.takes(k)}
     if hooks and task.takes("hooks"):
         result = task.finetune(model, epochs, **kwargs, hooks=hooks)
     else:
@@ -206,7 +206,8 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None, 
         epochs_run = ctx.config.epochs if epochs is None else epochs
         steps = max(1, round(epochs_run * ctx.task.steps_per_epoch)) if ctx.task.steps_per_epoch else 0
         hooks = pattern.hooks(model, job, ctx, steps=steps)
-        result = _finetune(ctx.task, model, epochs_run, job.seed, hooks)
+        # a search's candidates were chosen on validation one-shot: their untrained state must not win it again
+        result = _finetune(ctx.task, model, epochs_run, job.seed, hooks, "best" if job.rung is None else "trained")
         extra.update(pattern.finish_(model, hooks))
         val = ctx.task.scores(model, "val")
         trained = {**oneshot, "val_score": val.pop("score"), "val_loss": val.pop("loss", None), "val_metrics": val,

@@ -38,9 +38,11 @@ class Task:
 
     ``finetune(model, epochs)``: trains ``model`` in place for ``epochs`` (a float: a fraction of an epoch
     is allowed); the masks stay exact whatever it does (they are parametrizations; the engine checks they
-    are still there afterwards). It may also accept ``seed=`` and ``hooks=`` (training hooks to call every
-    step, see :class:`mm_plugin.training.TrainingHook`); without ``hooks=`` the engine drives them from a
-    forward pre-hook, one step per training-mode forward pass.
+    are still there afterwards). It may also accept ``seed=``, ``hooks=`` (training hooks to call every
+    step, see :class:`mm_plugin.training.TrainingHook`; without ``hooks=`` the engine drives them from a
+    forward pre-hook, one step per training-mode forward pass) and ``keep=``: ``"trained"`` for a search's
+    candidates, already chosen on validation before training, so a loop that keeps its best validation epoch
+    must leave the untrained one (epoch 0) out; ``"best"`` otherwise.
     ``evaluate(model, split)``: a float (higher is better), or a mapping with ``"score"`` and optionally
     ``"loss"`` (lower is better; breaks ties) and any other metric to record.
     ``calibration``: a few batches (inputs, or ``(inputs, targets)``): BatchNorm re-estimation after
@@ -135,9 +137,10 @@ class ClassificationFinetune:
     def __init__(self, data: DataSplits, lr: float, patience: int | None) -> None:
         self.data, self.lr, self.patience = data, lr, patience
 
-    def __call__(self, model: nn.Module, epochs: float, *, seed: int = 0, hooks: Sequence = ()) -> Any:
+    def __call__(self, model: nn.Module, epochs: float, *, seed: int = 0, hooks: Sequence = (), keep: str = "best"
+                 ) -> Any:
         return finetune(model, self.data.train, self.data.val, epochs=epochs, lr=self.lr,
-                        patience=None if hooks else self.patience, seed=seed, progress=False, hooks=hooks)
+                        patience=None if hooks else self.patience, seed=seed, progress=False, hooks=hooks, keep=keep)
 
 
 class ClassificationEvaluate:

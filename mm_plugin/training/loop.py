@@ -132,6 +132,10 @@ TRAINING_RECIPE = {"optimizer": "AdamW", "lr_schedule": "cosine to 0, per step",
                    "selection": "best validation accuracy, epoch 0 included"}
 
 
+#: What :func:`finetune` may keep: the best validation epoch, the best trained one (epoch 0 left out), the last.
+KEEP = ("best", "trained", "last")
+
+
 def _snapshot(model: nn.Module) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
@@ -156,17 +160,18 @@ def finetune(
     Early stopping watches the validation split only (the test split stays unseen): training stops
     after ``patience`` epochs without a strict improvement (``None`` = run all epochs). The untrained
     model counts as epoch 0, so fine-tuning never returns a model worse on val than its input.
-    The best state is loaded back into ``model`` before returning; ``keep="last"`` keeps the final
-    state instead. A hook whose ``checkpoints_final`` is False (gradual pruning with a sparsity ramp,
-    whose early states are denser than asked) makes it ``"last"``.
+    The best state is loaded back into ``model`` before returning. ``keep="trained"`` leaves epoch 0 out: for a
+    model already chosen on this validation split before training, whose epoch-0 score is the maximum of a
+    selection and so reads high. ``keep="last"`` keeps the final state; a hook whose ``checkpoints_final`` is
+    False (gradual pruning with a sparsity ramp, whose early states are denser than asked) makes it ``"last"``.
 
     ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
     every forward pass and add ``penalty()`` to the loss. A hook may also have ``param_groups(model)``
     (optimizer groups with their own settings; those parameters leave the default group) and
     ``on_epoch(model, epoch) -> dict`` (merged into that epoch's history row).
     """
-    if keep not in ("best", "last"):
-        raise ValidationError(f"finetune: keep must be 'best' or 'last', got {keep!r}")
+    if keep not in KEEP:
+        raise ValidationError(f"finetune: keep must be one of {', '.join(map(repr, KEEP))}, got {keep!r}")
     if not all(getattr(hook, "checkpoints_final", True) for hook in hooks):
         keep = "last"
     if epochs < 0:
@@ -185,6 +190,8 @@ def finetune(
     best_acc = evaluate(model, val)
     best_epoch, best_state = 0, _snapshot(model)
     history = [{"epoch": 0, "val_accuracy": best_acc}]
+    if keep == "trained":
+        best_acc = -math.inf  # the first trained epoch replaces epoch 0 whatever it scores
     label = desc or "finetune"
     epoch_bar = tqdm(range(1, math.ceil(epochs) + 1), desc=label, disable=not progress, unit="epoch")
     step = 0
@@ -239,6 +246,6 @@ def finetune(
                 "%s: early stop at epoch %d, best val %.4f at epoch %d", label, epoch, best_acc, best_epoch
             )
             break
-    if keep == "best":
+    if keep != "last":
         model.load_state_dict(best_state)
     return FinetuneResult(best_acc, best_epoch, len(history) - 1, history)

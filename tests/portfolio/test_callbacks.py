@@ -151,3 +151,26 @@ def test_the_loops_toolkit_users_already_have_call_the_search(tmp_path, style):
     (pick,) = result.picks[0.8]
     assert abs(pick["sparsity"] - 0.8) < 0.01 and pick["test_score"] > 0.5
     assert {r["method"] for r in result.records} == {"search", "mix_and_match", "baseline"}
+
+
+def test_a_loop_that_keeps_its_best_epoch_is_told_which_models_validation_already_chose(tmp_path):
+    """``keep="trained"`` reaches the fine-tunes of a search's candidates (chosen on validation one-shot, so their
+    untrained state must not be kept on that score again); the baselines' fine-tunes get ``keep="best"``."""
+    data = factories.small_digits()
+    asked: list[str] = []
+
+    def finetune(model, epochs, *, keep="best"):
+        asked.append(keep)
+        tp_style_train_model(model, data["train"], data["val"], math.ceil(epochs), 0.01, "60,80")
+
+    def evaluate(model, split):
+        accuracy, loss = tp_style_eval(model, data[split])
+        return {"score": accuracy, "loss": loss}
+
+    result = mm_plugin.search(factories.trained_mlp(), torch.zeros(1, 1, 8, 8), finetune=finetune, evaluate=evaluate,
+                              targets=(0.8,), budget=2, out=tmp_path, calibration=list(data["train"])[:2],
+                              rules=[{"name": "first-layer", "enabled": False}], **FAST)
+    candidates = sum(r.get("rung") in (1, 2) for r in result.records)  # short and full fine-tunes
+    baselines = sum(r["method"] == "baseline" for r in result.records)
+    assert candidates >= 1 and baselines == 1
+    assert sorted(asked) == ["best"] * baselines + ["trained"] * candidates

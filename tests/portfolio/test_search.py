@@ -46,6 +46,8 @@ def test_rungs_are_recorded_and_halved(searched):
     (pick,) = [r for r in result.records if r.get("picked")]
     assert pick["picked"] == rungs[2][0]["name"] and pick["search"]["budget"] == 2.5
     assert abs(pick["sparsity"] - 0.8) < 0.01  # measured after fine-tuning
+    # chosen on validation one-shot, a candidate keeps a trained epoch (its epoch 0 would win that choice again)
+    assert all(r["best_epoch"] >= 1 for r in rungs[1] + rungs[2] + [pick])
     assert (out / "search.journal").exists()
     aggregates = {a.name for a in result.aggregates}
     assert aggregates == {"search", "global_magnitude", "lamp"}  # the rungs stay out of the front and tables

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -51,6 +53,26 @@ def test_finetune_learns_and_restores_best_val_state(loaders):
     assert result.best_val_accuracy == max(h["val_accuracy"] for h in result.history)
     assert result.history[result.best_epoch]["val_accuracy"] == result.best_val_accuracy
     assert evaluate(model, val) == result.best_val_accuracy
+
+
+def test_keep_trained_leaves_the_untrained_state_out(loaders):
+    """A model chosen on validation before training keeps a trained epoch even where training on noise (shuffled
+    labels here) scores below its start; the default keeps the start."""
+    train, val = loaders
+    trained = _mlp()
+    finetune(trained, train, val, epochs=4, lr=1e-2, patience=None, progress=False)
+    x, y = train.dataset.tensors
+    noise = DataLoader(TensorDataset(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]),
+                       batch_size=32, shuffle=True)
+    results = {}
+    for keep in ("best", "trained"):
+        model = copy.deepcopy(trained)
+        results[keep] = finetune(model, noise, val, epochs=2, lr=5e-2, patience=None, progress=False, keep=keep)
+        assert evaluate(model, val) == results[keep].best_val_accuracy
+    start = results["best"].history[0]["val_accuracy"]
+    assert results["best"].best_epoch == 0 and results["best"].best_val_accuracy == start
+    assert results["trained"].best_epoch >= 1 and results["trained"].best_val_accuracy < start
+    assert results["trained"].best_val_accuracy == max(h["val_accuracy"] for h in results["trained"].history[1:])
 
 
 def test_finetune_is_deterministic_for_a_seed(loaders):
@@ -111,6 +133,8 @@ def test_bad_arguments(loaders):
         finetune(nn.Linear(8, 4), train, val, epochs=-1, progress=False)
     with pytest.raises(ValidationError):
         finetune(nn.Linear(8, 4), train, val, epochs=1, patience=0, progress=False)
+    with pytest.raises(ValidationError, match="keep must be one of"):
+        finetune(nn.Linear(8, 4), train, val, epochs=1, keep="first", progress=False)
 
 
 
