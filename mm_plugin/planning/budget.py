@@ -38,12 +38,13 @@ def reach(units: Sequence[Unit], lo: np.ndarray, hi: np.ndarray, cost: str = "pa
 
 
 def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float, *, steps: int = 100,
-           tol: float = 0.0) -> float:
+           tol: float = 0.0, xtol: float = 0.0) -> float:
     """The value in [lo, hi] whose ``measure`` (non-decreasing in it) came closest to ``goal``
-    over ``steps`` halvings; stops early once within ``tol``. Reachability is the caller's check."""
+    over ``steps`` halvings; stops early once within ``tol``, or once the interval is ``xtol`` wide (a
+    staircase measure: nothing new between). Reachability is the caller's check."""
     best = min((abs(measure(lo) - goal), lo), (abs(measure(hi) - goal), hi))
     for _ in range(steps):
-        if best[0] <= tol:
+        if best[0] <= tol or abs(hi - lo) <= xtol:
             break
         mid = (lo + hi) / 2
         if mid in (lo, hi):
@@ -56,15 +57,17 @@ def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float,
 
 def planned_target_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
                        figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14,
-                       proportional: int = 4) -> float:
-    """The planned target in [lo, hi] whose pruned model measures ``goal`` removed (``removed``: non-decreasing,
-    measured on a pruned copy, so each planned target is measured once) to within ``tol``; a goal outside what the
-    ends reach is a ConfigError naming ``what`` and its span.
+                       proportional: int = 4, xtol: float = 1e-3) -> float:
+    """The planned target in [lo, hi] whose pruned model measures closest to ``goal`` removed (``removed``:
+    about non-decreasing, measured on a pruned copy, so each planned target is measured once), stopping within
+    ``tol``; a goal outside what the ends reach is a ConfigError naming ``what`` and its span.
 
     A measured figure grows about in proportion to the planned target (removing channels also removes what read
-    them, so a multiply-add estimate is off by a factor, not a shift): up to ``proportional`` steps from the goal
-    by the measured ratio find it in two or three measurements where bisection takes eight; bisection between the
-    ends is the fallback."""
+    them, so a multiply-add estimate is off by a factor, not a shift): up to ``proportional`` measurements, each
+    stepping from the last by the measured ratio, usually land within ``tol``. Otherwise bisection between the
+    closest measurements on either side of the goal, down to ``xtol`` (whole channels and heads make the figure
+    a staircase whose steps can be wider than ``tol``); the ends are measured only for a side no measurement
+    reached."""
     seen: dict[float, float] = {}
 
     def at(t: float) -> float:
@@ -77,16 +80,15 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
         m = at(t)
         if abs(m - goal) <= tol:
             return t
-        step = min(max(t * goal / m, lo), hi) if m > 0 else t
-        if step == t:
-            break
-        t = step
-    if not at(lo) - tol <= goal <= at(hi) + tol:
+        t = min(max(t * goal / m, lo), hi) if m > 0 else hi
+    under, over = any(m <= goal for m in seen.values()), any(m >= goal for m in seen.values())
+    if (not under and at(lo) - tol > goal) or (not over and at(hi) + tol < goal):
         raise ConfigError(f"{what} cannot remove {goal:g} {figure}: it spans {at(lo):.3f} to {at(hi):.3f}; "
                           "pick targets inside that range (or widen the ranges with rules)")
-    below = max(t for t, m in seen.items() if m <= goal) if at(lo) <= goal else lo
-    above = min(t for t, m in seen.items() if m >= goal) if at(hi) >= goal else hi
-    return bisect(at, goal, below, above, steps=steps, tol=tol)
+    below = max((t for t, m in seen.items() if m <= goal), default=lo)
+    above = min((t for t, m in seen.items() if m >= goal), default=hi)
+    bisect(at, goal, below, above, steps=steps, tol=tol, xtol=xtol)
+    return min(seen, key=lambda t: abs(seen[t] - goal))
 
 
 def rescale(
