@@ -10,6 +10,7 @@ model measures closest to the goal, after proportional steps that usually find i
 from __future__ import annotations
 
 from collections.abc import Callable, Sequence
+
 import numpy as np
 
 from ..errors import ConfigError, ValidationError, check_fraction
@@ -65,10 +66,9 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
     A measured figure grows about in proportion to the planned target (removing channels also removes what read
     them, so a multiply-add estimate is off by a factor, not a shift): up to ``proportional`` measurements, the
     first at ``guess`` (default: the goal itself), each next one stepping by the measured ratio, usually land
-    within ``tol``. Otherwise bisection between the
-    closest measurements on either side of the goal, down to ``xtol`` (whole channels and heads make the figure
-    a staircase whose steps can be wider than ``tol``); the ends are measured only for a side no measurement
-    reached."""
+    within ``tol``. Otherwise bisection between the closest measurements on either side of the goal, down to
+    ``xtol`` (whole channels and heads make the figure a staircase whose steps can be wider than ``tol``); the
+    ends are measured only for a side no measurement reached."""
     seen: dict[float, float] = {}
 
     def at(t: float) -> float:

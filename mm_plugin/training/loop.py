@@ -248,4 +248,6 @@ def finetune(
             break
     if keep != "last":
         model.load_state_dict(best_state)
+    if best_epoch == 0:  # no trained epoch ran (or kept): the untrained model's score
+        best_acc = history[0]["val_accuracy"]
     return FinetuneResult(best_acc, best_epoch, len(history) - 1, history)

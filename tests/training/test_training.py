@@ -73,6 +73,8 @@ def test_keep_trained_leaves_the_untrained_state_out(loaders):
     assert results["best"].best_epoch == 0 and results["best"].best_val_accuracy == start
     assert results["trained"].best_epoch >= 1 and results["trained"].best_val_accuracy < start
     assert results["trained"].best_val_accuracy == max(h["val_accuracy"] for h in results["trained"].history[1:])
+    untrained = finetune(copy.deepcopy(trained), noise, val, epochs=0, progress=False, keep="trained")
+    assert untrained.best_epoch == 0 and untrained.best_val_accuracy == start  # nothing trained: nothing else to keep
 
 
 def test_finetune_is_deterministic_for_a_seed(loaders):
