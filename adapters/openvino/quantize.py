@@ -18,13 +18,14 @@ from .latency import compile_for_latency
 
 def quantize_int8(model: Any, calibration: Sequence[Any], *, subset_size: int = 300):
     """``nncf.quantize`` on an IR (path or ``openvino.Model``) with ``calibration`` inputs (tensors or
-    arrays, one batch each): int8 weights and activations, NNCF's default (mixed) preset."""
+    arrays, one batch each): int8 weights and activations, NNCF's default (mixed) preset. ``subset_size``
+    counts batches, at most as many as given (NNCF warns about every shortfall otherwise)."""
     try:
         import nncf
     except ImportError:
         raise MMError("int8 quantization needs NNCF: pip install 'mm-plugin[nncf]'") from None
-    dataset = nncf.Dataset([to_numpy(x) for x in calibration])
-    return nncf.quantize(read(model), dataset, subset_size=subset_size)
+    items = [to_numpy(x) for x in calibration]
+    return nncf.quantize(read(model), nncf.Dataset(items), subset_size=min(subset_size, len(items)))
 
 
 def predict(model: Any, batches: Iterable[tuple[Any, Any]]) -> tuple[np.ndarray, np.ndarray]:
