@@ -82,13 +82,13 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
         if abs(m - goal) <= tol:
             return t
         t = min(max(t * goal / m, lo), hi) if m > 0 else hi
-    under, over = any(m <= goal for m in seen.values()), any(m >= goal for m in seen.values())
-    if (not under and at(lo) - tol > goal) or (not over and at(hi) + tol < goal):
+    below = max((t for t, m in seen.items() if m <= goal), default=None)
+    above = min((t for t, m in seen.items() if m >= goal), default=None)
+    if (below is None and at(lo) - tol > goal) or (above is None and at(hi) + tol < goal):
         raise ConfigError(f"{what} cannot remove {goal:g} {figure}: it spans {at(lo):.3f} to {at(hi):.3f}; "
                           "pick targets inside that range (or widen the ranges with rules)")
-    below = max((t for t, m in seen.items() if m <= goal), default=lo)
-    above = min((t for t, m in seen.items() if m >= goal), default=hi)
-    bisect(at, goal, below, above, steps=steps, tol=tol, xtol=xtol)
+    bisect(at, goal, lo if below is None else below, hi if above is None else above, steps=steps, tol=tol,
+           xtol=xtol)
     return min(seen, key=lambda t: abs(seen[t] - goal))
 
 

@@ -120,6 +120,21 @@ def tp_style_eval(model, test_loader):
     return right / total, sum(float(F.cross_entropy(o, y, reduction="sum")) for o, y in outs) / total
 
 
+def tp_style_evaluate(loaders):
+    """``evaluate(model, split)`` over Torch-Pruning's ``eval``: the accuracy as the score, the loss."""
+    def evaluate(model, split):
+        accuracy, loss = tp_style_eval(model, loaders[split])
+        return {"score": accuracy, "loss": loss}
+    return evaluate
+
+
+def search_digits(finetune, evaluate, loaders, out, **options):
+    """The search over the user's loop on the digits at 80 %, a budget of 2."""
+    return mm_plugin.search(factories.trained_mlp(), torch.zeros(1, 1, 8, 8), finetune=finetune, evaluate=evaluate,
+                            targets=(0.8,), budget=2, out=out, calibration=list(loaders["train"])[:2],
+                            rules=[{"name": "first-layer", "enabled": False}], **FAST, **options)
+
+
 @pytest.mark.parametrize("style", ["nncf", "torch_pruning"])
 def test_the_loops_toolkit_users_already_have_call_the_search(tmp_path, style):
     data = factories.small_digits()
@@ -140,14 +155,9 @@ def test_the_loops_toolkit_users_already_have_call_the_search(tmp_path, style):
         def finetune(model, epochs):
             tp_style_train_model(model, loaders["train"], loaders["val"], math.ceil(epochs), 0.01, "60,80")
 
-        def evaluate(model, split):
-            accuracy, loss = tp_style_eval(model, loaders[split])
-            return {"score": accuracy, "loss": loss}
+        evaluate = tp_style_evaluate(loaders)
 
-    result = mm_plugin.search(factories.trained_mlp(), torch.zeros(1, 1, 8, 8), finetune=finetune, evaluate=evaluate,
-                              targets=(0.8,), budget=2, out=tmp_path, calibration=list(loaders["train"])[:2],
-                              run_id=f"{style}-digits", metric="accuracy",
-                              rules=[{"name": "first-layer", "enabled": False}], **FAST)
+    result = search_digits(finetune, evaluate, loaders, tmp_path, run_id=f"{style}-digits", metric="accuracy")
     (pick,) = result.picks[0.8]
     assert abs(pick["sparsity"] - 0.8) < 0.01 and pick["test_score"] > 0.5
     assert {r["method"] for r in result.records} == {"search", "mix_and_match", "baseline"}
@@ -163,13 +173,7 @@ def test_a_loop_that_keeps_its_best_epoch_is_told_which_models_validation_alread
         asked.append(keep)
         tp_style_train_model(model, data["train"], data["val"], math.ceil(epochs), 0.01, "60,80")
 
-    def evaluate(model, split):
-        accuracy, loss = tp_style_eval(model, data[split])
-        return {"score": accuracy, "loss": loss}
-
-    result = mm_plugin.search(factories.trained_mlp(), torch.zeros(1, 1, 8, 8), finetune=finetune, evaluate=evaluate,
-                              targets=(0.8,), budget=2, out=tmp_path, calibration=list(data["train"])[:2],
-                              rules=[{"name": "first-layer", "enabled": False}], **FAST)
+    result = search_digits(finetune, tp_style_evaluate(data), data, tmp_path)
     candidates = sum(r.get("rung") in (1, 2) for r in result.records)  # short and full fine-tunes
     baselines = sum(r["method"] == "baseline" for r in result.records)
     assert candidates >= 1 and baselines == 1
