@@ -31,3 +31,15 @@ def mcnemar(correct_a: str | Sequence[int], correct_b: str | Sequence[int]) -> t
     only_a, only_b = int((a & ~b).sum()), int((~a & b).sum())
     p = binomtest(only_a, only_a + only_b, 0.5).pvalue if only_a + only_b else 1.0
     return only_a, only_b, float(p)
+
+
+#: The level at which a model counts as better than another on the same samples: one chosen among many on a
+#: split (a search's candidates, their untrained states) leads there partly by luck, so a lead needs evidence.
+PAIRED_ALPHA = 0.05
+
+
+def beats(correct_a: str | Sequence[int], correct_b: str | Sequence[int], alpha: float = PAIRED_ALPHA) -> bool:
+    """Whether the first model gets more of the same samples right than the second beyond McNemar's test at
+    ``alpha`` (per-sample results as in :func:`mcnemar`)."""
+    only_a, only_b, p = mcnemar(correct_a, correct_b)
+    return only_a > only_b and p < alpha

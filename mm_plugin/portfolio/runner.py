@@ -32,7 +32,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Fitness, Rungs, finalists, pick_final, propose, shortlist
+from .search import Fitness, Rungs, by_validation, finalists, pick_final, propose, shortlist
 from .sensitivity import prepare_sensitivity
 from .task import Task
 
@@ -206,7 +206,7 @@ def _run_job(shared: tuple[Pattern, RunContext], item: tuple[Job, float | None, 
         epochs_run = ctx.config.epochs if epochs is None else epochs
         steps = max(1, round(epochs_run * ctx.task.steps_per_epoch)) if ctx.task.steps_per_epoch else 0
         hooks = pattern.hooks(model, job, ctx, steps=steps)
-        # a search's candidates were chosen on validation one-shot: their untrained state must not win it again
+        # a search's candidates were chosen on validation one-shot: their untrained state wins only on evidence
         result = _finetune(ctx.task, model, epochs_run, job.seed, hooks, "best" if job.rung is None else "trained")
         extra.update(pattern.finish_(model, hooks))
         val = ctx.task.scores(model, "val")
@@ -378,12 +378,13 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
 
 
 def best_baselines(records: Sequence[dict]) -> list[dict]:
-    """Per target and seed, the baseline best on validation: what a search's pick is compared with."""
+    """Per target and seed, the baseline best on validation (in the order a search picks its finalists): what
+    a search's pick is compared with."""
     best: dict[tuple, dict] = {}
     for r in records:
         if r["method"] == "baseline" and r.get("rung") is None:
             at = (r["target"], r["seed"])
-            if at not in best or r["val_score"] > best[at]["val_score"]:
+            if at not in best or by_validation(r) > by_validation(best[at]):
                 best[at] = r
     return list(best.values())
 

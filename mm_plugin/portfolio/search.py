@@ -28,7 +28,7 @@ from optuna.storages import JournalStorage
 from optuna.storages.journal import JournalFileBackend
 
 from ..errors import ConfigError
-from ..metrics import mcnemar
+from ..metrics import beats
 from ..planning import NAMED_STRATEGIES, Plan, Strategy
 from .config import RunConfig
 
@@ -265,11 +265,6 @@ def _usual_first(usual: list[tuple[Strategy, float, float | None]], scored: list
     return first + promote([s for s in scored if not is_usual(s[0])], k - len(first))
 
 
-#: A challenger replaces the usual allocation only when McNemar's test on the validation samples says it is
-#: better at this level: a search compares many candidates on one split, so a small lead there is mostly luck.
-PAIRED_ALPHA = 0.05
-
-
 def is_usual(strategy: Strategy | dict | str) -> bool:
     """One of the allocations users already have, exactly as they are (``<signal>/exact-<name>``): a candidate,
     its record or its name."""
@@ -289,21 +284,24 @@ def finalists(config: RunConfig, ranked: list[tuple[Strategy, float, float | Non
     return _usual_first(usual, ranked, full, places=1)
 
 
+def by_validation(record: dict) -> tuple[float, float]:
+    """The order every pick on validation uses (a search's finalists, the best baseline): the score, then the
+    lower loss."""
+    return record["val_score"], -(record["val_loss"] or 0.0)
+
+
 def pick_final(config: RunConfig, finals: list[dict]) -> dict:
     """The search's pick among its fully fine-tuned finalists (records): the best validation score, the lowest
     validation loss, or (``paired``) the best usual allocation unless the challenger best on validation beats
     it on the same validation samples beyond McNemar's test (each record's ``val_metrics["correct"]``); where
     a task gives no per-sample results, the usual allocation stays: no evidence, no switch."""
-    def by_score(r: dict) -> tuple[float, float]:
-        return r["val_score"], -(r["val_loss"] or 0.0)
-
     if config.pick == "loss" and all(r["val_loss"] is not None for r in finals):
         return min(finals, key=lambda r: (r["val_loss"], -r["val_score"]))
     usual = [r for r in finals if is_usual(r)]
     if config.pick != "paired" or not usual:
-        return max(finals, key=by_score)
+        return max(finals, key=by_validation)
     incumbent = usual[0]
-    challenger = max((r for r in finals if r is not incumbent), key=by_score, default=None)
+    challenger = max((r for r in finals if r is not incumbent), key=by_validation, default=None)
     if challenger is None or challenger["val_score"] <= incumbent["val_score"]:
         return incumbent
     right = [r.get("val_metrics", {}).get("correct") for r in (challenger, incumbent)]
@@ -312,4 +310,4 @@ def pick_final(config: RunConfig, finals: list[dict]) -> dict:
                     "better than %s and the usual allocation is kept; return 'correct' (a string of 0/1 per "
                     "sample) from evaluate, or pick 'score'", challenger["name"], incumbent["name"])
         return incumbent
-    return challenger if mcnemar(*right)[2] < PAIRED_ALPHA else incumbent
+    return challenger if beats(*right) else incumbent

@@ -42,7 +42,8 @@ class Task:
     step, see :class:`mm_plugin.training.TrainingHook`; without ``hooks=`` the engine drives them from a
     forward pre-hook, one step per training-mode forward pass) and ``keep=``: ``"trained"`` for a search's
     candidates, already chosen on validation before training, so a loop that keeps its best validation epoch
-    must leave the untrained one (epoch 0) out; ``"best"`` otherwise.
+    keeps the untrained one (epoch 0) only where it is better beyond chance (:func:`mm_plugin.metrics.beats`);
+    ``"best"`` otherwise.
     ``evaluate(model, split)``: a float (higher is better), or a mapping with ``"score"`` and optionally
     ``"loss"`` (lower is better; breaks ties) and any other metric to record.
     ``calibration``: a few batches (inputs, or ``(inputs, targets)``): BatchNorm re-estimation after

@@ -19,6 +19,7 @@ from torch import nn
 from tqdm.auto import tqdm
 
 from ..errors import ValidationError
+from ..metrics import beats
 
 logger = logging.getLogger(__name__)
 
@@ -88,6 +89,13 @@ def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:
     return int((pred == true).sum()) / len(true), loss
 
 
+def _graded(model: nn.Module, loader: Iterable) -> tuple[float, torch.Tensor]:
+    """:func:`evaluate`'s accuracy and which samples the model gets right, in order."""
+    pred, true, _ = predict(model, loader)
+    right = pred == true
+    return int(right.sum()) / len(right), right
+
+
 def evaluate(model: nn.Module, loader: Iterable) -> float:
     """Top-1 accuracy (agreement with the teacher for probability targets); see :func:`score`."""
     return score(model, loader)[0]
@@ -132,7 +140,8 @@ TRAINING_RECIPE = {"optimizer": "AdamW", "lr_schedule": "cosine to 0, per step",
                    "selection": "best validation accuracy, epoch 0 included"}
 
 
-#: What :func:`finetune` may keep: the best validation epoch, the best trained one (epoch 0 left out), the last.
+#: What :func:`finetune` may keep: the best validation epoch, the best trained one (the untrained state only where
+#: it is better beyond McNemar's test), the last.
 KEEP = ("best", "trained", "last")
 
 
@@ -160,9 +169,11 @@ def finetune(
     Early stopping watches the validation split only (the test split stays unseen): training stops
     after ``patience`` epochs without a strict improvement (``None`` = run all epochs). The untrained
     model counts as epoch 0, so fine-tuning never returns a model worse on val than its input.
-    The best state is loaded back into ``model`` before returning. ``keep="trained"`` leaves epoch 0 out: for a
-    model already chosen on this validation split before training, whose epoch-0 score is the maximum of a
-    selection and so reads high. ``keep="last"`` keeps the final state; a hook whose ``checkpoints_final`` is
+    The best state is loaded back into ``model`` before returning. ``keep="trained"`` keeps the best trained
+    epoch unless the untrained model gets more validation samples right beyond McNemar's test
+    (:func:`mm_plugin.metrics.beats`): for a model already chosen on this validation split before training,
+    whose epoch-0 score is the maximum of a selection and so reads high, yet may still be better than
+    training leaves it (a recipe that hurts). ``keep="last"`` keeps the final state; a hook whose ``checkpoints_final`` is
     False (gradual pruning with a sparsity ramp, whose early states are denser than asked) makes it ``"last"``.
 
     ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
@@ -187,11 +198,12 @@ def finetune(
     )
     loss_fn = nn.CrossEntropyLoss()
 
-    best_acc = evaluate(model, val)
-    best_epoch, best_state = 0, _snapshot(model)
+    untrained = best_acc, right = _graded(model, val)
+    best_epoch, best_state, best_right = 0, _snapshot(model), right
+    untrained_state = best_state
     history = [{"epoch": 0, "val_accuracy": best_acc}]
     if keep == "trained":
-        best_acc = -math.inf  # the first trained epoch replaces epoch 0 whatever it scores
+        best_acc = -math.inf  # the best trained epoch, whatever it scores, then meets epoch 0 on evidence
     label = desc or "finetune"
     epoch_bar = tqdm(range(1, math.ceil(epochs) + 1), desc=label, disable=not progress, unit="epoch")
     step = 0
@@ -222,7 +234,7 @@ def finetune(
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(dim=1) == labels(y)).sum())
             seen += len(y)
-        val_acc, train_loss = evaluate(model, val), loss_sum / max(seen, 1)
+        (val_acc, right), train_loss = _graded(model, val), loss_sum / max(seen, 1)
         history.append(
             {
                 "epoch": epoch,
@@ -240,14 +252,18 @@ def finetune(
         if keep == "last":
             best_acc, best_epoch = val_acc, epoch
         elif val_acc > best_acc:
-            best_acc, best_epoch, best_state = val_acc, epoch, _snapshot(model)
+            best_acc, best_epoch, best_state, best_right = val_acc, epoch, _snapshot(model), right
         elif patience is not None and epoch - best_epoch >= patience:
             logger.info(
                 "%s: early stop at epoch %d, best val %.4f at epoch %d", label, epoch, best_acc, best_epoch
             )
             break
+    if keep == "trained" and best_epoch > 0 and beats(untrained[1].tolist(), best_right.tolist()):
+        logger.info("%s: the untrained state (val %.4f) beats the best trained epoch %d (val %.4f) beyond McNemar's "
+                    "test; it is kept", label, untrained[0], best_epoch, best_acc)
+        best_epoch, best_state = 0, untrained_state
     if keep != "last":
         model.load_state_dict(best_state)
     if best_epoch == 0:  # no trained epoch ran (or kept): the untrained model's score
-        best_acc = history[0]["val_accuracy"]
+        best_acc = untrained[0]
     return FinetuneResult(best_acc, best_epoch, len(history) - 1, history)

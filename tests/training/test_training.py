@@ -55,9 +55,10 @@ def test_finetune_learns_and_restores_best_val_state(loaders):
     assert evaluate(model, val) == result.best_val_accuracy
 
 
-def test_keep_trained_leaves_the_untrained_state_out(loaders):
-    """A model chosen on validation before training keeps a trained epoch even where training on noise (shuffled
-    labels here) scores below its start; the default keeps the start."""
+def test_keep_trained_keeps_the_untrained_state_only_on_evidence(loaders):
+    """A model chosen on validation before training keeps a trained epoch where training on noise (shuffled
+    labels here) leaves it a little below its start, and its start where training ruins it beyond McNemar's
+    test; the default keeps the start either way."""
     train, val = loaders
     trained = _mlp()
     finetune(trained, train, val, epochs=4, lr=1e-2, patience=None, progress=False)
@@ -65,14 +66,18 @@ def test_keep_trained_leaves_the_untrained_state_out(loaders):
     noise = DataLoader(TensorDataset(x, y[torch.randperm(len(y), generator=torch.Generator().manual_seed(0))]),
                        batch_size=32, shuffle=True)
     results = {}
-    for keep in ("best", "trained"):
+    for keep, lr in (("best", 3e-3), ("trained", 3e-3), ("trained", 5e-2)):
         model = copy.deepcopy(trained)
-        results[keep] = finetune(model, noise, val, epochs=2, lr=5e-2, patience=None, progress=False, keep=keep)
-        assert evaluate(model, val) == results[keep].best_val_accuracy
-    start = results["best"].history[0]["val_accuracy"]
-    assert results["best"].best_epoch == 0 and results["best"].best_val_accuracy == start
-    assert results["trained"].best_epoch >= 1 and results["trained"].best_val_accuracy < start
-    assert results["trained"].best_val_accuracy == max(h["val_accuracy"] for h in results["trained"].history[1:])
+        results[keep, lr] = finetune(model, noise, val, epochs=2, lr=lr, patience=None, progress=False, keep=keep)
+        assert evaluate(model, val) == results[keep, lr].best_val_accuracy
+    start = results["best", 3e-3].history[0]["val_accuracy"]
+    assert results["best", 3e-3].best_epoch == 0 and results["best", 3e-3].best_val_accuracy == start
+    slightly = results["trained", 3e-3]  # a few samples lost: no evidence against training
+    assert slightly.best_epoch >= 1 and start - 0.05 < slightly.best_val_accuracy < start
+    assert slightly.best_val_accuracy == max(h["val_accuracy"] for h in slightly.history[1:])
+    ruined = results["trained", 5e-2]
+    assert max(h["val_accuracy"] for h in ruined.history[1:]) < start - 0.2
+    assert ruined.best_epoch == 0 and ruined.best_val_accuracy == start
     untrained = finetune(copy.deepcopy(trained), noise, val, epochs=0, progress=False, keep="trained")
     assert untrained.best_epoch == 0 and untrained.best_val_accuracy == start  # nothing trained: nothing else to keep
 
