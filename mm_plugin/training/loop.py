@@ -198,10 +198,10 @@ def finetune(
     )
     loss_fn = nn.CrossEntropyLoss()
 
-    untrained = best_acc, right = _graded(model, val)
-    best_epoch, best_state, best_right = 0, _snapshot(model), right
-    untrained_state = best_state
-    history = [{"epoch": 0, "val_accuracy": best_acc}]
+    untrained_acc, untrained_right = _graded(model, val)
+    untrained_state = _snapshot(model)
+    best_acc, best_epoch, best_state, best_right = untrained_acc, 0, untrained_state, untrained_right
+    history = [{"epoch": 0, "val_accuracy": untrained_acc}]
     if keep == "trained":
         best_acc = -math.inf  # the best trained epoch, whatever it scores, then meets epoch 0 on evidence
     label = desc or "finetune"
@@ -258,12 +258,12 @@ def finetune(
                 "%s: early stop at epoch %d, best val %.4f at epoch %d", label, epoch, best_acc, best_epoch
             )
             break
-    if keep == "trained" and best_epoch > 0 and beats(untrained[1].tolist(), best_right.tolist()):
+    if keep == "trained" and best_epoch > 0 and beats(untrained_right.tolist(), best_right.tolist()):
         logger.info("%s: the untrained state (val %.4f) beats the best trained epoch %d (val %.4f) beyond McNemar's "
-                    "test; it is kept", label, untrained[0], best_epoch, best_acc)
+                    "test; it is kept", label, untrained_acc, best_epoch, best_acc)
         best_epoch, best_state = 0, untrained_state
     if keep != "last":
         model.load_state_dict(best_state)
     if best_epoch == 0:  # no trained epoch ran (or kept): the untrained model's score
-        best_acc = untrained[0]
+        best_acc = untrained_acc
     return FinetuneResult(best_acc, best_epoch, len(history) - 1, history)
