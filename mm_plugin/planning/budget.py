@@ -58,14 +58,14 @@ def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float,
 
 def planned_target_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
                        figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14,
-                       proportional: int = 4, xtol: float = 1e-3, guess: float | None = None) -> float:
+                       proportional: int = 4, xtol: float = 1e-3) -> float:
     """The planned target in [lo, hi] whose pruned model measures closest to ``goal`` removed (``removed``:
     about non-decreasing, measured on a pruned copy, so each planned target is measured once), stopping within
     ``tol``; a goal outside what the ends reach is a ConfigError naming ``what`` and its span.
 
     A measured figure grows about in proportion to the planned target (removing channels also removes what read
     them, so a multiply-add estimate is off by a factor, not a shift): up to ``proportional`` measurements, the
-    first at ``guess`` (default: the goal itself), each next one stepping by the measured ratio, usually land
+    first at the goal itself, each next one stepping by the measured ratio, usually land
     within ``tol``. Otherwise bisection between the closest measurements on either side of the goal, down to
     ``xtol`` (whole channels and heads make the figure a staircase whose steps can be wider than ``tol``); the
     ends are measured only for a side no measurement reached."""
@@ -76,7 +76,7 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
             seen[t] = removed(t)
         return seen[t]
 
-    t = min(max(goal if guess is None else guess, lo), hi)
+    t = min(max(goal, lo), hi)
     for _ in range(proportional):
         m = at(t)
         if abs(m - goal) <= tol:

@@ -160,21 +160,15 @@ class Pattern:
         removes ``job.target`` of the dense model's ``cost``: found on measured costs, once per configuration
         (what is pruned: a baseline's name, or a strategy's sparsities, whatever its rung or seed; a search's
         candidates of one name differ between seeds), so that every method of a cost-matched pattern is compared
-        at the same cost. The first guess is the goal over the last ratio found for the same kind of method
-        (strategies share one: their estimates are off by about the same factor), which often needs one
-        measurement."""
+        at the same cost. It depends on the configuration alone, never on what was measured before it, so a
+        resumed run and a cluster's workers find the very planned target one uninterrupted process would."""
         found = ctx.cache.setdefault("planned_targets", {})
-        ratios = ctx.cache.setdefault("planned_ratios", {})
         what = job.name if job.method == "baseline" else tuple(sorted(job.sparsity.items()))
         key = (job.method == "baseline", what, job.target)
         if key not in found:
-            kind = job.name if job.method == "baseline" else "strategy"
             dense = ctx.memo("dense_cost", lambda: cost(ctx.dense))
-            guess = job.target / ratios[kind] if kind in ratios else None
             found[key] = planned_target_for(lambda t: 1.0 - cost(pruned(t)) / dense, job.target,
-                                            *bounds, what=f"{job.method} {job.name!r}", guess=guess)
-            if found[key] > 0:
-                ratios[kind] = job.target / found[key]
+                                            *bounds, what=f"{job.method} {job.name!r}")
         return found[key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
