@@ -37,7 +37,7 @@ from mm_plugin.flexhinm import FlexHiNMConfig
 from mm_plugin.metrics import mcnemar
 from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task, run
 from mm_plugin.portfolio.patterns import PATTERNS, HybridPattern, Pattern
-from mm_plugin.portfolio.runner import best_baselines
+from mm_plugin.portfolio.search import best_baselines
 
 UNSTRUCTURED = "unstructured-nm-layers"
 

@@ -32,6 +32,7 @@ from .deploy import EdgeRow, edge_rows
 from .files import write_atomic, write_json_atomic, write_text_atomic
 from .metrics import mcnemar
 from .portfolio import RunConfig, RunResult, TaskSpec, resolve_task, run
+from .portfolio.search import best_baselines
 from .tables import markdown_table
 
 log = logging.getLogger(__name__)
@@ -86,11 +87,9 @@ class Comparison:
 
     @classmethod
     def of(cls, run: DemoRun, result: RunResult) -> Comparison:
-        final = [r for r in result.records if r.get("rung") is None]
-        pick = sorted((r for r in final if r["name"] == "search"), key=lambda r: r["seed"])
-        best = [max((r for r in final if r["method"] == "baseline" and r["seed"] == p["seed"]),
-                    key=lambda r: r["val_score"]) for p in pick]
-        return cls(run, result, pick, best)
+        pick = sorted((r for r in result.records if r["name"] == "search"), key=lambda r: r["seed"])
+        best = {(r["target"], r["seed"]): r for r in best_baselines(result.records)}
+        return cls(run, result, pick, [best[p["target"], p["seed"]] for p in pick])
 
     def paired(self) -> tuple[int, int, float]:
         """McNemar over every seed's test images: only the pick right, only the baseline right, p."""

@@ -10,6 +10,7 @@ import numpy as np
 
 from ..files import write_atomic, write_text_atomic
 from .pareto import Aggregate, front_of, interpolate, latency_front_of
+from .search import best_baselines
 
 BASELINE_ORDER = ("global_magnitude", "lamp", "erk", "uniform", "uniform_plus", "snip")
 
@@ -68,9 +69,8 @@ def search_summary(records: Sequence[dict]) -> list[dict]:
         at = [r for r in records if r["target"] == target]
         picks = [r for r in at if r.get("picked")]
         seeds = sorted({r["seed"] for r in picks})
-        base = [max((r for r in at if r["method"] == "baseline" and r["seed"] == s), key=lambda r: r["val_score"],
-                    default=None) for s in seeds]
-        base = [b for b in base if b is not None]
+        best = {r["seed"]: r for r in best_baselines(at)}
+        base = [best[s] for s in seeds if s in best]
         rungs = {k: [r for r in at if r.get("rung") == k] for k in (0, 1, 2)}
         by_name = {(r["seed"], r["name"]): r for r in rungs[0]}
         pairs = [(by_name[(r["seed"], r["name"])]["val_score"], r["val_score"]) for r in rungs[1] + rungs[2]

@@ -32,7 +32,7 @@ from .jobs import Job, RunContext
 from .pareto import Aggregate, aggregate, front_of, latency_front_of
 from .patterns import Pattern, get_pattern
 from .report import plot_pareto, write_report
-from .search import Fitness, Rungs, by_validation, finalists, pick_final, propose, shortlist
+from .search import Fitness, Rungs, best_baselines, finalists, pick_final, propose, shortlist
 from .sensitivity import prepare_sensitivity
 from .task import Task
 
@@ -375,18 +375,6 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                     "search": {"budget": config.budget, "spent": round(rungs.cost, 4), "candidates": rungs.candidates,
                                "oneshot": round(rungs.oneshot, 5), "short": rungs.short, "full": rungs.full,
                                "eta": rungs.eta, "pick": config.pick, "seconds": round(time.perf_counter() - start, 2)}})
-
-
-def best_baselines(records: Sequence[dict]) -> list[dict]:
-    """Per target and seed, the baseline best on validation (in the order a search picks its finalists): what
-    a search's pick is compared with."""
-    best: dict[tuple, dict] = {}
-    for r in records:
-        if r["method"] == "baseline" and r.get("rung") is None:
-            at = (r["target"], r["seed"])
-            if at not in best or by_validation(r) > by_validation(best[at]):
-                best[at] = r
-    return list(best.values())
 
 
 def run(

@@ -18,7 +18,7 @@ from __future__ import annotations
 
 import logging
 import math
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, replace
 from pathlib import Path
 
@@ -288,6 +288,18 @@ def by_validation(record: dict) -> tuple[float, float]:
     """The order every pick on validation uses (a search's finalists, the best baseline): the score, then the
     lower loss."""
     return record["val_score"], -(record["val_loss"] or 0.0)
+
+
+def best_baselines(records: Sequence[dict]) -> list[dict]:
+    """Per target and seed, the baseline best on validation (in the order a search picks its finalists): what
+    a search's pick is compared with."""
+    best: dict[tuple, dict] = {}
+    for r in records:
+        if r["method"] == "baseline" and r.get("rung") is None:
+            at = (r["target"], r["seed"])
+            if at not in best or by_validation(r) > by_validation(best[at]):
+                best[at] = r
+    return list(best.values())
 
 
 def pick_final(config: RunConfig, finals: list[dict]) -> dict:

@@ -173,8 +173,9 @@ def finetune(
     epoch unless the untrained model gets more validation samples right beyond McNemar's test
     (:func:`mm_plugin.metrics.beats`): for a model already chosen on this validation split before training,
     whose epoch-0 score is the maximum of a selection and so reads high, yet may still be better than
-    training leaves it (a recipe that hurts). ``keep="last"`` keeps the final state; a hook whose ``checkpoints_final`` is
-    False (gradual pruning with a sparsity ramp, whose early states are denser than asked) makes it ``"last"``.
+    training leaves it (a recipe that hurts). ``keep="last"`` keeps the final state; a hook whose
+    ``checkpoints_final`` is False (gradual pruning with a sparsity ramp, whose early states are denser than
+    asked) makes it ``"last"``.
 
     ``hooks`` (e.g. :class:`mm_plugin.flexhinm.GradualFlexHiNM`) get ``on_step(model, step)`` before
     every forward pass and add ``penalty()`` to the loss. A hook may also have ``param_groups(model)``
