@@ -83,17 +83,17 @@ def mean_loss(model: nn.Module, batches: Iterable, loss_fn: Callable | None = No
     return sum(losses) / len(losses)
 
 
+def _graded(model: nn.Module, loader: Iterable) -> tuple[float, torch.Tensor, float]:
+    """Top-1 accuracy, which samples the model gets right (in order) and the mean cross-entropy."""
+    pred, true, loss = predict(model, loader)
+    right = pred == true
+    return int(right.sum()) / len(right), right, loss
+
+
 def score(model: nn.Module, loader: Iterable) -> tuple[float, float]:
     """Top-1 accuracy and mean cross-entropy in eval mode (see :func:`predict`)."""
-    pred, true, loss = predict(model, loader)
-    return int((pred == true).sum()) / len(true), loss
-
-
-def _graded(model: nn.Module, loader: Iterable) -> tuple[float, torch.Tensor]:
-    """:func:`evaluate`'s accuracy and which samples the model gets right, in order."""
-    pred, true, _ = predict(model, loader)
-    right = pred == true
-    return int(right.sum()) / len(right), right
+    accuracy, _, loss = _graded(model, loader)
+    return accuracy, loss
 
 
 def evaluate(model: nn.Module, loader: Iterable) -> float:
@@ -199,7 +199,7 @@ def finetune(
     )
     loss_fn = nn.CrossEntropyLoss()
 
-    untrained_acc, untrained_right = _graded(model, val)
+    untrained_acc, untrained_right, _ = _graded(model, val)
     untrained_state = _snapshot(model)
     best_acc, best_epoch, best_state, best_right = untrained_acc, 0, untrained_state, untrained_right
     history = [{"epoch": 0, "val_accuracy": untrained_acc}]
@@ -235,7 +235,8 @@ def finetune(
             loss_sum += loss.item() * len(y)
             correct += int((logits.argmax(dim=1) == labels(y)).sum())
             seen += len(y)
-        (val_acc, right), train_loss = _graded(model, val), loss_sum / max(seen, 1)
+        val_acc, right, _ = _graded(model, val)
+        train_loss = loss_sum / max(seen, 1)
         history.append(
             {
                 "epoch": epoch,
