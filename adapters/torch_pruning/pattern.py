@@ -42,6 +42,11 @@ def macs_of(model: nn.Module, example_inputs: Any) -> int:
         model.train(was_training)
 
 
+def _dense_macs(ctx: RunContext) -> int:
+    """The dense model's multiply-adds, counted once per run (the key the core's planned-target search uses)."""
+    return ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))
+
+
 class StructuredPattern(Pattern):
     """Channels removed by Torch-Pruning at equal multiply-adds, timed against the dense model."""
 
@@ -109,12 +114,20 @@ class StructuredPattern(Pattern):
 
     def _planned_target(self, job: Job, ctx: RunContext) -> float | None:
         """The target ``job`` is pruned at to remove ``job.target`` of the multiply-adds; None for a usual
-        allocation, which removes what Torch-Pruning removed with it."""
+        allocation, which removes what Torch-Pruning removed with it. A strategy's first measurement is at
+        the plan's first-order count: a group's multiply-adds are those of the layers that make its channels
+        and of those that read them, so the groups count most layers twice, and the planned target that
+        removes ``job.target`` of the model is about ``job.target`` times the model's count over theirs (one
+        pruned copy fewer per strategy than starting at ``job.target``)."""
         if is_usual(job.name):
             return None
-        bounds = self.BASELINE_RANGE if job.method == "baseline" else ctx.plans[job.signal].reach("macs")
+        if job.method == "baseline":
+            bounds, start = self.BASELINE_RANGE, None
+        else:
+            plan = ctx.plans[job.signal]
+            bounds, start = plan.reach("macs"), job.target * _dense_macs(ctx) / sum(u.macs for u in plan.units)
         return self.planned_target_at(job, ctx, lambda m: macs_of(m, ctx.example),
-                                      lambda t: self._pruned(ctx.dense, job, ctx, t, False), bounds)
+                                      lambda t: self._pruned(ctx.dense, job, ctx, t, False), bounds, start)
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
         return self._pruned(model, job, ctx, self._planned_target(job, ctx), True), {}
@@ -133,7 +146,7 @@ class StructuredPattern(Pattern):
         kept = kept_channels(model, plan)
         return {"sparsity": 1.0 - nonzeros / params, "params": params, "nonzeros": nonzeros,
                 "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
-                "planned_target": self._planned_target(job, ctx), "macs": macs, "macs_ratio": macs / ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))}
+                "planned_target": self._planned_target(job, ctx), "macs": macs, "macs_ratio": macs / _dense_macs(ctx)}
 
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""

@@ -58,17 +58,19 @@ def bisect(measure: Callable[[float], float], goal: float, lo: float, hi: float,
 
 def planned_target_for(removed: Callable[[float], float], goal: float, lo: float, hi: float, *, what: str,
                        figure: str = "of the model's multiply-adds", tol: float = 0.005, steps: int = 14,
-                       proportional: int = 4, xtol: float = 1e-3) -> float:
-    """The planned target in [lo, hi] whose pruned model measures closest to ``goal`` removed (``removed``:
-    about non-decreasing, measured on a pruned copy, so each planned target is measured once), stopping within
-    ``tol``; a goal outside what the ends reach is a ConfigError naming ``what`` and its span.
+                       proportional: int = 4, xtol: float = 1e-3, start: float | None = None) -> float:
+    """The planned target in [lo, hi] whose pruned model measures within ``tol`` of ``goal`` removed
+    (``removed``: about non-decreasing, measured on a pruned copy, so each planned target is measured once);
+    a goal outside what the ends reach is a ConfigError naming ``what`` and its span.
 
     A measured figure grows about in proportion to the planned target (removing channels also removes what read
     them, so a multiply-add estimate is off by a factor, not a shift): up to ``proportional`` measurements, the
-    first at the goal itself, each next one stepping by the measured ratio, usually land
-    within ``tol``. Otherwise bisection between the closest measurements on either side of the goal, down to
-    ``xtol`` (whole channels and heads make the figure a staircase whose steps can be wider than ``tol``); the
-    ends are measured only for a side no measurement reached."""
+    first at ``start`` (the caller's first-order guess; the goal itself by default), each next one stepping by
+    the measured ratio, usually land within ``tol``. Otherwise bisection between the closest measurements on
+    either side of the goal, down to ``xtol``; the ends are measured only for a side no measurement reached.
+    Whole channels and heads make the figure a staircase whose steps can be wider than ``tol``: where no
+    measurement lands within it, the closest that removes at least the goal wins, since a target is a budget
+    and no method may be compared at less than it."""
     seen: dict[float, float] = {}
 
     def at(t: float) -> float:
@@ -76,7 +78,7 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
             seen[t] = removed(t)
         return seen[t]
 
-    t = min(max(goal, lo), hi)
+    t = min(max(goal if start is None else start, lo), hi)
     for _ in range(proportional):
         m = at(t)
         if abs(m - goal) <= tol:
@@ -89,7 +91,8 @@ def planned_target_for(removed: Callable[[float], float], goal: float, lo: float
                           "pick targets inside that range (or widen the ranges with rules)")
     bisect(at, goal, lo if below is None else below, hi if above is None else above, steps=steps, tol=tol,
            xtol=xtol)
-    return min(seen, key=lambda t: abs(seen[t] - goal))
+    met = [t for t, m in seen.items() if m >= goal - tol]  # never empty: the span reaches the goal
+    return min(met, key=lambda t: abs(seen[t] - goal))
 
 
 def rescale(

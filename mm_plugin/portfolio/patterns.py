@@ -155,20 +155,22 @@ class Pattern:
                                                ctx.loss_fn))
 
     def planned_target_at(self, job: Job, ctx: RunContext, cost: Callable[[nn.Module], float],
-                          pruned: Callable[[float], nn.Module], bounds: tuple[float, float]) -> float:
+                          pruned: Callable[[float], nn.Module], bounds: tuple[float, float],
+                          start: float | None = None) -> float:
         """The planned target (a strategy's rescale target, a baseline's own ratio) at which ``pruned(t)``
-        removes ``job.target`` of the dense model's ``cost``: found on measured costs, once per configuration
-        (what is pruned: a baseline's name, or a strategy's sparsities, whatever its rung or seed; a search's
-        candidates of one name differ between seeds), so that every method of a cost-matched pattern is compared
-        at the same cost. It depends on the configuration alone, never on what was measured before it, so a
-        resumed run and a cluster's workers find the very planned target one uninterrupted process would."""
+        removes ``job.target`` of the dense model's ``cost``: found on measured costs, the first at ``start``
+        (default: the target), once per configuration (what is pruned: a baseline's name, or a strategy's
+        sparsities, whatever its rung or seed; a search's candidates of one name differ between seeds), so that
+        every method of a cost-matched pattern is compared at the same cost. It depends on the configuration
+        alone, never on what was measured before it, so a resumed run and a cluster's workers find the very
+        planned target one uninterrupted process would."""
         found = ctx.cache.setdefault("planned_targets", {})
         what = job.name if job.method == "baseline" else tuple(sorted(job.sparsity.items()))
         key = (job.method == "baseline", what, job.target)
         if key not in found:
             dense = ctx.memo("dense_cost", lambda: cost(ctx.dense))
             found[key] = planned_target_for(lambda t: 1.0 - cost(pruned(t)) / dense, job.target,
-                                            *bounds, what=f"{job.method} {job.name!r}")
+                                            *bounds, what=f"{job.method} {job.name!r}", start=start)
         return found[key]
 
     def prune_(self, model: nn.Module, job: Job, ctx: RunContext) -> tuple[nn.Module, dict[str, Any]]:
