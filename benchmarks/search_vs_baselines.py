@@ -9,8 +9,9 @@ lowest validation loss: the same finalists, so comparing the two picks costs not
 started with the main folder's baseline records (identical jobs, see :func:`share_baselines`). A second run
 per testbed (``--rank``) fine-tunes the named strategies and sampled ones fully, to measure how well one-shot
 scores rank final accuracy. Structured testbeds compare structured Mix-and-Match with Torch-Pruning's uniform
-and global pruning at equal multiply-adds. The search's wall time is measured end to end (sampler included)
-and the measurement of sensitivity is shared out over its targets. Every run is an ordinary run folder
+and global pruning at equal multiply-adds. The search's wall time is measured end to end (sampler included;
+the latency timing of its finalists left out, as the baselines' jobs leave out theirs) and the measurement of
+sensitivity is shared out over its targets. Every run is an ordinary run folder
 (resumable); rerunning the command resumes.
 
     python benchmarks/search_vs_baselines.py --seeds 0,1,2 --out docs/results/search

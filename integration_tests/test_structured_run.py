@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import sys
+import time
 from pathlib import Path
 
 import pytest
@@ -19,6 +20,7 @@ import factories
 
 CONFIG = RunConfig(sparsity="structured", strategies=("balanced", "feature-heavy"), targets=(0.3,), epochs=1)
 SPEC = TaskSpec("factories:tiny_cnn", "factories:small_digits", dense_epochs=2)
+TIMING = 2.0  # seconds a slowed latency timing takes
 
 
 @pytest.fixture(scope="module")
@@ -127,8 +129,15 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     import dataclasses
 
     config = dataclasses.replace(CONFIG, strategies=None, budget=2, candidates=4, seeds=(0,))
+    timing = Timer.time
+
+    def slow(self, model):  # a timing long enough to see whether the search's wall time is charged with it
+        time.sleep(TIMING)
+        return timing(self, model)
+
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(Timer, "SETTINGS", {"threads": 1, "warmup": 1, "rounds": 1, "runs": 2})
+        mp.setattr(Timer, "time", slow)
         records = factories.run_spec(config, tmp_path, SPEC, progress=False).records
     rung0 = [r for r in records if r.get("rung") == 0]
     assert len(rung0) == 4 and all(r["test_score"] is None for r in rung0)  # ranked on validation only
@@ -137,6 +146,10 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     assert sum(r["name"].split("/")[1] in ("conservative", "balanced", "aggressive") for r in rung0) <= 1
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0
+    # its wall time is its jobs' and the driver's, not the latency timing of its finalist (an evaluation, which the
+    # baselines' jobs are not charged either)
+    jobs = sum(r["wall_seconds"] for r in records if r["method"] == "search")
+    assert jobs <= pick["search"]["seconds"] < jobs + TIMING
     # Torch-Pruning's own pruning is in the pool exactly: each group loses the channels TP removed from it
     exact = {r["name"].split("exact-")[1]: r for r in rung0 if "/exact-" in r["name"]}
     baselines = {r["name"]: r for r in records if r["method"] == "baseline"}

@@ -250,6 +250,7 @@ class _Driver:
     on_record: Callable[[dict], None] | None
     timer: Any = None
     latency: dict[str, tuple[float, float]] = field(default_factory=dict)
+    timing_seconds: float = 0.0  # spent timing models: an evaluation, like the test split's, not a search's work
 
     def add(self, record: dict) -> None:
         self.folder.append(record)
@@ -262,7 +263,9 @@ class _Driver:
         if self.timer is None:
             self.timer = backend().Timer(self.ctx.dense, self.ctx.example)
         if job.config_key not in self.latency:
+            start = time.perf_counter()
             self.latency[job.config_key] = self.timer.time(model)
+            self.timing_seconds += time.perf_counter() - start
         dense_ms, pruned_ms = self.latency[job.config_key]
         return {"latency_ms": pruned_ms, "dense_latency_ms": dense_ms, "latency_ratio": pruned_ms / dense_ms}
 
@@ -338,10 +341,12 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
     each rung's candidates run together (in parallel on a cluster). The budget counts the one-shot rung by its
     measured work, so the short rung gets what it leaves (:meth:`Rungs.for_budget`). The finalist picked on
-    validation is recorded again as the run's ``search`` pick."""
+    validation is recorded again as the run's ``search`` pick. Its ``seconds`` are end to end (its sampler and
+    the driver too, not only its jobs), less the latency timing of its finalists: the baselines' jobs are not
+    charged theirs either."""
     config = driver.ctx.config
     recorded = {r["key"]: r for r in driver.folder.records()}
-    start = time.perf_counter()  # the search's own time too (its sampler, the driver), not only its jobs'
+    start, timed = time.perf_counter(), driver.timing_seconds
 
     def rung(candidates: list[Strategy], k: int, epochs: float | None) -> list[dict]:
         jobs = [Job("search", c.signal, c.name, target, seed, c.sparsity, k) for c in candidates]
@@ -374,7 +379,8 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
                     "search": {"budget": config.budget, "spent": round(rungs.cost, 4), "candidates": rungs.candidates,
                                "oneshot": round(rungs.oneshot, 5), "short": rungs.short, "full": rungs.full,
-                               "eta": rungs.eta, "pick": config.pick, "seconds": round(time.perf_counter() - start, 2)}})
+                               "eta": rungs.eta, "pick": config.pick,
+                               "seconds": round(time.perf_counter() - start - (driver.timing_seconds - timed), 2)}})
 
 
 def run(
