@@ -146,8 +146,8 @@ def test_structured_search_brings_every_candidate_to_the_multiply_adds(tmp_path)
     assert sum(r["name"].split("/")[1] in ("conservative", "balanced", "aggressive") for r in rung0) <= 1
     (pick,) = [r for r in records if r.get("picked")]
     assert abs(1 - pick["macs_ratio"] - 0.3) < 0.01 and pick["latency_ratio"] > 0
-    # its wall time is its jobs' and the driver's, not the latency timing of its finalist (an evaluation, which the
-    # baselines' jobs are not charged either)
+    # its wall time is its jobs' and the driver's, not the latency timing of its finalist (an evaluation,
+    # which the baselines' jobs are not charged either)
     jobs = sum(r["wall_seconds"] for r in records if r["method"] == "search")
     assert jobs <= pick["search"]["seconds"] < jobs + TIMING
     # Torch-Pruning's own pruning is in the pool exactly: each group loses the channels TP removed from it

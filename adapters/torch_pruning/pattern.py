@@ -43,7 +43,7 @@ def macs_of(model: nn.Module, example_inputs: Any) -> int:
 
 
 def _dense_macs(ctx: RunContext) -> int:
-    """The dense model's multiply-adds, counted once per run (the key the core's planned-target search uses)."""
+    """The dense model's multiply-adds, counted once per run (the core's planned targets share the count)."""
     return ctx.memo("dense_cost", lambda: macs_of(ctx.dense, ctx.example))
 
 
@@ -125,7 +125,8 @@ class StructuredPattern(Pattern):
             bounds, start = self.BASELINE_RANGE, None
         else:
             plan = ctx.plans[job.signal]
-            bounds, start = plan.reach("macs"), job.target * _dense_macs(ctx) / sum(u.macs for u in plan.units)
+            bounds = plan.reach("macs")
+            start = job.target * _dense_macs(ctx) / sum(u.macs for u in plan.units)
         return self.planned_target_at(job, ctx, lambda m: macs_of(m, ctx.example),
                                       lambda t: self._pruned(ctx.dense, job, ctx, t, False), bounds, start)
 
@@ -146,7 +147,8 @@ class StructuredPattern(Pattern):
         kept = kept_channels(model, plan)
         return {"sparsity": 1.0 - nonzeros / params, "params": params, "nonzeros": nonzeros,
                 "layer_sparsity": {u.name: 1.0 - kept[u.name] / (u.items * u.copies) for u in plan.units},
-                "planned_target": self._planned_target(job, ctx), "macs": macs, "macs_ratio": macs / _dense_macs(ctx)}
+                "planned_target": self._planned_target(job, ctx), "macs": macs,
+                "macs_ratio": macs / _dense_macs(ctx)}
 
     def checkpoint(self, model: nn.Module, record: dict[str, Any], extra: dict[str, Any]) -> dict[str, Any]:
         """Readable by :func:`load_pruned` (pass a freshly built dense model of the same architecture)."""

@@ -160,10 +160,10 @@ class Pattern:
         """The planned target (a strategy's rescale target, a baseline's own ratio) at which ``pruned(t)``
         removes ``job.target`` of the dense model's ``cost``: found on measured costs, the first at ``start``
         (default: the target), once per configuration (what is pruned: a baseline's name, or a strategy's
-        sparsities, whatever its rung or seed; a search's candidates of one name differ between seeds), so that
-        every method of a cost-matched pattern is compared at the same cost. It depends on the configuration
-        alone, never on what was measured before it, so a resumed run and a cluster's workers find the very
-        planned target one uninterrupted process would."""
+        sparsities, whatever its rung or seed; a search's candidates of one name differ between seeds), so
+        that every method of a cost-matched pattern is compared at the same cost. It depends on the
+        configuration alone, never on what was measured before it, so a resumed run and a cluster's workers
+        find the very planned target one uninterrupted process would."""
         found = ctx.cache.setdefault("planned_targets", {})
         what = job.name if job.method == "baseline" else tuple(sorted(job.sparsity.items()))
         key = (job.method == "baseline", what, job.target)

@@ -250,7 +250,7 @@ class _Driver:
     on_record: Callable[[dict], None] | None
     timer: Any = None
     latency: dict[str, tuple[float, float]] = field(default_factory=dict)
-    timing_seconds: float = 0.0  # spent timing models: an evaluation, like the test split's, not a search's work
+    timing_seconds: float = 0.0  # spent timing models: an evaluation, like the test split's, not search work
 
     def add(self, record: dict) -> None:
         self.folder.append(record)
@@ -341,9 +341,10 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
     """One budgeted search at ``target``: rung 0 one-shot, rung 1 short fine-tunes, rung 2 full ones;
     each rung's candidates run together (in parallel on a cluster). The budget counts the one-shot rung by its
     measured work, so the short rung gets what it leaves (:meth:`Rungs.for_budget`). The finalist picked on
-    validation is recorded again as the run's ``search`` pick. Its ``seconds`` are end to end (its sampler and
-    the driver too, not only its jobs), less the latency timing of its finalists: the baselines' jobs are not
-    charged theirs either."""
+    validation is recorded again as the run's ``search`` pick. Its ``seconds`` are end to end (its sampler
+    and the driver too, not only its jobs), less the latency timing of its finalists: the baselines' jobs
+    are not charged theirs either (exact with the sequential executor; with Ray the driver times while
+    other jobs run, so there they are a lower bound)."""
     config = driver.ctx.config
     recorded = {r["key"]: r for r in driver.folder.records()}
     start, timed = time.perf_counter(), driver.timing_seconds
@@ -374,13 +375,13 @@ def _search(target: float, seed: int, driver: _Driver) -> None:
         ranked = [(c, *s) for c, s in zip(short, scored(rung(short, 1, config.epochs / rungs.eta)))]
     pick = pick_final(config, rung(finalists(config, ranked, rungs.full, oneshot), 2, None))
     chosen = Job("mix_and_match", "+".join(config.signals), "search", target, seed, pick["planned_sparsity"])
+    seconds = time.perf_counter() - start - (driver.timing_seconds - timed)
     if chosen.key not in recorded:
         driver.add({**pick, "key": chosen.key, "config_key": chosen.config_key, "method": chosen.method,
                     "signal": chosen.signal, "name": chosen.name, "rung": None, "picked": pick["name"],
                     "search": {"budget": config.budget, "spent": round(rungs.cost, 4), "candidates": rungs.candidates,
                                "oneshot": round(rungs.oneshot, 5), "short": rungs.short, "full": rungs.full,
-                               "eta": rungs.eta, "pick": config.pick,
-                               "seconds": round(time.perf_counter() - start - (driver.timing_seconds - timed), 2)}})
+                               "eta": rungs.eta, "pick": config.pick, "seconds": round(seconds, 2)}})
 
 
 def run(
