@@ -117,8 +117,8 @@ class StructuredPattern(Pattern):
         allocation, which removes what Torch-Pruning removed with it. A strategy's first measurement is at
         the plan's first-order count: a group's multiply-adds are those of the layers that make its channels
         and of those that read them, so the groups count most layers twice, and the planned target that
-        removes ``job.target`` of the model is about ``job.target`` times the model's count over theirs (one
-        pruned copy fewer per strategy than starting at ``job.target``)."""
+        removes ``job.target`` of the model is about ``job.target`` times the model's count over theirs
+        (a copy pruned at ``job.target`` itself removes about twice the target, and is one more to prune)."""
         if is_usual(job.name):
             return None
         if job.method == "baseline":
