@@ -193,7 +193,8 @@ def _add_run_args(p: argparse.ArgumentParser) -> None:
                    help="the search's final pick among its finalists: the best validation score, the lowest "
                         "validation loss, or 'paired': the best usual allocation (LAMP, ERK, ... as they are) "
                         "unless a challenger beats it on the validation samples beyond McNemar's test "
-                        "(--budget 4 or more)")
+                        "(--budget 4 or more; measured at least as good as 'score' on every unstructured "
+                        "testbed, see docs/getting-started.md)")
     p.add_argument("--samples", type=int, default=0,
                    help="without --budget: fine-tune this many strategies sampled in the ranges, beside the named ones")
     p.add_argument("--reconstruct", action="store_true",
