@@ -36,6 +36,7 @@ from mm_plugin.portfolio import RunConfig, TaskSpec, load_records, resolve_task,
 from mm_plugin.portfolio.config import PICKS, SAMPLERS
 from mm_plugin.portfolio.report import search_summary, spearman
 
+log = logging.getLogger("search_vs_baselines")
 BASELINES = ("global_magnitude", "lamp", "erk", "uniform_plus")
 ELPV = TaskSpec("efficientnet_lite0", "elpv", batch_size=32)
 TESTBEDS = {
@@ -78,7 +79,7 @@ def share_baselines(main: Path, folder: Path, config: RunConfig) -> None:
     settings = json.loads((main / "config.json").read_text())
     shared = [{**r, "shared_from": main.name} for r in load_records(main) if r["method"] == "baseline"]
     if not all("work" in r for r in shared):  # the search counts its one-shot scores against the baselines' work
-        logging.info("%s: its baseline records predate metered jobs; %s runs its own", main, folder.name)
+        log.info("%s: its baseline records predate metered jobs; %s runs its own", main, folder.name)
         return
     (folder / "checkpoints").mkdir(parents=True, exist_ok=True)
     for r in shared:
@@ -122,7 +123,7 @@ def paired(picks: list[dict], baselines: list[dict]) -> dict | None:
         return None  # records from before the runner kept per-image results
     only_pick, only_base, p = mcnemar("".join(r["test_metrics"]["correct"] for r in picks),
                                       "".join(r["test_metrics"]["correct"] for r in baselines))
-    mean = lambda rs: np.mean([r["test_score"] for r in rs])  # noqa: E731
+    mean = lambda rs: np.mean([r["test_score"] for r in rs])
     verdict = "tie" if p >= 0.05 else "search wins" if mean(picks) > mean(baselines) else "baseline wins"
     return {"only_search": only_pick, "only_baseline": only_base, "p": p, "verdict": verdict}
 

@@ -1,3 +1,5 @@
+import itertools
+
 import pytest
 import torch
 from torch import nn
@@ -11,7 +13,7 @@ class MLP(nn.Module):
     def __init__(self, sizes=(64, 128, 64, 10)):
         super().__init__()
         layers = []
-        for a, b in zip(sizes[:-2], sizes[1:-1]):
+        for a, b in itertools.pairwise(sizes[:-1]):
             layers += [nn.Linear(a, b), nn.LayerNorm(b), nn.ReLU()]
         self.body = nn.Sequential(*layers)
         self.head = nn.Linear(sizes[-2], sizes[-1])

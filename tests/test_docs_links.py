@@ -17,8 +17,8 @@ def slug(heading: str) -> str:
 
 
 def anchors(page: Path) -> set[str]:
-    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.M | re.S)  # a "# comment" in code is no heading
-    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.*)$", text, re.M)}
+    text = re.sub(r"^```.*?^```", "", page.read_text(), flags=re.MULTILINE | re.DOTALL)  # a "# comment" in code is no heading
+    return {slug(m.group(1)) for m in re.finditer(r"^#+ (.*)$", text, re.MULTILINE)}
 
 
 def test_relative_links_reach_their_file_and_heading() -> None:

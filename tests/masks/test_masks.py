@@ -117,7 +117,7 @@ def test_masks_sit_beside_a_users_parametrization(mlp, kind):
     x = torch.randn(3, 64)
     mm_plugin.prune_(mlp, {name: 0.5, "head.weight": 0.25})
     keep = current_masks(mlp)[name]
-    assert [type(p) for p in module.parametrizations.weight][0] is theirs  # theirs stays first
+    assert type(module.parametrizations.weight[0]) is theirs  # theirs stays first
     assert (module.weight[~keep] == 0).all() and int((module.weight == 0).sum()) == keep.numel() // 2
     opt = torch.optim.AdamW(mlp.parameters(), lr=1e-2, weight_decay=0.1)
     for xb, yb in batches(5, shape=(16, 64)):
@@ -135,7 +135,7 @@ def test_masks_sit_beside_a_users_parametrization(mlp, kind):
 
 
 def test_baking_into_a_parametrization_that_cannot_hold_the_mask_is_refused_and_changes_nothing(mlp):
-    name, module = _user_parametrized(mlp, "symmetric")
+    name, _ = _user_parametrized(mlp, "symmetric")
     mm_plugin.prune_(mlp, {name: 0.5})
     x = torch.randn(3, 64)
     before = mlp(x)

@@ -31,7 +31,7 @@ def segmentation(tmp_path_factory):
 
 
 def test_a_segmentation_task_goes_through_the_search_with_its_own_metric(segmentation):
-    _, out, result = segmentation
+    _, _, result = segmentation
     (picks,) = result.picks.values()
     (pick,) = picks
     assert abs(pick["sparsity"] - 0.7) < 0.01 and 0.0 <= pick["test_score"] <= 1.0

@@ -2,9 +2,9 @@
 
 import json
 
+import factories
 import pytest
 
-import factories
 from mm_plugin.errors import ConfigError
 from mm_plugin.portfolio import RunConfig, TaskSpec
 from mm_plugin.portfolio.patterns import HybridPattern

@@ -98,7 +98,7 @@ def test_corrupt_line_and_truncated_checkpoint_are_reported_skipped_and_redone(f
     assert len(load_records(out)) == N_RUNS - 2
     assert f"{out / 'results.jsonl'} line 2 is not a complete record" in caplog.text
     assert f"line 3: its checkpoint {ckpt} has 100 bytes" in caplog.text
-    pick, record = select(out, min_score=0.0)  # select works on what is sound
+    _, record = select(out, min_score=0.0)  # select works on what is sound
     assert record["key"] != damaged["key"]
     seen = []
     factories.run_spec(CONFIG, out, progress=False, keep_checkpoints="all", on_record=seen.append)
@@ -114,7 +114,7 @@ def test_select_refuses_a_damaged_checkpoint(finished, tmp_path):
     shutil.copytree(finished[0], out)
     from mm_plugin.portfolio import export_selected
 
-    pick, record = select(out, min_score=0.0)
+    _, record = select(out, min_score=0.0)
     (out / record["checkpoint"]).write_bytes(b"")
     with pytest.raises(ConfigError, match=r"cannot export .*has 0 bytes.*rerun the same `mm-prune run`"):
         export_selected(out, record, tmp_path / "selected.pt")

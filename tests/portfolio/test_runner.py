@@ -98,7 +98,7 @@ def test_pareto_front_hand_made():
 
 def test_select(finished, tmp_path):
     out, result = finished
-    pick, record = select(out, min_score=0.0)
+    pick, _ = select(out, min_score=0.0)
     assert pick.sparsity == max(a.sparsity for a in result.front)
     pick2, _ = select(out, max_nonzeros=10**9)
     assert pick2.val == max(a.val for a in result.front)

@@ -180,7 +180,7 @@ def test_the_paired_pick_always_fine_tunes_the_best_usual_allocation():
 
 
 def test_shortlist_puts_the_usual_allocations_first_only_where_one_shot_scores_do_not_rank():
-    s = lambda name: Strategy(f"magnitude/{name}", {"1.weight": 0.5}, "magnitude")  # noqa: E731
+    s = lambda name: Strategy(f"magnitude/{name}", {"1.weight": 0.5}, "magnitude")
     scored = [(s("tpe-001"), 0.97, 0.1), (s("tpe-002"), 0.96, 0.1), (s("exact-lamp"), 0.95, 0.2),
               (s("tpe-003"), 0.94, 0.1), (s("exact-uniform"), 0.90, 0.3)]
     assert [c.name for c in shortlist(scored, 3, usual_first=False)] == \

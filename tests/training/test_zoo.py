@@ -135,6 +135,6 @@ def test_bundled_demo_weights_seed_an_empty_cache(tmp_path, monkeypatch):
 
     monkeypatch.setattr(zoo, "finetune", no_training)
     data = load_data("mnist")
-    model, val = zoo.pretrained_demo_model("resnet8", data, cache_dir=tmp_path)
+    _, val = zoo.pretrained_demo_model("resnet8", data, cache_dir=tmp_path)
     (record,) = [json.loads(p.read_text()) for p in tmp_path.glob("resnet8-*.json")]
     assert val == record["val_accuracy"] > 0.95
