@@ -95,8 +95,13 @@ def rank_run(config: RunConfig, samples: int) -> RunConfig:
                                baselines=())
 
 
+def fully_tuned(rank: list[dict]) -> list[dict]:
+    """The rank run's candidates, each fine-tuned fully."""
+    return [r for r in rank if r.get("rung") is None and r["method"] == "mix_and_match"]
+
+
 def correlation(records: list[dict]) -> dict[str, float | None]:
-    done = [r for r in records if r.get("rung") is None and r["method"] == "mix_and_match"]
+    done = fully_tuned(records)
     return {"n": len(done),
             "rho_val": spearman([r["oneshot_val_score"] for r in done], [r["val_score"] for r in done]),
             "rho_test": spearman([r["oneshot_val_score"] for r in done], [r["test_score"] for r in done]),
@@ -107,8 +112,7 @@ def pool_ceiling(rank: list[dict], baselines: list[dict], target: float) -> dict
     """The rank run's model best on test (every candidate fine-tuned fully, like a baseline; seed 0) against the
     best baseline of seed 0: where even this pick on test does not beat it beyond McNemar's test, no pick on
     validation among those candidates can."""
-    done = [r for r in rank if r.get("rung") is None and r["method"] == "mix_and_match" and r["target"] == target
-            and r.get("test_score") is not None]
+    done = [r for r in fully_tuned(rank) if r["target"] == target and r.get("test_score") is not None]
     base = [b for b in baselines if b["seed"] == 0]
     if not done or not base:
         return None
